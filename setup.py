@@ -1,0 +1,35 @@
+"""Install sideways_tf: `pip install -e .[test]`."""
+
+import setuptools
+
+setuptools.setup(
+    name="sideways_tf",
+    version="0.1.0",
+    description="Sideways and Skip-Sideways: depth-parallel training of video models in TF/Keras.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["sideways_tf", "sideways_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "tensorflow-datasets>=4.9",
+        "tensorboard>=2.16",
+        "gin-config>=0.5",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "av>=12", "matplotlib>=3.8"],
+        "video": ["av>=12"],
+        "tpu": ["google-cloud-storage>=2.10"],
+        "plots": ["matplotlib>=3.8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "sideways-train=sideways_tf.cli:train_main",
+            "sideways-eval=sideways_tf.cli:eval_main",
+            "sideways-convert=sideways_tf.data.convert:main",
+        ]
+    },
+)

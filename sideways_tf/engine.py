@@ -1,0 +1,415 @@
+"""The engine: ONE update function that trains a pipeline in every mode.
+
+    update(clip, labels):  state -> gradients by the mode's rule -> one optimizer step
+
+The gradient rules (algorithm.md section 5), each a pure function
+    rule(pipeline, state, clip [B, K, *frame], labels [B]) -> ClipGradients
+  frame_bp       exact BP of the per-frame network, averaged over the clip's frames;
+  bptt           exact gradient of the pipelined network over the clip (one tape, O(K));
+  sideways /     section 3, a graph loop over frames of `sideways_step`: every unit
+  skip_sideways  does a forward and a local VJP per step, with O(1) state in K.
+`sideways` and `skip_sideways` are the same rule on a chain or a skip topology.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sideways_tf import placement
+from sideways_tf.pipeline import Pipeline, PipelineState
+
+MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
+
+
+class StepResult(NamedTuple):
+    """What one sideways step yields besides the new state."""
+
+    grads: tuple  # g_theta_i[t], one list per unit, aligned with pipeline.unit_variables(i)
+    loss: tf.Tensor  # [] l_t, zero while masked
+    logits: tf.Tensor  # [B, *out] top output
+    valid: tf.Tensor  # [] 1.0 once t >= T_fill, else 0.0
+
+
+class ClipGradients(NamedTuple):
+    """A rule's result for one clip (or one chunk of a stream)."""
+
+    grads: tuple  # per unit, averaged over valid steps
+    state: PipelineState  # state after the clip
+    loss: tf.Tensor  # [] mean loss over valid steps
+    logits: tf.Tensor  # [B, *out] top outputs averaged over valid steps
+    valid_steps: tf.Tensor  # [] number of valid steps
+
+
+def _valid(pipeline: Pipeline, t) -> tf.Tensor:
+    """1.0 when the top output of step t (1-based) is built from real frames only."""
+    return tf.cast(t >= pipeline.fill_steps, tf.float32)
+
+
+def _masked_loss(pipeline, labels, logits, valid):
+    return tf.reduce_mean(pipeline.loss_fn(labels, logits)) * valid
+
+
+def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, training=True):
+    """One computation step t of algorithm.md section 3, for every unit at once.
+
+        u_i[t] = C_i({a_j[t-1-d_ji]}),  a_i[t] = H_i(u_i[t]),  a_0[t-1] := x[t]
+        m_L[t] = d l_t / d a_L[t]                     (the top's fresh loss gradient)
+        (g_theta_i[t], r_{i->j}[t]) = VJP of C_i, H_i at u_i[t] applied to m_i[t]
+        m_j[t+1] = sum_i r_{i->j}[t]
+
+    Units read only the previous step's buffers, so no unit waits on another.
+    x_t: [B, *frame]; labels: [B]. Returns (state at t, StepResult).
+    """
+    num_units = pipeline.num_units
+    x_t = tf.convert_to_tensor(x_t)
+    t = state.t + 1
+    valid = _valid(pipeline, t)
+    previous = (x_t, *state.outputs)  # a_j[t-1], j = 0..L
+    outputs, lines, grads = [], list(state.delays), []
+    replies = [[] for _ in range(num_units + 1)]  # r_{i->j}[t], gathered per source j
+    for i, unit in enumerate(pipeline.units, start=1):
+        edges = pipeline.topology.sources[i - 1]
+        with placement.device_scope(unit.device):
+            inputs, new_lines = pipeline.gather(i, previous, state)
+            theta = pipeline.unit_variables(i)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                a = unit(inputs, training=training)
+                if i == num_units:
+                    logits = pipeline.apply_head(a, training=training)
+                    loss = _masked_loss(pipeline, labels, logits, valid)
+                    target, upstream = loss, None
+                else:
+                    target, upstream = a, state.messages[i - 1]
+            senders = [k for k, e in enumerate(edges) if e.source > 0]
+            vjp = tape.gradient(
+                target,
+                [inputs[k] for k in senders] + theta,
+                output_gradients=upstream,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            for k, r in zip(senders, vjp):
+                replies[edges[k].source].append(r)
+            grads.append(vjp[len(senders) :])
+            outputs.append(a)
+            for k, line in new_lines.items():
+                lines[k] = line
+    messages = []
+    for j, unit in enumerate(pipeline.units[:-1], start=1):
+        with placement.device_scope(unit.device):
+            messages.append(tf.add_n(replies[j]))
+    new_state = PipelineState(t, tuple(outputs), tuple(messages), tuple(lines))
+    return new_state, StepResult(tuple(grads), loss, logits, valid)
+
+
+def _zeros_like_vars(pipeline):
+    out = []
+    for i in range(1, pipeline.num_units + 1):
+        with placement.device_scope(pipeline.units[i - 1].device):
+            out.append([tf.zeros(v.shape, v.dtype) for v in pipeline.unit_variables(i)])
+    return out
+
+
+def sideways_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
+    """Sideways / Skip-Sideways: a graph loop of `sideways_step` over the clip's frames.
+
+    g_theta_i = sum over valid steps t of g_theta_i[t], divided by the number of
+    valid steps. Memory: the state and one accumulator per parameter, whatever K.
+    """
+    clip = tf.convert_to_tensor(clip)
+    num_frames = tf.shape(clip)[1]
+    logits_zero = tf.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
+
+    def body(k, state, accum, loss_sum, n_valid, logits_sum):
+        state, step = sideways_step(pipeline, state, clip[:, k], labels, training=training)
+        accum = [[a + g for a, g in zip(au, gu)] for au, gu in zip(accum, step.grads)]
+        return (
+            k + 1,
+            state,
+            accum,
+            loss_sum + step.loss,
+            n_valid + step.valid,
+            logits_sum + step.logits * step.valid,
+        )
+
+    init = (tf.constant(0), state, _zeros_like_vars(pipeline), 0.0, 0.0, logits_zero)
+    _, state, accum, loss_sum, n_valid, logits_sum = tf.while_loop(
+        lambda k, *_: k < num_frames, body, init
+    )
+    n = tf.maximum(n_valid, 1.0)
+    grads = tuple([g / n for g in gu] for gu in accum)
+    return ClipGradients(grads, state, loss_sum / n, logits_sum / n, n_valid)
+
+
+def _split_per_unit(pipeline, flat):
+    out, start = [], 0
+    for i in range(1, pipeline.num_units + 1):
+        n = len(pipeline.unit_variables(i))
+        out.append(list(flat[start : start + n]))
+        start += n
+    return tuple(out)
+
+
+def all_variables(pipeline) -> list:
+    """theta_1, ..., theta_L flattened in unit order (the head with the top unit)."""
+    return [v for i in range(1, pipeline.num_units + 1) for v in pipeline.unit_variables(i)]
+
+
+def bptt_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
+    """The exact gradient of the pipelined network over the clip: one tape over K steps.
+
+    loss = mean over valid steps t of l_t. The tape holds every step's activations,
+    so memory grows with K (the frame loop is unrolled: K must be static).
+    """
+    frames = tf.unstack(tf.convert_to_tensor(clip), axis=1)
+    theta = all_variables(pipeline)
+    with tf.GradientTape() as tape:
+        loss_sum, n_valid, logits_sum = 0.0, 0.0, 0.0
+        for x_t in frames:
+            state, logits = pipeline.forward_step(state, x_t, training=training)
+            valid = _valid(pipeline, state.t)
+            loss_sum += _masked_loss(pipeline, labels, logits, valid)
+            n_valid += valid
+            logits_sum += logits * valid
+        n = tf.maximum(n_valid, 1.0)
+        loss = loss_sum / n
+    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits_sum / n, n_valid)
+
+
+def frame_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
+    """frame_bp: exact BP of the per-frame network (no delays), averaged over frames.
+
+    The K frames go through as one batch of B*K frames (the same mean gradient,
+    computed in one pass). Every frame is valid; the buffers are not used.
+    """
+    clip = tf.convert_to_tensor(clip)
+    batch, num_frames = pipeline.batch_size, tf.shape(clip)[1]
+    frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
+    frame_labels = tf.repeat(labels, num_frames, axis=0)  # [B*K]
+    theta = all_variables(pipeline)
+    with tf.GradientTape() as tape:
+        logits = pipeline.frame_forward(frames, training=training)
+        loss = tf.reduce_mean(pipeline.loss_fn(frame_labels, logits))
+    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    logits = tf.reduce_mean(tf.reshape(logits, (batch, num_frames, *logits.shape[1:])), axis=1)
+    state = state._replace(t=state.t + num_frames)
+    n = tf.cast(num_frames, tf.float32)
+    return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n)
+
+
+RULES = {
+    "frame_bp": frame_gradients,
+    "bptt": bptt_gradients,
+    "sideways": sideways_gradients,
+    "skip_sideways": sideways_gradients,
+}
+
+
+def check_mode(mode: str, pipeline: Pipeline):
+    """Raises unless `mode` exists and fits the pipeline's topology."""
+    if mode not in RULES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
+    if mode == "sideways" and not pipeline.topology.is_chain:
+        raise ValueError(
+            "mode='sideways' is plain Sideways on the chain, but this pipeline has skip or "
+            "delayed edges; use mode='skip_sideways', or topology='chain'."
+        )
+    if mode == "skip_sideways" and pipeline.topology.is_chain:
+        raise ValueError(
+            "mode='skip_sideways' needs skip edges, but this pipeline is a chain; use "
+            "topology='skip(2)' (or another), or mode='sideways'."
+        )
+
+
+def _global_norm(tensors):
+    return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in tensors] + [tf.constant(0.0)]))
+
+
+class Engine:
+    """Trains a pipeline in one mode with one update function.
+
+    Args:
+      pipeline: a built Pipeline.
+      mode: "frame_bp", "bptt", "sideways" or "skip_sideways".
+      optimizer: a Keras optimizer (built here, before the first trace).
+      update_every: None for one optimizer step per clip (default); N for a step
+        every N computation steps (streaming / online learning). K must be a
+        multiple of N; the state carries over between the chunks of a clip.
+      carry_state: keep the buffers from one clip to the next (consecutive clips of
+        the same videos); False resets them for every new batch of clips.
+      jit_compile: XLA-compile the update; needs every unit on one device.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        mode: str,
+        optimizer: keras.optimizers.Optimizer,
+        update_every: int | None = None,
+        carry_state: bool = False,
+        jit_compile: bool = False,
+    ):
+        if not pipeline.built:
+            raise ValueError(
+                "Build the pipeline first: Pipeline(..., batch_size=B, frame_shape=...)."
+            )
+        check_mode(mode, pipeline)
+        if update_every is not None and update_every < 1:
+            raise ValueError(
+                f"update_every must be a positive number of steps, got {update_every}."
+            )
+        if jit_compile and len({u.device for u in pipeline.units}) > 1:
+            raise ValueError(
+                "jit_compile=True needs every unit on one device (XLA cannot reach variables "
+                "on other devices); use jit_compile=False for multi-device pipelines."
+            )
+        self.pipeline, self.mode, self.optimizer = pipeline, mode, optimizer
+        self.rule = RULES[mode]
+        self.update_every, self.carry_state = update_every, carry_state
+        self.variables = all_variables(pipeline)
+        with placement.device_scope(pipeline.top_device):
+            # Steps since the last reset: decides which top losses are masked.
+            self.step = tf.Variable(0, dtype=tf.int32, trainable=False, name="steps_since_reset")
+        optimizer.build(self.variables)
+        self._update = tf.function(self._update_fn, jit_compile=jit_compile)
+        self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
+        self._fidelity = tf.function(self._fidelity_fn)
+
+    # -- Training --------------------------------------------------------------
+
+    def reset_state(self):
+        """Zeroes the buffers: the next clip starts a new batch of videos."""
+        self.pipeline.reset_state()
+        self.step.assign(0)
+
+    def train_clip(self, clip, labels) -> dict:
+        """Trains on a batch of clips [B, K, *frame] with labels [B]; returns metrics.
+
+        Metrics (tensors): loss (mean over valid steps), logits [B, ...] (averaged
+        over valid steps), valid_steps, grad_norms [L] (one per unit).
+        """
+        clip, labels = self._check(clip, labels)
+        if not self.carry_state:
+            self.reset_state()
+        num_frames = clip.shape[1]
+        chunk = self.update_every or num_frames
+        if num_frames % chunk:
+            raise ValueError(
+                f"Clip length K={num_frames} is not a multiple of update_every={chunk}; "
+                "pick K or update_every so that it is."
+            )
+        results = [
+            self._update(clip[:, s : s + chunk], labels) for s in range(0, num_frames, chunk)
+        ]
+        if len(results) == 1:
+            return results[0]
+        weights = tf.stack([r["valid_steps"] for r in results])
+        total = tf.maximum(tf.reduce_sum(weights), 1.0)
+        merged = dict(results[-1])
+        merged["valid_steps"] = tf.reduce_sum(weights)
+        for key in ("loss", "logits"):
+            merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
+        return merged
+
+    def _update_fn(self, clip, labels):
+        """THE update function: read state, take gradients by the mode's rule, apply."""
+        state = self.pipeline.read_state(self.step)
+        out = self.rule(self.pipeline, state, clip, labels)
+        self.pipeline.write_state(out.state)
+        self.step.assign(out.state.t)
+        flat = [g for gu in out.grads for g in gu]
+        self.optimizer.apply(flat, self.variables)
+        return {
+            "loss": out.loss,
+            "logits": out.logits,
+            "valid_steps": out.valid_steps,
+            "grad_norms": tf.stack([_global_norm(gu) for gu in out.grads]),
+        }
+
+    # -- Evaluation --------------------------------------------------------------
+
+    def predict_clip(self, clip):
+        """Top outputs averaged over valid steps, from a fresh state: [B, K, ...] -> [B, ...].
+
+        frame_bp evaluates the per-frame network; the other modes the pipelined one.
+        The training buffers are not touched.
+        """
+        self.pipeline.check_clip(clip)
+        return self._predict(tf.convert_to_tensor(clip))
+
+    def _predict_fn(self, clip):
+        if self.mode == "frame_bp":
+            frames = tf.reshape(clip, (-1, *self.pipeline.frame_shape))
+            logits = self.pipeline.frame_forward(frames, training=False)
+            return tf.reduce_mean(tf.reshape(logits, (clip.shape[0], -1, *logits.shape[1:])), 1)
+        state = self.pipeline.zero_state()
+        logits_sum, n_valid = 0.0, 0.0
+        for x_t in tf.unstack(clip, axis=1):
+            state, logits = self.pipeline.forward_step(state, x_t, training=False)
+            valid = _valid(self.pipeline, state.t)
+            logits_sum += logits * valid
+            n_valid += valid
+        return logits_sum / tf.maximum(n_valid, 1.0)
+
+    # -- Diagnostics -------------------------------------------------------------
+
+    def gradient_fidelity(self, clip, labels) -> dict:
+        """Per unit, how well the sideways gradient matches bptt's on this clip.
+
+        Both start from a fresh state with the current parameters; nothing is
+        updated. Returns {"cosine": [L], "norm_ratio": [L]} (sideways / bptt).
+        """
+        clip, labels = self._check(clip, labels)
+        return self._fidelity(clip, labels)
+
+    def _fidelity_fn(self, clip, labels):
+        return gradient_fidelity(self.pipeline, clip, labels)
+
+    def _check(self, clip, labels):
+        self.pipeline.check_clip(clip)
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape[:1] != (self.pipeline.batch_size,):
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}; expected [B] = "
+                f"[{self.pipeline.batch_size}], one label per clip."
+            )
+        return tf.convert_to_tensor(clip), labels
+
+    def state_sizes(self) -> dict:
+        """{buffer name: number of elements}: what the engine holds besides parameters."""
+        return {v.path: int(np.prod(v.shape)) for v in self.pipeline.state_variables()}
+
+
+def gradient_fidelity(pipeline: Pipeline, clip, labels) -> dict:
+    """Cosine similarity and norm ratio, per unit, of sideways vs bptt gradients of one clip."""
+    side = sideways_gradients(pipeline, pipeline.zero_state(), clip, labels)
+    exact = bptt_gradients(pipeline, pipeline.zero_state(), clip, labels)
+    cosine, ratio = [], []
+    for gs, ge in zip(side.grads, exact.grads):
+        s = tf.concat([tf.reshape(g, [-1]) for g in gs], 0)
+        e = tf.concat([tf.reshape(g, [-1]) for g in ge], 0)
+        ns, ne = tf.norm(s), tf.norm(e)
+        cosine.append(tf.reduce_sum(s * e) / tf.maximum(ns * ne, 1e-30))
+        ratio.append(ns / tf.maximum(ne, 1e-30))
+    return {"cosine": tf.stack(cosine), "norm_ratio": tf.stack(ratio)}
+
+
+__all__ = [
+    "MODES",
+    "RULES",
+    "Engine",
+    "ClipGradients",
+    "StepResult",
+    "sideways_step",
+    "sideways_gradients",
+    "bptt_gradients",
+    "frame_gradients",
+    "gradient_fidelity",
+    "all_variables",
+    "check_mode",
+]

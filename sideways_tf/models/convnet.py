@@ -1,0 +1,78 @@
+"""A VGG-style per-frame convnet cut into Sideways units, one conv block per unit.
+
+Each unit is conv3x3 -> LayerNorm -> ReLU (stride 1 or 2); the last unit pools
+globally and the head is a dense classifier. With topology "skip(2)" each unit
+also reads the unit two below, one frame newer: the connection across time that
+lets Skip-Sideways see motion (algorithm.md P5).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import keras
+
+import gin
+from sideways_tf import placement
+from sideways_tf.pipeline import Pipeline
+from sideways_tf.units import Unit
+
+
+def conv_block(width: int, stride: int, name: str, pool: bool = False) -> keras.Sequential:
+    """conv3x3(stride) -> LayerNorm -> ReLU [-> global average pool]: one unit's module H_i."""
+    layers = [
+        keras.layers.Conv2D(width, 3, strides=stride, padding="same", name="conv"),
+        keras.layers.LayerNormalization(name="norm"),
+        keras.layers.ReLU(name="relu"),
+    ]
+    if pool:
+        layers.append(keras.layers.GlobalAveragePooling2D(name="pool"))
+    return keras.Sequential(layers, name=name)
+
+
+@gin.configurable(module="sideways_tf.models")
+def conv_pipeline(
+    batch_size: int = gin.REQUIRED,
+    frame_shape: Sequence[int] = gin.REQUIRED,
+    num_classes: int = gin.REQUIRED,
+    widths: Sequence[int] = (32, 32, 64, 64, 128, 128),  # one conv block (unit) per width
+    strides: Sequence[int] = (1, 2, 1, 2, 1, 2),  # spatial stride of each block
+    topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
+    fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
+    devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+) -> Pipeline:
+    """Builds the conv pipeline; the last unit pools, the head is Dense(num_classes)."""
+    if len(widths) != len(strides):
+        raise ValueError(
+            f"conv_pipeline: widths has {len(widths)} entries but strides has {len(strides)}; "
+            "give one stride per unit."
+        )
+    if num_classes is gin.REQUIRED or batch_size is gin.REQUIRED:
+        raise ValueError("conv_pipeline needs batch_size and num_classes.")
+    unit_devices = placement.round_robin(len(widths), devices) if devices else [None] * len(widths)
+    units = [
+        Unit(
+            conv_block(w, s, name=f"block{i + 1}", pool=i == len(widths) - 1),
+            fusion=fusion,
+            device=d,
+            name=f"unit{i + 1}",
+        )
+        for i, (w, s, d) in enumerate(zip(widths, strides, unit_devices))
+    ]
+    head = keras.layers.Dense(num_classes, name="head")
+    return Pipeline(
+        units,
+        topology=topology,
+        head=head,
+        batch_size=batch_size,
+        frame_shape=tuple(frame_shape),
+        name="conv_pipeline",
+    )
+
+
+# Size variants. `tiny` is for tests: three narrow units.
+small_conv_pipeline = functools.partial(
+    conv_pipeline, widths=(16, 32, 32, 64), strides=(1, 2, 1, 2)
+)
+tiny_conv_pipeline = functools.partial(conv_pipeline, widths=(4, 8, 8), strides=(1, 2, 1))

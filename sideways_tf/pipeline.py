@@ -1,0 +1,323 @@
+"""Pipeline: units, the edges between them, a task head and a loss.
+
+The pipeline holds the network and its state; it knows two forward passes,
+  frame_forward   the per-frame network, every unit on the same frame (no delays);
+  forward_step    one computation step of the pipelined network (algorithm.md s.3):
+                  u_i[t] = C_i({a_j[t-1-d_ji]}), a_i[t] = H_i(u_i[t]), a_0[t-1] := x[t].
+Both are pure functions of an explicit PipelineState; the units' buffers store
+that state between calls (read_state / write_state / reset_state). How
+gradients are formed from these passes is the engine's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sideways_tf import placement
+from sideways_tf import topology as topology_lib
+from sideways_tf.units import Unit
+
+
+class PipelineState(NamedTuple):
+    """What the pipeline carries from step t-1 to step t (all K-independent).
+
+    t:        [] int32, steps taken since the last reset.
+    outputs:  a_i[t-1] for i = 1..L, each [B, *out_i].
+    messages: m_i[t] for i = 1..L-1, each [B, *out_i] (the top needs none).
+    delays:   one line [d, B, *in] per delayed edge, oldest first.
+    """
+
+    t: tf.Tensor
+    outputs: tuple
+    messages: tuple
+    delays: tuple
+
+
+def sparse_softmax_cross_entropy(labels, logits):
+    """Per-example loss [B] of integer labels [B] against logits [B, C]."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
+
+
+LOSSES = {"sparse_softmax_cross_entropy": sparse_softmax_cross_entropy}
+
+
+@keras.saving.register_keras_serializable(package="sideways_tf")
+class Pipeline(keras.Layer):
+    """Units 1..L over a topology, plus a head and a loss on the top unit.
+
+    Args:
+      units: the L units, bottom first.
+      topology: "chain", "skip(k)", "skip(k, d)", "dense(w)" or an edge list
+        (see sideways_tf.topology).
+      head: Keras layer applied to the top unit's output (logits); it lives on the
+        top unit's device and its parameters count as the top unit's. None: identity.
+      loss: per-example loss(labels [B], outputs) -> [B]; a name from LOSSES or a
+        callable.
+      batch_size: static batch size B of the state buffers.
+      frame_shape: shape of one frame, e.g. (H, W, C).
+    """
+
+    def __init__(
+        self,
+        units: Sequence[Unit],
+        topology: str | Sequence = "chain",
+        head: keras.Layer | None = None,
+        loss: str | Callable = "sparse_softmax_cross_entropy",
+        batch_size: int | None = None,
+        frame_shape: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        units = list(units)
+        for k, u in enumerate(units):
+            if not isinstance(u, Unit):
+                raise TypeError(
+                    f"Pipeline unit {k} is a {type(u).__name__}; wrap each block in "
+                    "sideways_tf.Unit(block, device=...)."
+                )
+        self.units = units
+        self.topology = topology_lib.parse_topology(topology, len(units))
+        self._topology_arg = topology
+        self.head = head
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise ValueError(f"Unknown loss {loss!r}; choose one of {sorted(LOSSES)}.")
+            self.loss_fn = LOSSES[loss]
+        else:
+            self.loss_fn = loss
+        self._loss_arg = loss
+        for i, (unit, into) in enumerate(zip(units, self.topology.sources), start=1):
+            unit.delays = tuple(e.delay for e in into)
+            unit.has_message = i < len(units)
+        # Index of each delayed edge's line in PipelineState.delays: _slots[i][k].
+        self._slots, n = {}, 0
+        for i, into in enumerate(self.topology.sources, start=1):
+            self._slots[i] = {}
+            for k, e in enumerate(into):
+                if e.delay > 0:
+                    self._slots[i][k], n = n, n + 1
+        if (batch_size is None) != (frame_shape is None):
+            raise ValueError("Give both batch_size and frame_shape to build now, or neither.")
+        if batch_size is not None:
+            self.build((batch_size, *frame_shape))
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    @property
+    def fill_steps(self) -> int:
+        """T_fill: first step whose top output is built from real frames only."""
+        return self.topology.fill_steps
+
+    @property
+    def top_device(self) -> str | None:
+        return self.units[-1].device
+
+    # -- Build -----------------------------------------------------------------
+
+    def build(self, input_shape):
+        """input_shape: (B, *frame_shape), B static. Builds units bottom-up."""
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 2 or input_shape[0] is None:
+            raise ValueError(
+                f"Build the pipeline with a static frame batch shape (B, H, W, C); got "
+                f"{input_shape}. State buffers need a static batch size."
+            )
+        self.batch_size, self.frame_shape = int(input_shape[0]), tuple(input_shape[1:])
+        shapes = [input_shape]
+        for unit, into in zip(self.units, self.topology.sources):
+            source_shapes = [shapes[e.source] for e in into]
+            if not unit.built:  # (units restored from a config arrive built)
+                unit.build(source_shapes)
+            elif unit.source_shapes != source_shapes:
+                raise ValueError(
+                    f"Unit {unit.name!r} was built for sources {unit.source_shapes}, but the "
+                    f"topology feeds it {source_shapes}; use a fresh unit."
+                )
+            shapes.append(unit.output_shape_)
+        with placement.device_scope(self.top_device):
+            if self.head is not None:
+                spec = self.head.compute_output_spec(keras.KerasTensor(shapes[-1]))
+                if not self.head.built:
+                    self.head.build(shapes[-1])
+                self.top_output_shape = tuple(spec.shape)
+            else:
+                self.top_output_shape = shapes[-1]
+        self.output_shapes = shapes[1:]
+
+    # -- Variables ---------------------------------------------------------------
+
+    def unit_variables(self, i: int) -> list:
+        """theta_i: trainable variables of unit i (1-based); the top also owns the head."""
+        variables = list(self.units[i - 1].trainable_variables)
+        if i == self.num_units and self.head is not None:
+            variables += list(self.head.trainable_variables)
+        return variables
+
+    # -- State -----------------------------------------------------------------
+
+    def _delay_buffers(self) -> list:
+        return [b for u in self.units for b in u.delay_buffers if b is not None]
+
+    def state_variables(self) -> list:
+        """Every buffer of every unit: the engine's whole state besides parameters."""
+        return [b for u in self.units for b in u.state_variables]
+
+    def read_state(self, t) -> PipelineState:
+        return PipelineState(
+            t=tf.convert_to_tensor(t, tf.int32),
+            outputs=tuple(tf.convert_to_tensor(u.output_buffer) for u in self.units),
+            messages=tuple(tf.convert_to_tensor(u.message_buffer) for u in self.units[:-1]),
+            delays=tuple(tf.convert_to_tensor(b) for b in self._delay_buffers()),
+        )
+
+    def write_state(self, state: PipelineState):
+        for u, a in zip(self.units, state.outputs):
+            u.output_buffer.assign(a)
+        for u, m in zip(self.units, state.messages):
+            u.message_buffer.assign(m)
+        for b, line in zip(self._delay_buffers(), state.delays):
+            b.assign(line)
+
+    def zero_state(self) -> PipelineState:
+        """A fresh state as tensors (buffers untouched), each on its unit's device."""
+
+        def zeros(var):
+            with tf.device(var.value.device):
+                return tf.zeros(var.shape, var.dtype)
+
+        return PipelineState(
+            t=tf.constant(0, tf.int32),
+            outputs=tuple(zeros(u.output_buffer) for u in self.units),
+            messages=tuple(zeros(u.message_buffer) for u in self.units[:-1]),
+            delays=tuple(zeros(b) for b in self._delay_buffers()),
+        )
+
+    def reset_state(self):
+        for u in self.units:
+            u.reset_state()
+
+    # -- Forward passes ----------------------------------------------------------
+
+    def gather(self, i: int, previous: Sequence, state: PipelineState):
+        """Sources of unit i at step t: a_j[t-1-d] for each edge, and the advanced delay lines.
+
+        previous: a_j[t-1] for j = 0..L, with previous[0] = x[t].
+        Returns (inputs, {line index: new line}).
+        """
+        inputs, new_lines = [], {}
+        slot = self._slots[i]
+        for k, e in enumerate(self.topology.sources[i - 1]):
+            if e.delay == 0:
+                inputs.append(previous[e.source])
+                continue
+            line = state.delays[slot[k]]  # [d, B, ...], holds a_j[t-1-d] .. a_j[t-2]
+            inputs.append(line[0])
+            new_lines[slot[k]] = tf.concat([line[1:], previous[e.source][None]], axis=0)
+        return inputs, new_lines
+
+    def apply_head(self, a_top, training=None):
+        return a_top if self.head is None else self.head(a_top, training=training)
+
+    def forward_step(self, state: PipelineState, x_t, training=None):
+        """One step of the pipelined network. x_t: [B, *frame]. Returns (state, top output)."""
+        previous = (tf.convert_to_tensor(x_t), *state.outputs)
+        outputs, lines = [], list(state.delays)
+        for i, unit in enumerate(self.units, start=1):
+            with placement.device_scope(unit.device):
+                inputs, new_lines = self.gather(i, previous, state)
+                outputs.append(unit(inputs, training=training))
+                for k, line in new_lines.items():
+                    lines[k] = line
+        with placement.device_scope(self.top_device):
+            logits = self.apply_head(outputs[-1], training=training)
+        return state._replace(t=state.t + 1, outputs=tuple(outputs), delays=tuple(lines)), logits
+
+    def frame_forward(self, x, training=None):
+        """The per-frame network: every unit works on the same frame. x: [N, *frame]."""
+        activations = [x]
+        for unit, into in zip(self.units, self.topology.sources):
+            with placement.device_scope(unit.device):
+                activations.append(unit([activations[e.source] for e in into], training=training))
+        with placement.device_scope(self.top_device):
+            return self.apply_head(activations[-1], training=training)
+
+    def call(self, clip, training=None):
+        """Pipelined outputs of a whole clip from a zero state: [B, K, ...] -> [B, K, out]."""
+        clip = tf.convert_to_tensor(clip)
+        if clip.shape[1] is None:
+            raise ValueError("Pipeline.call needs a static clip length K.")
+        state, outs = self.zero_state(), []
+        frames = tf.unstack(clip, axis=1)
+        for x_t in frames:
+            state, logits = self.forward_step(state, x_t, training=training)
+            outs.append(logits)
+        return tf.stack(outs, axis=1)
+
+    # -- Input checks --------------------------------------------------------------
+
+    def check_clip(self, clip, name: str = "clip"):
+        """Raises a clear error unless clip is float [B, K, *frame_shape] with the buffers' B."""
+        shape = tuple(clip.shape)
+        expected = (self.batch_size, "K", *self.frame_shape)
+        dtype = tf.as_dtype(clip.dtype)
+        if not dtype.is_floating:
+            raise TypeError(
+                f"{name} has dtype {dtype.name}; the pipeline takes float frames. Convert and "
+                "normalise first, e.g. tf.cast(frames, tf.float32) / 127.5 - 1."
+            )
+        if len(shape) != len(expected):
+            raise ValueError(
+                f"{name} has shape {shape}; expected [B, K, *frame] = {expected} "
+                "(a batch of clips, time second)."
+            )
+        if shape[0] != self.batch_size:
+            raise ValueError(
+                f"{name} has batch size {shape[0]}, but the state buffers were built for "
+                f"batch_size={self.batch_size}. Batch with drop_remainder=True, or rebuild the "
+                "pipeline with the batch size you feed."
+            )
+        if shape[2:] != self.frame_shape:
+            raise ValueError(
+                f"{name} frames have shape {shape[2:]}, but the pipeline was built for frames "
+                f"of shape {self.frame_shape}. Resize the input or rebuild with that frame_shape."
+            )
+
+    def describe(self) -> str:
+        lines = [self.topology.describe()]
+        for i, (u, s) in enumerate(zip(self.units, self.output_shapes), start=1):
+            n = int(sum(np.prod(v.shape) for v in self.unit_variables(i)))
+            lines.append(f"  unit {i} {u.name}: out {s[1:]}, {n} params, device {u.device}")
+        return "\n".join(lines)
+
+    def get_config(self):
+        config = super().get_config()
+        if not isinstance(self._loss_arg, str):
+            raise ValueError("Only pipelines with a named loss (see LOSSES) serialise.")
+        config.update(
+            units=[keras.saving.serialize_keras_object(u) for u in self.units],
+            topology=(
+                self._topology_arg
+                if isinstance(self._topology_arg, str)
+                else [tuple(e) for e in self._topology_arg]
+            ),
+            head=keras.saving.serialize_keras_object(self.head) if self.head else None,
+            loss=self._loss_arg,
+            batch_size=getattr(self, "batch_size", None),
+            frame_shape=getattr(self, "frame_shape", None),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["units"] = [keras.saving.deserialize_keras_object(u) for u in config["units"]]
+        if config["head"] is not None:
+            config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)

@@ -1,0 +1,158 @@
+"""Unit: one stage of a Sideways pipeline, a Keras layer that owns its state.
+
+A unit wraps any Keras layer or block, the module H_i, behind the fusion C_i of
+its sources (algorithm.md s.2-3):
+
+    u_i[t] = C_i({ a_j[t-1-d_ji] : j in S(i) })
+    a_i[t] = H_i(u_i[t]; theta_i)
+
+Between steps the unit keeps, as non-trainable fixed-shape buffers created in
+build() (the static-batch pattern of Keras' stateful RNNs):
+    output    a_i[t-1]                              [B, *out] (output_shape_)
+    message   m_i[t], the gradient w.r.t. a_i        [B, *out]   (not on the top unit)
+    delay_k   a_j[t-1-d], ..., a_j[t-2] for edge k   [d, B, *in_k] (edges with d > 0)
+Nothing else: no per-frame history, so the state does not grow with clip length.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from sideways_tf import fusion as fusion_lib
+from sideways_tf import placement
+
+
+@keras.saving.register_keras_serializable(package="sideways_tf")
+class Unit(keras.Layer):
+    """A pipeline unit: fusion of its sources, then its module, plus its state buffers.
+
+    Args:
+      module: any Keras layer or block (H_i).
+      fusion: how several sources are fused: "sum", "concat", "gated" or a Fusion
+        layer. Unused with a single source.
+      device: where the unit's parameters, buffers and work live ("GPU:1",
+        "CPU:0", ...); None leaves placement to TensorFlow.
+      delays: extra delay of each incoming edge, in the order of the pipeline's
+        topology (set by the Pipeline; one undelayed edge by default).
+      has_message: whether the unit receives a gradient message (every unit but
+        the top, whose gradient is its fresh loss gradient).
+    """
+
+    def __init__(
+        self,
+        module: keras.Layer,
+        fusion: str | fusion_lib.Fusion = "sum",
+        device: str | None = None,
+        delays: tuple[int, ...] | None = None,
+        has_message: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(module, keras.Layer):
+            raise TypeError(
+                f"Unit module must be a Keras layer or model, got {type(module).__name__}; "
+                "wrap plain functions in keras.layers.Lambda."
+            )
+        if isinstance(fusion, str) and fusion not in fusion_lib.FUSIONS:
+            raise ValueError(
+                f"Unknown fusion {fusion!r}; choose one of {sorted(fusion_lib.FUSIONS)}."
+            )
+        self.module = module
+        self._fusion_arg = fusion
+        self.fusion = None  # Created in build() when the unit has several sources.
+        self.device = placement.resolve_device(device)
+        self.delays = (0,) if delays is None else tuple(int(d) for d in delays)
+        self.has_message = has_message
+
+    # -- Keras layer contract --------------------------------------------------
+
+    def build(self, input_shape):
+        """input_shape: one static shape [B, ...] per source, primary first."""
+        shapes = [tuple(s) for s in input_shape]
+        if len(shapes) != len(self.delays):
+            raise ValueError(
+                f"Unit {self.name!r} has {len(self.delays)} incoming edges but was built "
+                f"with {len(shapes)} source shapes."
+            )
+        for s in shapes:
+            if s[0] is None:
+                raise ValueError(
+                    f"Unit {self.name!r} needs a static batch size for its state buffers "
+                    "(as Keras' stateful RNNs); build the pipeline with batch_size=B."
+                )
+        with placement.device_scope(self.device):
+            if len(shapes) > 1:
+                self.fusion = fusion_lib.make_fusion(self._fusion_arg)
+                self.fusion.build(shapes)
+                in_shape = self.fusion.compute_output_shape(shapes)
+            else:
+                in_shape = shapes[0]
+            spec = self.module.compute_output_spec(keras.KerasTensor(in_shape, dtype="float32"))
+            if not self.module.built:
+                self.module.build(in_shape)
+            self.output_shape_ = tuple(spec.shape)
+            self.output_buffer = self.add_weight(
+                shape=self.output_shape_, initializer="zeros", trainable=False, name="output"
+            )
+            self.message_buffer = (
+                self.add_weight(
+                    shape=self.output_shape_, initializer="zeros", trainable=False, name="message"
+                )
+                if self.has_message
+                else None
+            )
+            self.delay_buffers = [
+                self.add_weight(
+                    shape=(d, *s), initializer="zeros", trainable=False, name=f"delay_{k}"
+                )
+                if d > 0
+                else None
+                for k, (d, s) in enumerate(zip(self.delays, shapes))
+            ]
+        self.source_shapes = shapes
+
+    def call(self, inputs, training=None):
+        """inputs: list of source activations, primary first. Returns a_i = H_i(C_i(inputs))."""
+        u = self.fusion(inputs) if self.fusion is not None else inputs[0]
+        return self.module(u, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.output_shape_
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            module=keras.saving.serialize_keras_object(self.module),
+            fusion=(
+                self._fusion_arg
+                if isinstance(self._fusion_arg, str)
+                else keras.saving.serialize_keras_object(self._fusion_arg)
+            ),
+            device=self.device,
+            delays=self.delays,
+            has_message=self.has_message,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["module"] = keras.saving.deserialize_keras_object(config["module"])
+        if isinstance(config["fusion"], dict):
+            config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
+        config["delays"] = tuple(config["delays"])
+        return cls(**config)
+
+    # -- State -----------------------------------------------------------------
+
+    @property
+    def state_variables(self) -> list:
+        """Every buffer this unit carries between steps."""
+        bufs = [self.output_buffer, self.message_buffer, *self.delay_buffers]
+        return [b for b in bufs if b is not None]
+
+    def reset_state(self):
+        """Zeroes every buffer: the start of a new batch of clips."""
+        for b in self.state_variables:
+            b.assign(ops.zeros(b.shape, b.dtype))

@@ -1,0 +1,152 @@
+"""The engine: one update function for every mode, devices, retracing, bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from toy import conv_pipeline, dense_pipeline, flat, random_clip
+
+import sideways_tf as sw
+from sideways_tf import engine
+
+MODE_TOPOLOGY = [
+    ("frame_bp", "skip(2)"),
+    ("bptt", "skip(2)"),
+    ("sideways", "chain"),
+    ("skip_sideways", "skip(2)"),
+    ("skip_sideways", "dense(2)"),
+]
+
+
+@pytest.mark.parametrize("fusion", ["sum", "concat", "gated"])
+@pytest.mark.parametrize("mode, topology", MODE_TOPOLOGY)
+def test_every_variable_gets_a_finite_nonzero_update(mode, topology, fusion):
+    pipeline = conv_pipeline(topology=topology, fusion=fusion)
+    eng = sw.Engine(pipeline, mode, keras.optimizers.SGD(0.1))
+    before = [np.array(v) for v in eng.variables]
+    clip, labels = random_clip(pipeline, 2 * pipeline.fill_steps + 3)
+    metrics = eng.train_clip(clip, labels)
+    assert np.isfinite(float(metrics["loss"]))
+    for v, old in zip(eng.variables, before):
+        new = np.array(v)
+        assert np.all(np.isfinite(new)), v.path
+        assert np.any(new != old), f"{mode}/{topology}/{fusion}: {v.path} was not updated"
+
+
+def test_one_trace_for_many_clips():
+    pipeline = dense_pipeline("skip(2)")
+    eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1))
+    for seed in range(4):
+        eng.train_clip(*random_clip(pipeline, 10, seed=seed))
+        eng.predict_clip(random_clip(pipeline, 10, seed=seed)[0])
+    assert eng._update.experimental_get_tracing_count() == 1
+    assert eng._predict.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("rule", [engine.sideways_gradients, engine.bptt_gradients])
+def test_same_gradients_on_one_device_and_on_two(rule):
+    one = conv_pipeline(topology="skip(2)", devices=["CPU:0"])
+    two = conv_pipeline(topology="skip(2)", devices=["CPU:0", "CPU:1"])
+    two.set_weights(one.get_weights())
+    # The second half of the units, their parameters and buffers live on CPU:1.
+    assert "CPU:1" in two.units[-1].output_buffer.value.device
+    assert "CPU:1" in two.units[-1].module.weights[0].value.device
+    assert "CPU:0" in two.units[0].module.weights[0].value.device
+    clip, labels = random_clip(one, 9)
+    fn = tf.function(lambda p, c, y: rule(p, p.zero_state(), c, y).grads)
+    for g1, g2 in zip(flat(fn(one, clip, labels)), flat(fn(two, clip, labels))):
+        np.testing.assert_allclose(g2, g1, rtol=1e-5, atol=1e-7)
+
+
+def test_streaming_updates_every_n_steps_and_carries_state():
+    pipeline = dense_pipeline("chain")
+    eng = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1), update_every=4)
+    eng.train_clip(*random_clip(pipeline, 12))
+    assert int(eng.optimizer.iterations) == 3
+    assert int(eng.step) == 12  # the state ran on across the three chunks
+    with pytest.raises(ValueError, match="not a multiple of update_every=4"):
+        eng.train_clip(*random_clip(pipeline, 10))
+
+
+def test_carry_state_between_clips_skips_refill():
+    pipeline = dense_pipeline("chain", num_units=3)
+    fresh = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.0))
+    carried = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.0), carry_state=True)
+    clip, labels = random_clip(pipeline, 8)
+    for _ in range(2):
+        m_fresh, m_carried = fresh.train_clip(clip, labels), carried.train_clip(clip, labels)
+    assert float(m_fresh["valid_steps"]) == 8 - pipeline.fill_steps + 1
+    assert float(m_carried["valid_steps"]) == 8  # full from its first step
+    assert int(carried.step) == 16 and int(fresh.step) == 8
+
+
+def test_prediction_leaves_training_state_alone():
+    pipeline = dense_pipeline("skip(2)")
+    eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1), carry_state=True)
+    clip, labels = random_clip(pipeline, 8)
+    eng.train_clip(clip, labels)
+    state = [np.array(v) for v in pipeline.state_variables()]
+    logits = eng.predict_clip(clip)
+    assert logits.shape == (2, 3)
+    for v, old in zip(pipeline.state_variables(), state):
+        np.testing.assert_array_equal(np.array(v), old)
+
+
+def test_gradient_fidelity_is_exact_at_the_top_and_approximate_below():
+    pipeline = dense_pipeline("chain", num_units=3)
+    eng = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1))
+    fid = {k: v.numpy() for k, v in eng.gradient_fidelity(*random_clip(pipeline, 12)).items()}
+    assert fid["cosine"].shape == (3,)
+    # The top unit's gradient is exact; below it, stale messages make it approximate.
+    np.testing.assert_allclose([fid["cosine"][-1], fid["norm_ratio"][-1]], [1.0, 1.0], rtol=1e-4)
+    assert np.all(fid["cosine"][:-1] < 0.999) and np.all(fid["cosine"] > -1.0)
+
+
+# -- Bad input -------------------------------------------------------------------
+
+
+@pytest.fixture
+def chain_engine():
+    pipeline = dense_pipeline("chain", batch=2, dim=5)
+    return sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1))
+
+
+def test_frame_of_wrong_shape(chain_engine):
+    with pytest.raises(
+        ValueError, match=r"frames have shape \(6,\).*built for frames of shape \(5,\)"
+    ):
+        chain_engine.train_clip(np.zeros((2, 8, 6), "float32"), np.zeros(2, "int32"))
+
+
+def test_frame_of_wrong_dtype(chain_engine):
+    with pytest.raises(TypeError, match="dtype uint8.*tf.cast"):
+        chain_engine.train_clip(np.zeros((2, 8, 5), "uint8"), np.zeros(2, "int32"))
+
+
+def test_batch_size_other_than_buffers(chain_engine):
+    with pytest.raises(ValueError, match="batch size 3.*batch_size=2.*drop_remainder=True"):
+        chain_engine.train_clip(np.zeros((3, 8, 5), "float32"), np.zeros(3, "int32"))
+
+
+def test_clip_without_time_axis(chain_engine):
+    with pytest.raises(ValueError, match=r"expected \[B, K, \*frame\]"):
+        chain_engine.train_clip(np.zeros((2, 5), "float32"), np.zeros(2, "int32"))
+
+
+def test_edge_to_a_later_unit():
+    with pytest.raises(ValueError, match="must go to a later unit"):
+        dense_pipeline([(0, 1), (1, 2), (3, 2), (2, 3)])
+
+
+def test_device_that_does_not_exist():
+    with pytest.raises(ValueError, match="'CPU:9' does not exist.*CPU:0"):
+        sw.Unit(keras.layers.Dense(3), device="CPU:9")
+
+
+def test_mode_must_fit_topology():
+    with pytest.raises(ValueError, match="use mode='skip_sideways'"):
+        sw.Engine(dense_pipeline("skip(2)"), "sideways", keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="needs skip edges"):
+        sw.Engine(dense_pipeline("chain"), "skip_sideways", keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="Unknown mode 'backprop'"):
+        sw.Engine(dense_pipeline("chain"), "backprop", keras.optimizers.SGD(0.1))

@@ -1,0 +1,57 @@
+"""Tiny pipelines shared by the tests."""
+
+import keras
+import numpy as np
+
+import sideways_tf as sw
+
+
+def dense_pipeline(
+    topology="chain", num_units=3, dim=5, batch=2, classes=3, fusion="sum", devices=None, seed=0
+):
+    """Units Dense(dim, tanh) on vector frames [B, dim]; head Dense(classes)."""
+    keras.utils.set_random_seed(seed)
+    devices = devices or [None] * num_units
+    units = [
+        sw.Unit(
+            keras.layers.Dense(dim, activation="tanh", name="dense"),
+            fusion=fusion,
+            device=devices[i],
+            name=f"unit{i + 1}",
+        )
+        for i in range(num_units)
+    ]
+    return sw.Pipeline(
+        units,
+        topology=topology,
+        head=keras.layers.Dense(classes, name="head"),
+        batch_size=batch,
+        frame_shape=(dim,),
+    )
+
+
+def conv_pipeline(topology="skip(2)", batch=2, fusion="sum", classes=4, devices=None, seed=0):
+    """Three conv units with a strided middle one: skips need projections."""
+    from sideways_tf.models import convnet
+
+    keras.utils.set_random_seed(seed)
+    return convnet.tiny_conv_pipeline(
+        batch_size=batch,
+        frame_shape=(8, 8, 2),
+        num_classes=classes,
+        topology=topology,
+        fusion=fusion,
+        devices=devices,
+    )
+
+
+def random_clip(pipeline, num_frames, seed=0):
+    rng = np.random.default_rng(seed)
+    clip = rng.normal(size=(pipeline.batch_size, num_frames, *pipeline.frame_shape))
+    labels = rng.integers(0, 3, size=(pipeline.batch_size,))
+    return clip.astype("float32"), labels.astype("int32")
+
+
+def flat(grads):
+    """Per-unit gradient lists -> one flat float64 vector per unit."""
+    return [np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in gu]) for gu in grads]
