@@ -8,12 +8,11 @@ lets Skip-Sideways see motion (algorithm.md P5).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
+import gin
 import keras
 
-import gin
 from sideways_tf import placement
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.units import Unit
@@ -71,8 +70,14 @@ def conv_pipeline(
     )
 
 
-# Size variants. `tiny` is for tests: three narrow units.
-small_conv_pipeline = functools.partial(
-    conv_pipeline, widths=(16, 32, 32, 64), strides=(1, 2, 1, 2)
-)
-tiny_conv_pipeline = functools.partial(conv_pipeline, widths=(4, 8, 8), strides=(1, 2, 1))
+# Size variants; conv_pipeline's own bindings still apply to what they leave open.
+@gin.configurable(module="sideways_tf.models")
+def small_conv_pipeline(widths=(16, 32, 32, 64), strides=(1, 2, 1, 2), **kwargs) -> Pipeline:
+    """Four units, 16-64 channels: the moving_shapes model."""
+    return conv_pipeline(widths=widths, strides=strides, **kwargs)
+
+
+@gin.configurable(module="sideways_tf.models")
+def tiny_conv_pipeline(widths=(4, 8, 8), strides=(1, 2, 1), **kwargs) -> Pipeline:
+    """Three narrow units, for tests."""
+    return conv_pipeline(widths=widths, strides=strides, **kwargs)

@@ -1,0 +1,1 @@
+"""sideways_tf data."""

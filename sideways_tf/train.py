@@ -1,0 +1,243 @@
+"""Training runs: `train(workdir)`, the one gin root of every experiment.
+
+    sideways-train --gin_file=gin/experiments/moving_shapes_skip_sideways.gin --workdir=/tmp/run
+
+The loop reads top to bottom: data, model and engine, checkpoint (resume), then
+steps with logging, gradient fidelity, evaluation and checkpoints. Everything a
+run writes goes under `workdir`:
+    config.gin              the operative gin config (also in TensorBoard text)
+    checkpoints/ckpt-N.*    parameters, optimizer, buffers, step, data position
+    train/, eval/           TensorBoard event files
+    eval_metrics.json       the latest evaluation, with its step and history
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from sideways_tf import checkpointing, summaries
+from sideways_tf.engine import Engine, check_mode
+from sideways_tf.evaluate import evaluate
+
+
+@gin.configurable(module="sideways_tf")
+def adam(
+    learning_rate: float = 1e-3,  # peak learning rate, after warmup
+    warmup_steps: int = 100,  # linear warmup from 0, in optimizer steps
+    decay_steps: int = 1000,  # cosine decay to 0 over this many steps after warmup
+    clipnorm: float | None = 1.0,  # clip each gradient's norm (None: no clipping)
+) -> keras.optimizers.Optimizer:
+    """Adam with linear warmup and cosine decay; `train` sets decay_steps from num_steps."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=max(decay_steps - warmup_steps, 1),
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    return keras.optimizers.Adam(schedule, clipnorm=clipnorm)
+
+
+@gin.configurable(module="sideways_tf", denylist=["workdir", "eval_only"])
+def train(
+    workdir: str,
+    # -- Task ----------------------------------------------------------------
+    mode: str = gin.REQUIRED,  # frame_bp | bptt | sideways | skip_sideways
+    model_fn: Callable = gin.REQUIRED,  # (batch_size, frame_shape, num_classes) -> Pipeline
+    train_data: Callable = gin.REQUIRED,  # () -> unbatched {"frames", "label"} dataset
+    eval_data: Callable | None = None,  # () -> finite dataset scored by evaluate()
+    num_classes: int = gin.REQUIRED,  # classes of the task (the head's width)
+    seed: int = 0,  # parameter initialisation (data seeds are the data's own bindings)
+    # -- Schedule ------------------------------------------------------------
+    batch_size: int = 16,  # clips per step; the buffers' static batch size
+    num_steps: int = 2000,  # training steps (batches of clips); sets the LR schedule
+    stop_at_step: int | None = None,  # end this run early (resume later with the same config)
+    optimizer_fn: Callable = adam,  # () -> Keras optimizer; gets decay_steps
+    update_every: int | None = None,  # optimizer step every N frames (None: once per clip)
+    carry_state: bool = False,  # keep buffers across consecutive clips (streaming)
+    # -- Logging and checkpoints ----------------------------------------------
+    log_every: int = 50,  # steps between train scalars
+    fidelity_every: int = 250,  # steps between sideways-vs-bptt gradient fidelity (0: off)
+    images_every: int = 1000,  # steps between sample input clips in TensorBoard (0: off)
+    eval_every: int = 500,  # steps between evaluations (and at the end)
+    checkpoint_every: int = 500,  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 3,  # checkpoints kept in workdir/checkpoints
+    progress: bool = True,  # progress bar on the terminal
+    eval_only: bool = False,
+) -> dict:
+    """Trains (or, with eval_only, evaluates the latest checkpoint); returns final metrics."""
+    for name, value in (("log_every", log_every), ("eval_every", eval_every)):
+        if value < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {value}.")
+    tf.io.gfile.makedirs(workdir)
+
+    # -- Data --------------------------------------------------------------------
+    train_ds = train_data()
+    spec = train_ds.element_spec
+    for key in ("frames", "label"):
+        if key not in spec:
+            raise ValueError(
+                f"train.train_data yields {sorted(spec)}; a training dataset must yield "
+                "'frames' [K, H, W, C] and 'label'. Bind train.train_data to a labelled "
+                "dataset (the future-frames variants have no labels)."
+            )
+    num_frames, *frame_shape = spec["frames"].shape
+    if num_frames is None or None in frame_shape:
+        raise ValueError(
+            f"train.train_data yields frames of shape {spec['frames'].shape}; the "
+            "pipeline needs a static clip length and frame size."
+        )
+    train_iter = iter(train_ds.batch(batch_size, drop_remainder=True).prefetch(2))
+    eval_ds = eval_data() if eval_data is not None else None  # finite; re-read at each eval
+
+    # -- Model and engine -----------------------------------------------------------
+    keras.utils.set_random_seed(seed)
+    pipeline = model_fn(batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes)
+    try:
+        check_mode(mode, pipeline)
+    except ValueError as e:
+        raise ValueError(f"{e} (gin: train.mode = '{mode}', and the model's topology.)") from e
+    updates_per_clip = num_frames // update_every if update_every else 1
+    optimizer = optimizer_fn(decay_steps=num_steps * updates_per_clip)
+    engine = Engine(pipeline, mode, optimizer, update_every=update_every, carry_state=carry_state)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+
+    # -- Checkpoint: resume where the last run stopped ------------------------------
+    checkpoint = tf.train.Checkpoint(
+        pipeline=checkpointing.variables_by_path(pipeline),
+        optimizer=optimizer,
+        step=step,
+        engine_step=engine.step,
+        data=train_iter,
+    )
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), checkpoint, max_to_keep=keep_checkpoints
+    )
+    restored = checkpointer.restore_latest()
+    writers = {
+        split: tf.summary.create_file_writer(os.path.join(workdir, split))
+        for split in ("train", "eval")
+    }
+    summaries.write_config(writers["train"], workdir)
+
+    def run_eval():
+        if eval_ds is None:
+            return None
+        metrics = evaluate(engine, eval_ds, progress=progress)
+        summaries.write_scalars(writers["eval"], int(step), metrics)
+        path = os.path.join(workdir, "eval_metrics.json")
+        history = []
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                history = [h for h in json.load(f).get("history", []) if h["step"] < int(step)]
+        record = {"step": int(step), **metrics}
+        summaries.write_json(path, {**record, "mode": mode, "history": history + [record]})
+        return metrics
+
+    if eval_only:
+        if restored is None:
+            raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to evaluate.")
+        return {"step": int(step), "eval": run_eval()}
+
+    # -- Training loop ------------------------------------------------------------------
+    bar = tqdm.tqdm(
+        total=num_steps, initial=int(step), unit="step", disable=not progress, dynamic_ncols=True
+    )
+    window = {"loss": [], "hits": []}
+    last_time, last_step, eval_metrics = time.time(), int(step), None
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
+    try:
+        last = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+        while int(step) < last and not interrupted:
+            batch = next(train_iter)
+            frames, labels = batch["frames"], batch["label"]
+            if not window["loss"]:
+                _check_labels(labels, num_classes)
+            metrics = engine.train_clip(frames, labels)
+            step.assign_add(1)
+            s = int(step)
+            bar.update(1)
+            window["loss"].append(float(metrics["loss"]))
+            window["hits"].append(np.mean(np.argmax(metrics["logits"], -1) == labels.numpy()))
+
+            if s % log_every == 0 or s == last:
+                now = time.time()
+                fps = (s - last_step) * batch_size * num_frames / max(now - last_time, 1e-9)
+                last_time, last_step = now, s
+                scalars = {
+                    "loss": np.mean(window["loss"]),
+                    "accuracy": np.mean(window["hits"]),
+                    "learning_rate": float(optimizer.learning_rate),
+                    "frames_per_second": fps,
+                }
+                window = {"loss": [], "hits": []}
+                summaries.write_scalars(writers["train"], s, scalars)
+                summaries.write_per_unit(writers["train"], s, "grad_norm", metrics["grad_norms"])
+                summaries.write_per_unit(
+                    writers["train"],
+                    s,
+                    "buffer_norm",
+                    [np.linalg.norm(np.array(u.output_buffer)) for u in pipeline.units],
+                )
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.3f}",
+                    acc=f"{scalars['accuracy']:.3f}",
+                    fps=f"{fps:.0f}",
+                )
+            if fidelity_every and (s % fidelity_every == 0 or s == 1):
+                fid = engine.gradient_fidelity(frames, labels)
+                summaries.write_per_unit(writers["train"], s, "fidelity/cosine", fid["cosine"])
+                summaries.write_per_unit(
+                    writers["train"], s, "fidelity/norm_ratio", fid["norm_ratio"]
+                )
+            if images_every and (s % images_every == 0 or s == 1):
+                summaries.write_clips(writers["train"], s, "input_clips", frames)
+            if s % checkpoint_every == 0 or s == last:
+                checkpointer.save(s)
+            if s % eval_every == 0 or s == last:
+                eval_metrics = run_eval()
+                if eval_metrics:
+                    bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.3f}")
+    except KeyboardInterrupt:
+        interrupted.append(True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        bar.close()
+        for w in writers.values():
+            w.flush()
+    if interrupted:
+        path = checkpointer.save(int(step))
+        print(
+            f"Stopped at step {int(step)}; saved {path}. Run again with the same workdir to resume."
+        )
+    return {"step": int(step), "eval": eval_metrics}
+
+
+def evaluate_workdir(workdir: str, gin_params: tuple = ()) -> dict:
+    """Evaluates the latest checkpoint of a run with the config it saved."""
+    config = os.path.join(workdir, "config.gin")
+    if not tf.io.gfile.exists(config):
+        raise FileNotFoundError(
+            f"{config} not found: is {workdir} the workdir of a sideways-train run?"
+        )
+    gin.parse_config_files_and_bindings([config], list(gin_params), finalize_config=False)
+    return train(workdir, eval_only=True)
+
+
+def _check_labels(labels, num_classes: int):
+    top = int(tf.reduce_max(labels))
+    if top >= num_classes or int(tf.reduce_min(labels)) < 0:
+        raise ValueError(
+            f"The training data has label {top}, outside [0, train.num_classes={num_classes}); "
+            "set train.num_classes (NUM_CLASSES in the data gin file) to the dataset's class count."
+        )
