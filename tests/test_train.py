@@ -22,6 +22,14 @@ MODE_TOPOLOGY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_gin_config():
+    """Each test parses its own config; the CLI finalizes (locks) gin's."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
 def run(workdir, *params, eval_only=False):
     gin.clear_config()
     gin.add_config_file_search_path(ROOT)

@@ -1,0 +1,523 @@
+"""`sideways-convert`: videos -> sharded DMVR records (dmvr.py), in parallel and resumable.
+
+  sideways-convert --videos_dir=videos/ --output_dir=records/ --split=train \\
+      --fps=25 --short_side=256 --workers=8
+
+Each video is decoded with PyAV, resampled to `fps` (nearest frame in time; None keeps
+the source rate) with its short side resized to `short_side`, JPEG-encoded frame by
+frame and written as one SequenceExample. Videos are shuffled with a fixed seed (so
+shards mix classes) and cut into shards.
+
+Output, in --output_dir:
+  <split>-00000-of-000NN.tfrecord   the shards
+  <split>-report.json               counts, records per shard, labels, unreadable, missing
+  <split>-unreadable.txt            one line per skipped video: path<TAB>reason
+  _shards_meta/<shard>.json         per-shard record of what went in (for resuming)
+
+Resuming: a shard is written to `<shard>.incomplete` and renamed when complete, so a
+re-run with the same flags keeps finished shards and redoes the rest. Unreadable
+videos (corrupt, truncated, no video stream) are skipped and listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import io
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from sideways_tf.data import dmvr, hmdb51, kinetics, listings, ucf101
+from sideways_tf.data.listings import SplitListing, VideoEntry
+
+logger = logging.getLogger(__name__)
+
+META_DIR = "_shards_meta"
+_TRUNCATION_TOLERANCE = 0.75  # fewer than this fraction of the header's frame count: truncated
+
+
+class UnreadableVideoError(Exception):
+    """A video that cannot be decoded (corrupt, truncated, no video stream)."""
+
+
+class ConversionReport(NamedTuple):
+    shards: list[str]  # all shard paths of the split
+    num_records: int  # videos written, over all shards
+    written_shards: int  # shards written by this run
+    kept_shards: int  # shards found complete and kept
+    unreadable: list[tuple[str, str]]  # (path, reason), over all shards
+    missing: list[str]  # listed in the annotations, absent on disk
+    report_path: str
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "Decoding videos needs PyAV. Fix: pip install 'sideways_tf[video]' (or pip install av)."
+        ) from e
+    return av
+
+
+def _resized_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    if short_side is None:
+        return height, width
+    scale = short_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def decode_video(
+    path: str, fps: float | None = None, short_side: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Decodes a video to RGB frames, resampled in time and resized.
+
+    Args:
+      path: local or gs:// path.
+      fps: output frame rate; output frame k shows the source frame nearest in time to
+        k / fps (frames are dropped or repeated). None keeps every source frame.
+      short_side: the frames' short side after resizing (aspect kept); None keeps the size.
+    Returns:
+      (uint8 [T, H, W, 3], frame rate of the output).
+    Raises:
+      UnreadableVideoError: the file cannot be decoded, has no video stream or no frames,
+        or stops well before the frame count its header announces (truncated).
+    """
+    frames, rate = _decode(path, fps, short_side, convert=lambda image: image)
+    return np.stack(frames), rate
+
+
+def decode_video_to_jpegs(
+    path: str, fps: float | None = None, short_side: int | None = None, quality: int = 90
+) -> tuple[list[bytes], float]:
+    """As `decode_video`, but each frame JPEG-encoded as it is decoded (bounded memory)."""
+    return _decode(path, fps, short_side, convert=lambda image: encode_jpeg(image, quality))
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """uint8 [H, W, 3] -> JPEG bytes."""
+    return tf.io.encode_jpeg(image, quality=quality).numpy()
+
+
+def _decode(path, fps, short_side, convert):
+    """(convert(frame) for each output frame, output frame rate); see decode_video."""
+    av = _import_av()
+    try:
+        if "://" in path:  # gs://, s3://, ...: PyAV reads local files, so read it whole
+            with tf.io.gfile.GFile(path, "rb") as f:
+                source = io.BytesIO(f.read())
+        else:
+            source = path
+        with av.open(source) as container:
+            if not container.streams.video:
+                raise UnreadableVideoError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            announced = stream.frames or 0
+            if not announced and container.duration:
+                announced = int(container.duration / 1e6 * rate)
+            frames, decoded = _resample(container.decode(stream), rate, fps, short_side, convert)
+    except UnreadableVideoError:
+        raise
+    except Exception as e:  # PyAV raises FFmpegError subclasses, also OSError/ValueError
+        raise UnreadableVideoError(f"{type(e).__name__}: {e}") from e
+    if not frames:
+        raise UnreadableVideoError("no frames decoded")
+    if announced and decoded < _TRUNCATION_TOLERANCE * announced:
+        raise UnreadableVideoError(
+            f"truncated: decoded {decoded} of the {announced} frames its header announces"
+        )
+    return frames, float(fps or rate)
+
+
+def _resample(decoded_frames, rate, fps, short_side, convert):
+    """(converted frames resampled to fps and resized, number of source frames decoded)."""
+    out = []
+    shape = None
+    last = [None, None]  # the frame emitted last and its conversion: repeats reuse it
+
+    def emit(frame):
+        nonlocal shape
+        if frame is not last[0]:
+            if shape is None:
+                shape = _resized_shape(frame.height, frame.width, short_side)
+            h, w = shape
+            image = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+            last[:] = [frame, convert(image)]  # [h, w, 3] uint8 -> whatever convert makes
+        out.append(last[1])
+
+    prev, prev_t, start = None, 0.0, None
+    next_slot = 0  # output frame k is due at time k / fps
+    count = 0
+    for i, frame in enumerate(decoded_frames):
+        count += 1
+        if fps is None:
+            emit(frame)
+            continue
+        t = frame.time if frame.time is not None else i / rate
+        start = t if start is None else start
+        t -= start
+        if prev is not None:
+            midpoint = (prev_t + t) / 2  # slots up to the midpoint are nearer to prev
+            while next_slot / fps <= midpoint + 1e-9:
+                emit(prev)
+                next_slot += 1
+        prev, prev_t = frame, t
+    if fps is not None and prev is not None:
+        while next_slot / fps <= prev_t + 1e-9:
+            emit(prev)
+            next_slot += 1
+    return out, count
+
+
+def video_record(
+    entry: VideoEntry, fps: float | None, short_side: int | None, jpeg_quality: int = 90
+) -> bytes:
+    """One video as a serialized DMVR SequenceExample. Raises UnreadableVideoError."""
+    jpegs, rate = decode_video_to_jpegs(entry.path, fps, short_side, jpeg_quality)
+    example = dmvr.make_sequence_example(
+        jpegs,
+        entry.label_index,
+        entry.label_string,
+        entry.video_id,
+        frame_rate=rate,
+        data_path=entry.path,
+    )
+    return example.SerializeToString(deterministic=True)  # same bytes in every process
+
+
+def _record_or_error(task) -> tuple[bytes | None, str | None]:
+    """Worker: (serialized record, None) or (None, reason it is unreadable)."""
+    entry, fps, short_side, quality = task
+    try:
+        return video_record(entry, fps, short_side, quality), None
+    except UnreadableVideoError as e:
+        return None, str(e)
+
+
+def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
+    """map(fn, items) in order; with workers > 1 in spawned processes, a bounded window ahead."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    context = multiprocessing.get_context("spawn")  # fork after TF starts threads can deadlock
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        items = iter(items)
+        window = collections.deque(
+            (item, pool.submit(fn, item)) for item in itertools.islice(items, 4 * workers)
+        )
+        while window:
+            item, future = window.popleft()
+            try:
+                result = future.result()
+            except concurrent.futures.process.BrokenProcessPool as e:
+                raise RuntimeError(
+                    f"A converter worker process died while decoding {item[0].path!r}. Fix: "
+                    "re-run the same command (completed shards are kept); if it happens "
+                    "again, move that file out of the dataset."
+                ) from e
+            for nxt in itertools.islice(items, 1):
+                window.append((nxt, pool.submit(fn, nxt)))
+            yield result
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".incomplete"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _read_json(path: str):
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def _assign_shards(
+    entries: Sequence[VideoEntry], num_shards: int, seed: int
+) -> list[list[VideoEntry]]:
+    order = list(entries)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    return [order[i * n // num_shards : (i + 1) * n // num_shards] for i in range(num_shards)]
+
+
+def convert_videos(
+    listing: SplitListing,
+    output_dir: str,
+    split: str,
+    *,
+    fps: float | None = 25.0,
+    short_side: int | None = 256,
+    num_shards: int | None = None,
+    videos_per_shard: int = 100,
+    workers: int = 1,
+    jpeg_quality: int = 90,
+    seed: int = 0,
+    progress: bool = True,
+) -> ConversionReport:
+    """Writes the videos of `listing` as DMVR shards `<output_dir>/<split>-*-of-*.tfrecord`.
+
+    Args:
+      num_shards: default ceil(#videos / videos_per_shard).
+      workers: decoding processes (1: in this process).
+      seed: shuffles videos across shards; keep it (and the other flags) when resuming.
+    Returns:
+      A ConversionReport; the same facts are written to <split>-report.json and
+      <split>-unreadable.txt.
+    """
+    entries = listing.entries
+    if not entries:
+        raise ValueError(
+            f"No videos to convert for split {split!r}"
+            + (f" ({len(listing.missing)} listed but missing on disk)" if listing.missing else "")
+            + ". Fix: check --videos_dir and the annotations."
+        )
+    if num_shards is None:
+        num_shards = math.ceil(len(entries) / videos_per_shard)
+    if not 1 <= num_shards <= len(entries):
+        raise ValueError(
+            f"num_shards={num_shards} for {len(entries)} videos. Fix: choose 1..{len(entries)}."
+        )
+    settings = dict(fps=fps, short_side=short_side, jpeg_quality=jpeg_quality, seed=seed)
+    tf.io.gfile.makedirs(os.path.join(output_dir, META_DIR))
+    names = [dmvr.shard_name(split, i, num_shards) for i in range(num_shards)]
+    _check_no_foreign_shards(output_dir, split, names)
+    assignment = _assign_shards(entries, num_shards, seed)
+
+    pending, metas = [], {}
+    for name, shard in zip(names, assignment):
+        meta_path = os.path.join(output_dir, META_DIR, name + ".json")
+        if tf.io.gfile.exists(os.path.join(output_dir, name)) and tf.io.gfile.exists(meta_path):
+            meta = _read_json(meta_path)
+            if meta["settings"] != settings or meta["paths"] != [e.path for e in shard]:
+                raise ValueError(
+                    f"{os.path.join(output_dir, name)!r} was written with other settings or "
+                    f"videos ({meta['settings']}) than this run ({settings}). Fix: re-run "
+                    "with the flags of the first run, or use a new --output_dir."
+                )
+            metas[name] = meta
+        else:
+            pending.append((name, shard))
+
+    total = sum(len(shard) for _, shard in pending)
+    tasks = ((e, fps, short_side, jpeg_quality) for _, shard in pending for e in shard)
+    results = _ordered_map(_record_or_error, tasks, workers)
+    failed = [0]  # unreadable videos so far, shown on the progress bar
+    with tqdm.tqdm(total=total, unit="video", desc=f"{split}", disable=not progress) as bar:
+        for name, shard in pending:
+            metas[name] = _write_shard(output_dir, name, shard, results, settings, bar, failed)
+
+    unreadable = [(u["path"], u["reason"]) for n in names for u in metas[n]["unreadable"]]
+    report_path = os.path.join(output_dir, f"{split}-report.json")
+    _write_json(
+        report_path,
+        {
+            "split": split,
+            "num_listed": len(entries) + len(listing.missing),
+            "num_records": sum(metas[n]["records"] for n in names),
+            "num_unreadable": len(unreadable),
+            "num_missing": len(listing.missing),
+            "settings": settings,
+            "labels": list(listing.labels),
+            "shards": [{"name": n, "records": metas[n]["records"]} for n in names],
+            "unreadable": [{"path": p, "reason": r} for p, r in unreadable],
+            "missing": list(listing.missing),
+        },
+    )
+    with tf.io.gfile.GFile(os.path.join(output_dir, f"{split}-unreadable.txt"), "w") as f:
+        for path, reason in unreadable:
+            f.write(f"{path}\t{reason}\n")
+        for path in listing.missing:
+            f.write(f"{path}\tmissing: listed in the annotations, not found on disk\n")
+    if unreadable:
+        logger.warning(
+            "%d of %d videos were unreadable and skipped; listed in %s",
+            len(unreadable),
+            len(entries),
+            os.path.join(output_dir, f"{split}-unreadable.txt"),
+        )
+    return ConversionReport(
+        shards=[os.path.join(output_dir, n) for n in names],
+        num_records=sum(metas[n]["records"] for n in names),
+        written_shards=len(pending),
+        kept_shards=num_shards - len(pending),
+        unreadable=unreadable,
+        missing=list(listing.missing),
+        report_path=report_path,
+    )
+
+
+def _check_no_foreign_shards(output_dir: str, split: str, names: Sequence[str]) -> None:
+    pattern = os.path.join(output_dir, f"{split}-*-of-*{dmvr.SHARD_SUFFIX}")
+    foreign = sorted(
+        os.path.basename(p) for p in tf.io.gfile.glob(pattern) if os.path.basename(p) not in names
+    )
+    if foreign:
+        raise ValueError(
+            f"{output_dir!r} already holds {split} shards of another sharding ({foreign[0]}, "
+            f"...; this run writes {names[0]}). Fix: re-run with the first run's "
+            "--num_shards/--videos_per_shard, or delete those shards, or use a new --output_dir."
+        )
+
+
+def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dict:
+    """Writes one shard from the next len(shard) results; temp file, then rename."""
+    final = os.path.join(output_dir, name)
+    tmp = final + ".incomplete"
+    unreadable, records = [], 0
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for entry in shard:
+            record, error = next(results)
+            if record is None:
+                unreadable.append({"path": entry.path, "reason": error})
+                failed[0] += 1
+                bar.set_postfix(unreadable=failed[0], refresh=False)
+            else:
+                writer.write(record)
+                records += 1
+            bar.update(1)
+    meta = {
+        "settings": settings,
+        "records": records,
+        "paths": [e.path for e in shard],
+        "unreadable": unreadable,
+    }
+    _write_json(os.path.join(output_dir, META_DIR, name + ".json"), meta)
+    tf.io.gfile.rename(tmp, final, overwrite=True)
+    return meta
+
+
+# --- command line -------------------------------------------------------------------------
+
+_DATASETS = ("folder", "csv", "ucf101", "hmdb51", "kinetics600")
+
+
+def listing_from_flags(args: argparse.Namespace) -> SplitListing:
+    """The SplitListing that the command-line flags describe."""
+    dataset = args.dataset or ("csv" if args.csv else "folder")
+    if dataset in ("ucf101", "hmdb51", "kinetics600") and not (
+        args.videos_dir and args.annotations
+    ):
+        raise SystemExit(f"--dataset={dataset} needs --videos_dir and --annotations.")
+    if dataset == "csv":
+        if not args.csv:
+            raise SystemExit("--dataset=csv needs --csv=<file with header path,label>.")
+        labels = listings.read_labels_file(args.labels) if args.labels else None
+        return listings.list_csv(args.csv, args.videos_dir, labels)
+    if dataset == "folder":
+        if not args.videos_dir:
+            raise SystemExit("Give --videos_dir (class folders), --csv, or --dataset.")
+        labels = listings.read_labels_file(args.labels) if args.labels else None
+        return listings.list_class_folders(args.videos_dir, labels)
+    if dataset == "ucf101":
+        return ucf101.list_split(args.videos_dir, args.annotations, args.split, args.fold)
+    if dataset == "hmdb51":
+        return hmdb51.list_split(args.videos_dir, args.annotations, args.split, args.fold)
+    return kinetics.list_split(args.videos_dir, args.annotations, args.split)
+
+
+def _optional_number(kind):
+    return lambda s: None if s.lower() in ("none", "native", "") else kind(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sideways-convert",
+        description="Convert videos to sharded DMVR TFRecords (resumable; unreadable videos "
+        "are skipped and listed in <split>-unreadable.txt).",
+    )
+    p.add_argument("--output_dir", required=True, help="where the shards go (local or gs://)")
+    p.add_argument(
+        "--split", required=True, help="split name: the shard prefix, and for --dataset the split"
+    )
+    p.add_argument(
+        "--dataset",
+        choices=_DATASETS,
+        help="layout of the sources (default: csv with --csv, else folder)",
+    )
+    p.add_argument("--videos_dir", help="class folders; or where CSV / dataset paths start")
+    p.add_argument("--csv", help="CSV with header path,label[,video_id]")
+    p.add_argument(
+        "--annotations",
+        help="ucf101: ucfTrainTestlist/; hmdb51: testTrainMulti_7030_splits/; "
+        "kinetics600: folder with train.csv, validate.csv, test.csv",
+    )
+    p.add_argument("--fold", type=int, default=1, help="ucf101/hmdb51 official split 1, 2 or 3")
+    p.add_argument("--labels", help="class names one a line, in index order (folder, csv)")
+    p.add_argument(
+        "--fps", type=_optional_number(float), default=25.0, help="output frame rate, or none"
+    )
+    p.add_argument(
+        "--short_side", type=_optional_number(int), default=256, help="resize short side, or none"
+    )
+    p.add_argument("--num_shards", type=int, help="default: ceil(#videos / videos_per_shard)")
+    p.add_argument("--videos_per_shard", type=int, default=100)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding processes (each imports TensorFlow; default min(8, CPUs))",
+    )
+    p.add_argument("--jpeg_quality", type=int, default=90)
+    p.add_argument("--seed", type=int, default=0, help="shuffles videos across shards")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # also quiets the worker processes
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        report = _convert_from_flags(args)
+    except (FileNotFoundError, ValueError) as e:  # bad paths, layouts, labels: no traceback
+        raise SystemExit(f"sideways-convert: {e}") from e
+    print(
+        f"{report.num_records} videos in {len(report.shards)} shards "
+        f"({report.written_shards} written, {report.kept_shards} kept); "
+        f"{len(report.unreadable)} unreadable, {len(report.missing)} missing. "
+        f"Report: {report.report_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _convert_from_flags(args: argparse.Namespace) -> ConversionReport:
+    listing = listing_from_flags(args)
+    if listing.missing:
+        logger.warning(
+            "%d videos listed in the annotations are missing on disk (listed in the report).",
+            len(listing.missing),
+        )
+    return convert_videos(
+        listing,
+        args.output_dir,
+        args.split,
+        fps=args.fps,
+        short_side=args.short_side,
+        num_shards=args.num_shards,
+        videos_per_shard=args.videos_per_shard,
+        workers=args.workers,
+        jpeg_quality=args.jpeg_quality,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""DMVR-compatible video records: the format, and the tf.data reader that feeds training.
+
+One video is one `tf.train.SequenceExample` (the MediaPipe media_sequence keys that
+DMVR reads, so existing Kinetics shards work too):
+
+  context        clip/label/index   int64 [1]   (absent: unlabelled, read as -1)
+                 clip/label/string  bytes [1]   (also written as clip/label/text, DMVR's key)
+                 clip/media_id      bytes [1]   video id
+                 clip/data_path     bytes [1]   source file
+                 image/frame_rate   float [1]
+  feature_lists  image/encoded      one JPEG (bytes [1]) per frame
+
+Shards are uncompressed TFRecord files `<split>-<i:05d>-of-<n:05d>.tfrecord`, local or
+gs:// (tf.io.gfile). The reader interleaves shards in parallel, decodes only the
+sampled frames (sampling.py) and yields, unbatched:
+
+  {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index": int64 []}
+
+video_index = shard_index * 2**32 + record_index: unique per video within the split,
+stable across runs (shards are read in sorted order), not dense. With num_eval_clips
+C > 1 an evaluation video yields C consecutive elements sharing it.
+
+A corrupt or truncated shard does not stop training: its readable records are used,
+the rest of that shard is skipped, and a warning names the file (the reader compares
+the bytes it read with the file size; TFRecord CRCs catch flipped bits).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Sequence
+
+import gin
+import tensorflow as tf
+
+from sideways_tf.data import sampling
+
+IMAGE_KEY = "image/encoded"
+LABEL_INDEX_KEY = "clip/label/index"
+LABEL_STRING_KEY = "clip/label/string"
+LABEL_TEXT_KEY = "clip/label/text"  # DMVR's name for the label string
+VIDEO_ID_KEY = "clip/media_id"
+DATA_PATH_KEY = "clip/data_path"
+FRAME_RATE_KEY = "image/frame_rate"
+
+SHARD_SUFFIX = ".tfrecord"
+_NOT_SHARDS = (".incomplete", ".json", ".txt")  # converter side files that a glob may match
+_RECORD_OVERHEAD = 16  # bytes per TFRecord: uint64 length, two uint32 CRCs
+_SHARD_STRIDE = 2**32  # video_index = shard_index * _SHARD_STRIDE + record_index
+
+logger = logging.getLogger(__name__)
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def make_sequence_example(
+    jpeg_frames: Sequence[bytes],
+    label_index: int,
+    label_string: str,
+    video_id: str,
+    *,
+    frame_rate: float | None = None,
+    data_path: str | None = None,
+) -> tf.train.SequenceExample:
+    """One video as a SequenceExample; label_index < 0 writes no label (unlabelled)."""
+    ex = tf.train.SequenceExample()
+    ctx = ex.context.feature
+    if label_index >= 0:
+        ctx[LABEL_INDEX_KEY].int64_list.value.append(label_index)
+        ctx[LABEL_STRING_KEY].bytes_list.value.append(label_string.encode())
+        ctx[LABEL_TEXT_KEY].bytes_list.value.append(label_string.encode())
+    ctx[VIDEO_ID_KEY].bytes_list.value.append(video_id.encode())
+    if data_path is not None:
+        ctx[DATA_PATH_KEY].bytes_list.value.append(data_path.encode())
+    if frame_rate is not None:
+        ctx[FRAME_RATE_KEY].float_list.value.append(frame_rate)
+    frames = ex.feature_lists.feature_list[IMAGE_KEY]
+    for jpeg in jpeg_frames:
+        frames.feature.add().bytes_list.value.append(jpeg)
+    return ex
+
+
+def parse_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A serialized SequenceExample -> its frames, label and id.
+
+    Returns:
+      {"encoded": string [T] (one JPEG per frame), "label": int32 [] (-1 when the record
+      has no clip/label/index), "video_id": string []}.
+    """
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={
+            LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
+            VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        },
+        sequence_features={IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)},
+    )
+    labels = tf.concat([context[LABEL_INDEX_KEY].values, tf.constant([-1], tf.int64)], 0)
+    return {
+        "encoded": sequence[IMAGE_KEY],
+        "label": tf.cast(labels[0], tf.int32),
+        "video_id": context[VIDEO_ID_KEY],
+    }
+
+
+def list_shards(pattern: str | Sequence[str]) -> list[str]:
+    """Sorted shard paths matching one or more glob patterns (local or gs://).
+
+    Converter side files (*.incomplete, *.json, *.txt) are left out.
+    """
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    files = sorted(
+        {f for p in patterns for f in tf.io.gfile.glob(p) if not f.endswith(_NOT_SHARDS)}
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"No record shards match {patterns}. Fix: convert the videos first "
+            "(sideways-convert --output_dir=DIR --split=train ...; shards are named "
+            "DIR/train-00000-of-000NN.tfrecord) and set the pattern to "
+            "'DIR/train-*-of-*.tfrecord', or correct the path."
+        )
+    return files
+
+
+def _file_sizes(files: Sequence[str]) -> list[int]:
+    with concurrent.futures.ThreadPoolExecutor(min(32, len(files))) as pool:
+        return list(pool.map(lambda f: tf.io.gfile.stat(f).length, files))
+
+
+def _report_shard_end(path, bytes_read, size, records) -> bool:
+    """Called at the end of each shard; warns (every epoch) when it was not read to the end."""
+    bytes_read, size, records = int(bytes_read), int(size), int(records)
+    if bytes_read != size:
+        logger.warning(
+            "Corrupt record shard %s: read %d records (%d of %d bytes), then a damaged, "
+            "truncated or unreadable record; the rest of this shard is skipped. Fix: re-create "
+            "the shard (delete it and re-run sideways-convert with the same flags; completed "
+            "shards are kept), or check that the file is still readable.",
+            path.numpy().decode(),
+            records,
+            bytes_read,
+            size,
+        )
+    return False
+
+
+def _shard_records(path: tf.Tensor, size: tf.Tensor, shard_index: tf.Tensor) -> tf.data.Dataset:
+    """(serialized, video_index) of one shard, stopping quietly-but-reported at corruption."""
+    # After a DataLossError TFRecordDataset moves on to its next file (none here), so
+    # ignore_errors() ends this shard at the first damaged record.
+    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()
+    body = records.map(lambda r: (r, False))
+    end = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+
+    def count(state, element):
+        nbytes, n = state
+        record, is_end = element
+        length = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_OVERHEAD
+        new = (
+            tf.where(is_end, nbytes, nbytes + length),
+            tf.where(is_end, n, n + 1),
+        )
+        return new, (record, is_end, new[0], n)
+
+    def keep(record, is_end, nbytes, n):
+        return tf.cond(
+            is_end,
+            lambda: tf.py_function(_report_shard_end, [path, nbytes, size, n], tf.bool),
+            lambda: tf.constant(True),
+        )
+
+    stream = body.concatenate(end).scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count)
+    stream = stream.filter(keep)
+    return stream.map(lambda record, is_end, nbytes, n: (record, shard_index * _SHARD_STRIDE + n))
+
+
+def read_records(
+    pattern: str | Sequence[str],
+    *,
+    training: bool,
+    cycle_length: int = 16,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Serialized records of all matching shards: (string [], video_index int64 []).
+
+    Shards are read `cycle_length` at a time in parallel; in training the shard order is
+    reshuffled every epoch and the interleave is non-deterministic (faster).
+    With `input_context`, each input pipeline reads its own subset of the shards.
+    """
+    files = list_shards(pattern)
+    sizes = _file_sizes(files)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (files, tf.constant(sizes, tf.int64), tf.range(len(files), dtype=tf.int64))
+    )
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) < input_context.num_input_pipelines:
+            raise ValueError(
+                f"{len(files)} shards match {pattern!r} but there are "
+                f"{input_context.num_input_pipelines} input pipelines. Fix: re-convert with "
+                "more shards (--num_shards)."
+            )
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        ds = ds.shuffle(len(files), reshuffle_each_iteration=True)
+    return ds.interleave(
+        _shard_records,
+        cycle_length=max(1, min(cycle_length, len(files))),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
+    )
+
+
+def _clips(pattern, training, input_context, cycle_length, repeat, **clip_kwargs):
+    """Records -> clips (sampling.video_clips), before the final prefetch."""
+    training = bool(training)
+    sampling.check_clip_args(
+        clip_kwargs["num_frames"], clip_kwargs["stride"], clip_kwargs["num_clips"]
+    )
+    ds = read_records(
+        pattern, training=training, cycle_length=cycle_length, input_context=input_context
+    )
+    if training and repeat:
+        ds = ds.repeat()
+
+    def parse(serialized, video_index):
+        features = parse_record(serialized)
+        return {
+            "encoded": features["encoded"],
+            "label": features["label"],
+            "video_index": video_index,
+        }
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    return sampling.video_clips(ds, training=training, jpeg=True, **clip_kwargs)
+
+
+@gin.configurable(module="sideways_tf.data")
+def dmvr_dataset(
+    pattern: str | Sequence[str],
+    split_is_training: bool,
+    num_frames: int = 16,
+    stride: int = 1,
+    image_size: int = 112,
+    num_eval_clips: int = 1,
+    shuffle_buffer: int = 512,  # training: clips (K encoded frames each) held for shuffling
+    cycle_length: int = 16,  # shards read in parallel
+    repeat: bool = False,  # training only: repeat the records forever
+    area_range: Sequence[float] = (0.3, 1.0),  # random resized crop, fraction of the frame
+    flip: bool = True,  # random horizontal flip in training
+    eval_crop_fraction: float = 1.0,  # eval: centred square of this fraction of the short side
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Clips of DMVR records, unbatched, for training or evaluation.
+
+    Args:
+      pattern: glob(s) of the split's shards, e.g. 'DIR/train-*-of-*.tfrecord' (gs:// ok).
+      split_is_training: random clip, crop and flip, shuffled (True); or evenly spaced
+        clips and a centred crop, in a fixed order (False).
+      num_frames: K, frames per clip.
+      stride: temporal stride between the clip's frames (at the records' frame rate).
+      image_size: S, output frames are S x S.
+      num_eval_clips: C, clips per video in evaluation (1: the middle clip).
+      input_context: from tf.distribute; each input pipeline reads its share of shards.
+    Returns:
+      tf.data.Dataset of {"frames": float32 [K, S, S, 3] (normalised), "label": int32 [],
+      "video_index": int64 []}. In evaluation each video yields `num_eval_clips`
+      consecutive clips with the same video_index.
+    """
+    ds = _clips(
+        pattern,
+        split_is_training,
+        input_context,
+        cycle_length,
+        repeat,
+        num_frames=num_frames,
+        stride=stride,
+        num_clips=num_eval_clips,
+        shuffle_buffer=shuffle_buffer,
+        image_size=image_size,
+        area_range=area_range,
+        flip=flip,
+        eval_crop_fraction=eval_crop_fraction,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@gin.configurable(module="sideways_tf.data")
+def dmvr_future_frames_dataset(
+    pattern: str | Sequence[str],
+    split_is_training: bool,
+    num_frames: int = 16,
+    stride: int = 1,
+    image_size: int = 64,
+    num_eval_clips: int = 1,
+    shuffle_buffer: int = 512,
+    cycle_length: int = 16,
+    repeat: bool = False,
+    area_range: Sequence[float] = (0.5, 1.0),
+    flip: bool = True,
+    eval_crop_fraction: float = 1.0,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Frames only, for future-frame prediction: {"frames": float32 [K, S, S, 3]}.
+
+    The same arguments, sampling and augmentation as `dmvr_dataset`; labels are not read, so
+    unlabelled splits (the Kinetics test split) work too.
+    """
+    ds = _clips(
+        pattern,
+        split_is_training,
+        input_context,
+        cycle_length,
+        repeat,
+        num_frames=num_frames,
+        stride=stride,
+        num_clips=num_eval_clips,
+        shuffle_buffer=shuffle_buffer,
+        image_size=image_size,
+        area_range=area_range,
+        flip=flip,
+        eval_crop_fraction=eval_crop_fraction,
+    )
+    return ds.map(lambda f: {"frames": f["frames"]}).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,300 @@
+"""Clip sampling and augmentation: a video of T frames -> clips of K frames, ready to train on.
+
+One path for every reader (DMVR records, TFDS ucf101) and every mode of the engine:
+
+  training    one clip at a random offset, frames t0, t0 + s, ..., t0 + (K-1)s
+              (s = stride; a video shorter than (K-1)s + 1 frames loops), one random
+              resized crop and one horizontal flip shared by all K frames
+  evaluation  C clips at evenly spaced offsets (C = 1: the middle clip), a centred crop
+
+Only the sampled frames are decoded: `encoded` holds one JPEG/PNG string per frame and
+sampling picks indices first; for JPEG only the crop window is decoded. Frames are
+normalised per channel, (x / 255 - mean) / std: about zero mean, unit-ish range.
+
+Shapes: T frames available, K = num_frames, C = num_clips, S = image_size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+# ImageNet statistics, the usual choice for Kinetics / UCF101 / HMDB51 frames.
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def check_clip_args(num_frames: int, stride: int, num_clips: int = 1) -> None:
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1 (1 = consecutive frames), got {stride}.")
+    if num_clips < 1:
+        raise ValueError(f"num_eval_clips must be >= 1, got {num_clips}.")
+
+
+def train_indices(num_available: tf.Tensor, num_frames: int, stride: int) -> tf.Tensor:
+    """Frame indices of one clip at a uniformly random offset.
+
+    Args:
+      num_available: int scalar, T >= 1.
+    Returns:
+      int32 [K]: (t0 + k * stride) mod T, t0 ~ U{0, ..., max(T - (K-1)s - 1, 0)}.
+    """
+    check_clip_args(num_frames, stride)
+    num_available = tf.cast(num_available, tf.int32)
+    max_offset = tf.maximum(num_available - (num_frames - 1) * stride - 1, 0)
+    offset = tf.random.uniform([], 0, max_offset + 1, dtype=tf.int32)
+    return (offset + tf.range(num_frames) * stride) % num_available
+
+
+def eval_indices(
+    num_available: tf.Tensor, num_frames: int, stride: int, num_clips: int
+) -> tf.Tensor:
+    """Frame indices of `num_clips` clips at evenly spaced offsets (one clip: the middle one).
+
+    Returns:
+      int32 [C, K]; clip c starts at round(c * max_offset / (C - 1)).
+    """
+    check_clip_args(num_frames, stride, num_clips)
+    num_available = tf.cast(num_available, tf.int32)
+    max_offset = tf.maximum(num_available - (num_frames - 1) * stride - 1, 0)
+    if num_clips == 1:
+        offsets = tf.reshape(max_offset // 2, [1])
+    else:
+        offsets = tf.linspace(0.0, tf.cast(max_offset, tf.float32), num_clips)
+        offsets = tf.cast(tf.round(offsets), tf.int32)
+    clip = tf.range(num_frames) * stride  # [K]
+    return (offsets[:, None] + clip[None, :]) % num_available  # [C, K]
+
+
+def random_crop_box(
+    height: tf.Tensor,
+    width: tf.Tensor,
+    area_range: Sequence[float] = (0.3, 1.0),
+    aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+    """A random resized crop (Inception style): float32 [4], (y0, x0, y1, x1) in [0, 1]."""
+    _, _, box = tf.image.sample_distorted_bounding_box(
+        tf.stack([height, width, 3]),
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        min_object_covered=0.0,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=20,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.reshape(box, [4])
+
+
+def center_crop_box(height: tf.Tensor, width: tf.Tensor, fraction: float = 1.0) -> tf.Tensor:
+    """The centred square of side `fraction` x the short side: float32 [4] (y0, x0, y1, x1).
+
+    Cropping it and resizing to S equals resizing the short side to S / fraction and
+    taking the centre S x S.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"eval crop fraction must be in (0, 1], got {fraction}.")
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    side = fraction * tf.minimum(h, w)
+    dy = side / h
+    dx = side / w
+    return tf.stack([(1.0 - dy) / 2, (1.0 - dx) / 2, (1.0 + dy) / 2, (1.0 + dx) / 2])
+
+
+def crop_and_resize(frames: tf.Tensor, box: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The same box cropped from every frame and resized (bilinear).
+
+    Args:
+      frames: [K, H, W, 3], uint8 or float.
+      box: float32 [4], normalised (y0, x0, y1, x1).
+    Returns:
+      float32 [K, S, S, 3] in the input's value range.
+    """
+    k = tf.shape(frames)[0]
+    boxes = tf.tile(box[None, :], [k, 1])  # [K, 4]
+    return tf.image.crop_and_resize(
+        frames, boxes, tf.range(k), [image_size, image_size], method="bilinear"
+    )
+
+
+def random_flip(frames: tf.Tensor) -> tf.Tensor:
+    """Flips all frames left-right together with probability 1/2. [K, H, W, C] -> same."""
+    flip = tf.random.uniform([]) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+
+
+def normalize(
+    frames: tf.Tensor,
+    mean: Sequence[float] = MEAN_RGB,
+    stddev: Sequence[float] = STDDEV_RGB,
+) -> tf.Tensor:
+    """[..., 3] in [0, 255] -> float32 (x / 255 - mean) / stddev, per channel."""
+    frames = tf.cast(frames, tf.float32) / 255.0
+    return (frames - tf.constant(mean, tf.float32)) / tf.constant(stddev, tf.float32)
+
+
+def decode_frames(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG or PNG strings [N] -> uint8 [N, H, W, 3] (all frames of a video share H, W)."""
+    return tf.map_fn(
+        lambda x: tf.io.decode_image(x, channels=3, expand_animations=False),
+        encoded,
+        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        parallel_iterations=16,
+    )
+
+
+def select_frames(
+    encoded: tf.Tensor, *, training: bool, num_frames: int, stride: int = 1, num_clips: int = 1
+) -> tf.Tensor:
+    """The frames of the clips to use, still encoded (cheap: a gather of strings).
+
+    Args:
+      encoded: [T] encoded frames, or decoded [T, H, W, 3].
+    Returns:
+      [C*K] (or [C*K, H, W, 3]), clip-major; C = 1 when training.
+    """
+    num_available = tf.shape(encoded)[0]
+    if training:
+        indices = train_indices(num_available, num_frames, stride)  # [K]
+    else:
+        indices = eval_indices(num_available, num_frames, stride, num_clips)  # [C, K]
+    return tf.gather(encoded, tf.reshape(indices, [-1]))
+
+
+def _pixel_window(box: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """Normalised (y0, x0, y1, x1) -> int32 [y, x, h, w] inside the frame, h, w >= 1."""
+    size = tf.cast(tf.stack([height, width]), tf.float32)
+    start = tf.cast(tf.round(box[:2] * size), tf.int32)
+    extent = tf.cast(tf.round(box[2:] * size), tf.int32) - start
+    limit = tf.cast(size, tf.int32)
+    start = tf.clip_by_value(start, 0, limit - 1)
+    extent = tf.clip_by_value(extent, 1, limit - start)
+    return tf.concat([start, extent], 0)
+
+
+def augment_clips(
+    frames: tf.Tensor,
+    *,
+    training: bool,
+    num_frames: int,
+    image_size: int = 112,
+    jpeg: bool = False,
+    area_range: Sequence[float] = (0.3, 1.0),
+    flip: bool = True,
+    eval_crop_fraction: float = 1.0,
+    mean: Sequence[float] = MEAN_RGB,
+    stddev: Sequence[float] = STDDEV_RGB,
+) -> tf.Tensor:
+    """Decodes, crops, flips and normalises the output of `select_frames`.
+
+    Training: one random resized crop and one flip for all frames; evaluation: the
+    centred square. All clips of one video share the crop.
+    Args:
+      frames: [C*K] encoded strings, or uint8 [C*K, H, W, 3].
+      jpeg: the strings are JPEGs: only the crop window is decoded (faster).
+        Otherwise strings are decoded whole as JPEG, PNG, ...
+    Returns:
+      float32 [C, K, S, S, 3].
+    """
+    if frames.dtype == tf.string and jpeg:
+        shape = tf.io.extract_jpeg_shape(frames[0])  # all frames of a video share it
+        height, width = shape[0], shape[1]
+    else:
+        if frames.dtype == tf.string:
+            frames = decode_frames(frames)  # [C*K, H, W, 3]
+        height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+    if training:
+        box = random_crop_box(height, width, area_range)
+    else:
+        box = center_crop_box(height, width, eval_crop_fraction)
+    if frames.dtype == tf.string:
+        window = _pixel_window(box, height, width)
+        frames = tf.map_fn(  # [C*K, h, w, 3]
+            lambda x: tf.io.decode_and_crop_jpeg(x, window, channels=3),
+            frames,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+            parallel_iterations=16,
+        )
+        box = tf.constant([0.0, 0.0, 1.0, 1.0])  # the window is the crop
+    frames = crop_and_resize(frames, box, image_size)  # [C*K, S, S, 3]
+    if training and flip:
+        frames = random_flip(frames)
+    frames = normalize(frames, mean, stddev)
+    return tf.reshape(frames, [-1, num_frames, image_size, image_size, 3])
+
+
+def sample_clips(
+    encoded: tf.Tensor,
+    *,
+    training: bool,
+    num_frames: int,
+    stride: int = 1,
+    num_clips: int = 1,
+    **augment_kwargs,
+) -> tf.Tensor:
+    """`select_frames` then `augment_clips` for one video: float32 [C, K, S, S, 3]."""
+    frames = select_frames(
+        encoded, training=training, num_frames=num_frames, stride=stride, num_clips=num_clips
+    )
+    return augment_clips(frames, training=training, num_frames=num_frames, **augment_kwargs)
+
+
+def video_clips(
+    videos: tf.data.Dataset,
+    *,
+    training: bool,
+    num_frames: int,
+    stride: int = 1,
+    num_clips: int = 1,
+    shuffle_buffer: int = 512,
+    **augment_kwargs,
+) -> tf.data.Dataset:
+    """Videos -> clips: the part of the input pipeline every reader shares.
+
+    Args:
+      videos: {"encoded": [T] strings (or uint8 [T, H, W, 3]), "label": int32 [],
+        "video_index": int64 []}, one element per video (repeated by the caller).
+      shuffle_buffer: training only; shuffles the selected, still encoded frames of
+        each clip (K JPEGs, a fraction of the whole video).
+      augment_kwargs: for `augment_clips` (image_size, jpeg, area_range, ...).
+    Returns:
+      Unbatched {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index":
+      int64 []}; in evaluation each video gives `num_clips` consecutive clips.
+    """
+    check_clip_args(num_frames, stride, num_clips)
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+
+    def select(video):
+        frames = select_frames(
+            video["encoded"],
+            training=training,
+            num_frames=num_frames,
+            stride=stride,
+            num_clips=num_clips,
+        )
+        return {**video, "encoded": frames}
+
+    def augment(video):
+        clips = augment_clips(  # [C, K, S, S, 3]
+            video["encoded"], training=training, num_frames=num_frames, **augment_kwargs
+        )
+        c = tf.shape(clips)[0]
+        return {
+            "frames": clips,
+            "label": tf.fill([c], tf.cast(video["label"], tf.int32)),
+            "video_index": tf.fill([c], tf.cast(video["video_index"], tf.int64)),
+        }
+
+    ds = videos.filter(lambda video: tf.shape(video["encoded"])[0] > 0)
+    ds = ds.map(select, **parallel)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, reshuffle_each_iteration=True)
+    ds = ds.map(augment, **parallel).unbatch()
+    # Augmentation draws from stateful RNGs, which an iterator checkpoint cannot save;
+    # after a restore the draws simply continue afresh.
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return ds.with_options(options)

@@ -1,0 +1,192 @@
+"""sideways-convert: real tiny videos -> DMVR shards -> read back."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from video_files import GOOD_VIDEOS, HEIGHT, WIDTH, frame_colour, write_video
+
+from sideways_tf.data import convert, dmvr, listings
+
+
+def read_back(shards):
+    """{video_id: (label, label_string, frames uint8 [T, H, W, 3])} of every record."""
+    out = {}
+    for serialized in tf.data.TFRecordDataset(shards):
+        parsed = dmvr.parse_record(serialized)
+        example = tf.train.SequenceExample.FromString(serialized.numpy())
+        label_string = example.context.feature[dmvr.LABEL_STRING_KEY].bytes_list.value[0]
+        frames = np.stack([tf.io.decode_jpeg(x).numpy() for x in parsed["encoded"]])
+        out[parsed["video_id"].numpy().decode()] = (
+            int(parsed["label"]),
+            label_string.decode(),
+            frames,
+        )
+    return out
+
+
+def test_convert_round_trip_frames_labels_ids_and_unreadable_report(video_tree, tmp_path):
+    videos_dir, good, unreadable = video_tree
+    out = str(tmp_path / "records")
+    listing = listings.list_class_folders(videos_dir)
+    report = convert.convert_videos(
+        listing, out, "train", fps=None, short_side=None, num_shards=3, progress=False
+    )
+
+    assert listing.labels == ["jump", "run"]
+    assert [os.path.basename(s) for s in report.shards] == [
+        f"train-0000{i}-of-00003.tfrecord" for i in range(3)
+    ]
+    assert report.num_records == len(GOOD_VIDEOS)
+    assert sorted(p for p, _ in report.unreadable) == unreadable
+    records = read_back(report.shards)
+    assert set(records) == set(good)
+    for video_id, (label, v, num_frames) in good.items():
+        label_index, label_string, frames = records[video_id]
+        assert (label_index, label_string) == (listing.labels.index(label), label)
+        assert frames.shape == (num_frames, HEIGHT, WIDTH, 3)
+        # Each frame is one flat colour: R carries the frame index, G the video.
+        means = frames.reshape(num_frames, -1, 3).mean(axis=1)
+        expected = np.array([frame_colour(t, v) for t in range(num_frames)], np.float32)
+        np.testing.assert_allclose(means, expected, atol=8)
+
+    # The unreadable videos are reported next to the shards, in JSON and text.
+    lines = open(os.path.join(out, "train-unreadable.txt")).read().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == unreadable
+    summary = json.load(open(report.report_path))
+    assert summary["num_records"] == len(GOOD_VIDEOS)
+    assert summary["num_unreadable"] == 2
+    assert sum(s["records"] for s in summary["shards"]) == len(GOOD_VIDEOS)
+    assert summary["labels"] == ["jump", "run"]
+
+
+def test_decode_video_resamples_fps_and_resizes_short_side(tmp_path):
+    path = write_video(tmp_path / "v.mp4", "libx264", 8, fps=10)
+
+    def frame_indices(frames):  # R = 16 + 24 t  ->  t
+        return [round((f[..., 0].mean() - 16) / 24) for f in frames]
+
+    frames, rate = convert.decode_video(path, fps=5, short_side=16)
+    assert rate == 5 and frames.shape == (4, 16, 24, 3)
+    assert frame_indices(frames) == [0, 2, 4, 6]
+    frames, _ = convert.decode_video(path, fps=20, short_side=None)
+    assert frame_indices(frames) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]
+    frames, rate = convert.decode_video(path, fps=None, short_side=64)
+    assert rate == 10 and frames.shape == (8, 64, 96, 3)
+    assert frame_indices(frames) == list(range(8))
+
+
+def test_truncated_video_with_readable_start_is_reported(tmp_path):
+    path = write_video(tmp_path / "v.mkv", "libx264", 10)
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.8)])
+    with pytest.raises(convert.UnreadableVideoError, match="truncated|no frames"):
+        convert.decode_video(str(cut))
+
+
+def test_resume_keeps_finished_shards_and_rewrites_the_rest(video_tree, tmp_path):
+    videos_dir, _, _ = video_tree
+    out = str(tmp_path / "records")
+    listing = listings.list_class_folders(videos_dir)
+    kwargs = dict(fps=None, short_side=16, num_shards=3, progress=False)
+    first = convert.convert_videos(listing, out, "train", **kwargs)
+    before = {s: open(s, "rb").read() for s in first.shards}
+    stamps = {s: os.stat(s).st_mtime_ns for s in first.shards}
+    os.remove(first.shards[1])  # as if the run died while writing shard 1
+    with open(first.shards[1] + ".incomplete", "wb") as f:
+        f.write(b"half a shard")
+
+    second = convert.convert_videos(listing, out, "train", **kwargs)
+
+    assert (second.written_shards, second.kept_shards) == (1, 2)
+    assert {s: open(s, "rb").read() for s in second.shards} == before
+    assert os.stat(first.shards[0]).st_mtime_ns == stamps[first.shards[0]]
+    assert not os.path.exists(first.shards[1] + ".incomplete")
+    assert len(second.unreadable) == 2  # kept shards' failures are still reported
+
+    with pytest.raises(ValueError, match="other settings.*re-run with the flags of the first"):
+        convert.convert_videos(listing, out, "train", **{**kwargs, "short_side": 20})
+    with pytest.raises(ValueError, match="another sharding.*--num_shards"):
+        convert.convert_videos(listing, out, "train", **{**kwargs, "num_shards": 2})
+
+
+def test_cli_with_worker_processes_matches_in_process_conversion(video_tree, tmp_path):
+    videos_dir, _, _ = video_tree
+    flags = [f"--videos_dir={videos_dir}", "--split=val", "--fps=10", "--short_side=16"]
+    flags += ["--num_shards=2", "--no_progress"]
+    assert convert.main([*flags, f"--output_dir={tmp_path / 'a'}", "--workers=2"]) == 0
+    assert convert.main([*flags, f"--output_dir={tmp_path / 'b'}", "--workers=1"]) == 0
+    for i in range(2):
+        name = f"val-0000{i}-of-00002.tfrecord"
+        a = open(tmp_path / "a" / name, "rb").read()
+        assert len(a) > 1000 and a == open(tmp_path / "b" / name, "rb").read()
+    lines = open(tmp_path / "a" / "val-unreadable.txt").read().splitlines()
+    assert len(lines) == 2
+
+
+def test_csv_source_with_labels_file_and_missing_videos(video_tree, tmp_path):
+    videos_dir, good, _ = video_tree
+    labels = tmp_path / "labels.txt"
+    labels.write_text("run\njump\nswim\n")
+    table = tmp_path / "list.csv"
+    table.write_text(
+        "path,label,video_id\n"
+        "jump/v0.mp4,jump,clip_a\n"
+        f"{videos_dir}/run/v3.avi,run,clip_b\n"
+        "jump/gone.mp4,jump,clip_c\n"
+    )
+    listing = listings.list_csv(str(table), videos_dir, listings.read_labels_file(str(labels)))
+    assert [(e.video_id, e.label_index, e.label_string) for e in listing.entries] == [
+        ("clip_a", 1, "jump"),
+        ("clip_b", 0, "run"),
+    ]
+    assert listing.missing == [os.path.join(videos_dir, "jump/gone.mp4")]
+    report = convert.convert_videos(
+        listing, str(tmp_path / "out"), "train", num_shards=1, progress=False
+    )
+    assert sorted(read_back(report.shards)) == ["clip_a", "clip_b"]
+    text = open(tmp_path / "out" / "train-unreadable.txt").read()
+    assert "gone.mp4\tmissing" in text
+
+
+def test_clear_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(SystemExit, match=r"sideways-convert: Videos folder.*nowhere.*--videos_dir"):
+        convert.main([f"--videos_dir={tmp_path / 'nowhere'}", "--output_dir=x", "--split=t"])
+    with pytest.raises(
+        SystemExit,
+        match=r"HMDB51 split files folder not found.*test_train_splits.rar.*--annotations",
+    ):
+        convert.main(
+            [
+                "--dataset=hmdb51",
+                f"--videos_dir={tmp_path}",
+                f"--annotations={tmp_path / 'no_splits'}",
+                "--output_dir=x",
+                "--split=train",
+            ]
+        )
+    table = tmp_path / "list.csv"
+    table.write_text("path,label\na.mp4,jump\nb.mp4,jumpp\n")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("jump\n")
+    with pytest.raises(ValueError, match=r"list.csv' line 3: unknown label 'jumpp'.*Fix"):
+        listings.list_csv(str(table), labels=listings.read_labels_file(str(labels)))
+    with pytest.raises(FileNotFoundError, match=r"missing.csv.*--csv"):
+        listings.list_csv(str(tmp_path / "missing.csv"))
+
+
+def test_non_local_filesystems_through_gfile(tmp_path):
+    # TF's in-memory filesystem stands in for gs://: the same tf.io.gfile code paths.
+    root = f"ram://{tmp_path.name}"
+    local = write_video(tmp_path / "v.avi", "mjpeg", 5, v=2, pix_fmt="yuvj420p")
+    tf.io.gfile.makedirs(f"{root}/videos/wave")
+    tf.io.gfile.copy(local, f"{root}/videos/wave/v.avi")
+    listing = listings.list_class_folders(f"{root}/videos")
+    report = convert.convert_videos(listing, f"{root}/out", "train", num_shards=1, progress=False)
+    assert report.num_records == 1 and report.shards[0].startswith("ram://")
+    ds = dmvr.dmvr_dataset(f"{root}/out/train-*-of-*.tfrecord", False, 5, image_size=8)
+    (element,) = list(ds.as_numpy_iterator())
+    assert int(element["label"]) == 0 and element["frames"].shape == (5, 8, 8, 3)

@@ -1,0 +1,212 @@
+"""The DMVR reader: output contract, clip sampling, corrupt shards."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sideways_tf.data import dmvr, sampling
+
+SIZE = 8  # output frames are SIZE x SIZE
+
+
+def level(t: int) -> int:
+    """Brightness of frame t: distinct and far apart after JPEG."""
+    return 10 + 7 * t
+
+
+def jpeg(value: int, height: int = 12, width: int = 18) -> bytes:
+    image = tf.fill([height, width, 3], tf.constant(value, tf.uint8))
+    return tf.io.encode_jpeg(image, quality=95).numpy()
+
+
+def write_shards(directory, videos, num_shards):
+    """videos: [(num_frames, label)]; video i goes to shard i % num_shards."""
+    paths = [
+        os.path.join(directory, dmvr.shard_name("s", i, num_shards)) for i in range(num_shards)
+    ]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    for i, (num_frames, label) in enumerate(videos):
+        frames = [jpeg(level(t)) for t in range(num_frames)]
+        example = dmvr.make_sequence_example(frames, label, f"class{label}", f"video{i}")
+        writers[i % num_shards].write(example.SerializeToString())
+    for w in writers:
+        w.close()
+    return paths
+
+
+def frame_levels(frames: np.ndarray) -> list[int]:
+    """Normalised [K, S, S, 3] -> the frame index each frame shows (via its brightness)."""
+    raw = (frames * np.array(sampling.STDDEV_RGB) + np.array(sampling.MEAN_RGB)) * 255
+    return [round((float(f.mean()) - 10) / 7) for f in raw]
+
+
+def test_training_clips_follow_the_contract_and_the_stride(tmp_path):
+    videos = [(20, 0), (30, 1), (25, 2), (24, 3)]
+    write_shards(str(tmp_path), videos, num_shards=2)
+    ds = dmvr.dmvr_dataset(
+        str(tmp_path / "s-*"),
+        True,
+        num_frames=4,
+        stride=3,
+        image_size=SIZE,
+        cycle_length=2,
+        repeat=True,
+    )
+    assert ds.element_spec == {
+        "frames": tf.TensorSpec([4, SIZE, SIZE, 3], tf.float32),
+        "label": tf.TensorSpec([], tf.int32),
+        "video_index": tf.TensorSpec([], tf.int64),
+    }
+    elements = list(ds.take(24).as_numpy_iterator())
+    index_of_label = {int(e["label"]): int(e["video_index"]) for e in elements}
+    assert sorted(index_of_label) == [0, 1, 2, 3]
+    assert len(set(index_of_label.values())) == 4
+    starts = set()
+    for e in elements:
+        assert index_of_label[int(e["label"])] == int(e["video_index"])
+        t = frame_levels(e["frames"])
+        num_frames = videos[int(e["label"])][0]
+        assert t == [t[0], t[0] + 3, t[0] + 6, t[0] + 9]
+        assert 0 <= t[0] <= num_frames - 10
+        starts.add((int(e["label"]), t[0]))
+        assert abs(float(e["frames"].mean())) < 2.5 and e["frames"].std() < 2.5
+    # Offsets are random: the same video shows up at different starts.
+    assert len(starts) > 6
+
+
+def test_eval_clips_are_evenly_spaced_and_share_the_video_index(tmp_path):
+    write_shards(str(tmp_path), [(21, 5), (9, 7)], num_shards=1)
+    ds = dmvr.dmvr_dataset(
+        str(tmp_path / "s-*"), False, num_frames=3, stride=2, image_size=SIZE, num_eval_clips=3
+    )
+    elements = list(ds.as_numpy_iterator())
+    assert len(elements) == 6
+    first, second = elements[:3], elements[3:]
+    assert {int(e["video_index"]) for e in first} == {0}
+    assert {int(e["video_index"]) for e in second} == {1}
+    assert [int(e["label"]) for e in elements] == [5, 5, 5, 7, 7, 7]
+    # 21 frames, clip span 5: offsets 0, 8, 16.  9 frames: offsets 0, 2, 4.
+    assert [frame_levels(e["frames"]) for e in first] == [[0, 2, 4], [8, 10, 12], [16, 18, 20]]
+    assert [frame_levels(e["frames"])[0] for e in second] == [0, 2, 4]
+    again = list(ds.as_numpy_iterator())
+    np.testing.assert_array_equal(again[1]["frames"], elements[1]["frames"])
+
+
+def test_short_videos_loop_and_future_frames_variant_has_frames_only(tmp_path):
+    write_shards(str(tmp_path), [(3, 0)], num_shards=1)
+    ds = dmvr.dmvr_future_frames_dataset(
+        str(tmp_path / "s-*"), False, num_frames=7, image_size=SIZE
+    )
+    (element,) = list(ds.as_numpy_iterator())
+    assert list(element) == ["frames"]
+    assert element["frames"].shape == (7, SIZE, SIZE, 3)
+    assert frame_levels(element["frames"]) == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_corrupt_shards_are_skipped_with_a_warning_naming_the_file(tmp_path, caplog):
+    paths = write_shards(str(tmp_path), [(6, i) for i in range(9)], num_shards=3)
+    # Shard 1 loses its tail (a truncated copy); shard 2 gets a flipped byte in record 2.
+    data = open(paths[1], "rb").read()
+    open(paths[1], "wb").write(data[: len(data) * 2 // 3 + 5])  # inside record 3 of 3
+    data = bytearray(open(paths[2], "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(paths[2], "wb").write(bytes(data))
+
+    with caplog.at_level(logging.WARNING, logger="sideways_tf.data.dmvr"):
+        ds = dmvr.dmvr_dataset(str(tmp_path / "s-*"), False, num_frames=2, image_size=SIZE)
+        labels = sorted(int(e["label"]) for e in ds.as_numpy_iterator())
+
+    # Shard 0 holds videos 0, 3, 6 (intact); shard 1 keeps 1, 4 and shard 2 keeps 2.
+    assert labels == [0, 1, 2, 3, 4, 6]
+    warned = [r.getMessage() for r in caplog.records if "Corrupt record shard" in r.getMessage()]
+    assert len(warned) == 2
+    assert any(paths[1] in w for w in warned) and any(paths[2] in w for w in warned)
+    assert not any(paths[0] in w for w in warned)
+    assert all("re-run sideways-convert" in w for w in warned)
+
+
+def test_missing_records_error_says_how_to_make_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"No record shards match.*sideways-convert"):
+        dmvr.dmvr_dataset(str(tmp_path / "train-*"), True)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        write_shards(str(tmp_path), [(4, 0)], 1)
+        dmvr.dmvr_dataset(str(tmp_path / "s-*"), True, stride=0)
+
+
+def test_records_without_label_read_as_minus_one(tmp_path):
+    path = str(tmp_path / "u.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        example = dmvr.make_sequence_example([jpeg(50)] * 2, -1, "", "clip")
+        w.write(example.SerializeToString())
+    parsed = dmvr.parse_record(next(iter(tf.data.TFRecordDataset(path))))
+    assert int(parsed["label"]) == -1 and parsed["video_id"].numpy() == b"clip"
+
+
+@pytest.mark.parametrize("in_graph", [False, True])
+def test_sampling_indices_and_crop_boxes(in_graph):
+    def run(fn, *args):
+        return (tf.function(fn) if in_graph else fn)(*args).numpy()
+
+    idx = run(lambda n: sampling.eval_indices(n, 4, 2, 3), tf.constant(20))
+    np.testing.assert_array_equal(idx[:, 0], [0, 6, 13])
+    np.testing.assert_array_equal(idx[2], [13, 15, 17, 19])
+    idx = run(lambda n: sampling.eval_indices(n, 4, 1, 1), tf.constant(10))
+    np.testing.assert_array_equal(idx, [[3, 4, 5, 6]])
+    for _ in range(20):
+        idx = run(lambda n: sampling.train_indices(n, 5, 2), tf.constant(12))
+        assert 0 <= idx[0] <= 3 and list(np.diff(idx)) == [2, 2, 2, 2]
+    box = run(lambda: sampling.center_crop_box(tf.constant(100), tf.constant(200), 0.5))
+    np.testing.assert_allclose(box, [0.25, 0.375, 0.75, 0.625])
+    for _ in range(10):
+        y0, x0, y1, x1 = run(lambda: sampling.random_crop_box(tf.constant(60), tf.constant(80)))
+        area = (y1 - y0) * (x1 - x0)
+        assert 0.29 <= area <= 1.0 and 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1
+
+
+def test_crop_and_flip_are_shared_by_all_frames_of_a_clip():
+    # A horizontal ramp, identical in every frame: any per-frame difference in crop or
+    # flip would make the frames differ.
+    ramp = tf.tile(tf.range(64, dtype=tf.float32)[None, None, :, None], [5, 48, 1, 3]) * 3
+    encoded = tf.cast(ramp, tf.uint8)  # [5, 48, 64, 3], already decoded frames
+    flipped = 0
+    for _ in range(12):
+        clip = sampling.sample_clips(encoded, training=True, num_frames=5, image_size=16)[0]
+        for k in range(1, 5):
+            np.testing.assert_allclose(clip[k], clip[0])
+        flipped += bool(clip[0, 0, 0, 0] > clip[0, 0, -1, 0])
+    assert 0 < flipped < 12
+
+
+def test_training_iterator_can_be_checkpointed_and_restored(tmp_path):
+    # The trainer checkpoints its data iterator; augmentation RNGs must not block that.
+    write_shards(str(tmp_path), [(8, i) for i in range(6)], num_shards=2)
+    ds = dmvr.dmvr_dataset(
+        str(tmp_path / "s-*"), True, num_frames=2, image_size=SIZE, repeat=True, shuffle_buffer=4
+    )
+    iterator = iter(ds.batch(2, drop_remainder=True))
+    next(iterator)
+    checkpoint = tf.train.Checkpoint(data=iterator)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    valid = {shard * 2**32 + record for shard in range(2) for record in range(3)}
+    for _ in range(3):
+        next(iterator)
+    checkpoint.restore(path)
+    after_restore = {i for _ in range(3) for i in next(iterator)["video_index"].numpy().tolist()}
+    assert after_restore <= valid and len(after_restore) > 1
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_crop_while_decoding_jpeg_matches_crop_after_decoding(fraction):
+    # A smooth diagonal ramp, so a misplaced crop window changes the output.
+    y, x = np.mgrid[0:20, 0:30]
+    image = np.stack([x * 8, y * 12, (x + y) * 5], -1).astype(np.uint8)
+    encoded = tf.stack([tf.io.encode_jpeg(image, quality=100, chroma_downsampling=False)] * 3)
+    kwargs = dict(training=False, num_frames=3, image_size=16, eval_crop_fraction=fraction)
+    in_decode = sampling.sample_clips(encoded, jpeg=True, **kwargs)
+    after = sampling.sample_clips(tf.io.decode_jpeg(encoded[0])[None], **kwargs)
+    assert in_decode.shape == after.shape == (1, 3, 16, 16, 3)
+    # The two crop conventions differ by < 1/2 pixel (<= 6 levels); one pixel is 8-12 levels.
+    np.testing.assert_allclose(in_decode[0, 0], after[0, 0], atol=0.11)
