@@ -159,26 +159,35 @@ def all_variables(pipeline) -> list:
     return [v for i in range(1, pipeline.num_units + 1) for v in pipeline.unit_variables(i)]
 
 
+def unrolled_forward(pipeline, state, clip, labels=None, training=True):
+    """The pipelined network over a clip, one forward_step per frame (K static).
+
+    Returns (state, mean loss over valid steps (0 without labels), top outputs
+    averaged over valid steps [B, ...], number of valid steps).
+    """
+    loss_sum, n_valid, logits_sum = 0.0, 0.0, 0.0
+    for x_t in tf.unstack(tf.convert_to_tensor(clip), axis=1):
+        state, logits = pipeline.forward_step(state, x_t, training=training)
+        valid = _valid(pipeline, state.t)
+        if labels is not None:
+            loss_sum += _masked_loss(pipeline, labels, logits, valid)
+        n_valid += valid
+        logits_sum += logits * valid
+    n = tf.maximum(n_valid, 1.0)
+    return state, loss_sum / n, logits_sum / n, n_valid
+
+
 def bptt_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
     """The exact gradient of the pipelined network over the clip: one tape over K steps.
 
     loss = mean over valid steps t of l_t. The tape holds every step's activations,
     so memory grows with K (the frame loop is unrolled: K must be static).
     """
-    frames = tf.unstack(tf.convert_to_tensor(clip), axis=1)
     theta = all_variables(pipeline)
     with tf.GradientTape() as tape:
-        loss_sum, n_valid, logits_sum = 0.0, 0.0, 0.0
-        for x_t in frames:
-            state, logits = pipeline.forward_step(state, x_t, training=training)
-            valid = _valid(pipeline, state.t)
-            loss_sum += _masked_loss(pipeline, labels, logits, valid)
-            n_valid += valid
-            logits_sum += logits * valid
-        n = tf.maximum(n_valid, 1.0)
-        loss = loss_sum / n
+        state, loss, logits, n_valid = unrolled_forward(pipeline, state, clip, labels, training)
     flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits_sum / n, n_valid)
+    return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n_valid)
 
 
 def frame_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
@@ -348,13 +357,7 @@ class Engine:
             logits = self.pipeline.frame_forward(frames, training=False)
             return tf.reduce_mean(tf.reshape(logits, (clip.shape[0], -1, *logits.shape[1:])), 1)
         state = self.pipeline.zero_state()
-        logits_sum, n_valid = 0.0, 0.0
-        for x_t in tf.unstack(clip, axis=1):
-            state, logits = self.pipeline.forward_step(state, x_t, training=False)
-            valid = _valid(self.pipeline, state.t)
-            logits_sum += logits * valid
-            n_valid += valid
-        return logits_sum / tf.maximum(n_valid, 1.0)
+        return unrolled_forward(self.pipeline, state, clip, training=False)[2]
 
     # -- Diagnostics -------------------------------------------------------------
 
@@ -408,6 +411,7 @@ __all__ = [
     "sideways_step",
     "sideways_gradients",
     "bptt_gradients",
+    "unrolled_forward",
     "frame_gradients",
     "gradient_fidelity",
     "all_variables",
