@@ -1,6 +1,6 @@
 """Engine speed and memory per mode, measured in one run (ratios, not absolute claims).
 
-    python benchmarks/engine.py [--batch 16] [--frames 8 16 32 64]
+    python benchmarks/engine.py [--batch 16] [--frames 16 32 64 128]
 
 Memory: peak bytes TensorFlow's CPU allocator holds during one training step on a
 clip of K frames (after a warm-up step), per mode. algorithm.md P4: Sideways'
@@ -58,7 +58,7 @@ def frames_per_second(engine, x, y, repeats=10) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args()
 
     print(f"Peak step memory (MiB), batch {args.batch}, 32x32x3 frames, 4-unit convnet")

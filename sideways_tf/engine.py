@@ -138,7 +138,7 @@ def sideways_gradients(pipeline, state, clip, labels, training=True) -> ClipGrad
 
     init = (tf.constant(0), state, _zeros_like_vars(pipeline), 0.0, 0.0, logits_zero)
     _, state, accum, loss_sum, n_valid, logits_sum = tf.while_loop(
-        lambda k, *_: k < num_frames, body, init
+        lambda k, *_: k < num_frames, body, init, parallel_iterations=1
     )
     n = tf.maximum(n_valid, 1.0)
     grads = tuple([g / n for g in gu] for gu in accum)
