@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -155,13 +156,16 @@ def train(
     window = {"loss": [], "hits": []}
     last_time, last_step, eval_metrics = time.time(), int(step), None
     interrupted = []
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
+    # SIGTERM (preemption, `kill`) ends the run after the current step, with a checkpoint.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     try:
         last = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
         while int(step) < last and not interrupted:
             batch = next(train_iter)
             frames, labels = batch["frames"], batch["label"]
-            if not window["loss"]:
+            if not window["loss"]:  # first step of each logging window
                 _check_labels(labels, num_classes)
             metrics = engine.train_clip(frames, labels)
             step.assign_add(1)
@@ -211,7 +215,8 @@ def train(
     except KeyboardInterrupt:
         interrupted.append(True)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
         for w in writers.values():
             w.flush()
