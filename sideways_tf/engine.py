@@ -190,22 +190,31 @@ def bptt_gradients(pipeline, state, clip, labels, training=True) -> ClipGradient
     return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n_valid)
 
 
+def frame_logits(pipeline, clip, training=True):
+    """The per-frame network on a clip's K frames as one batch of B*K frames.
+
+    Returns (per-frame outputs [B*K, ...], outputs averaged over the clip [B, ...]).
+    """
+    clip = tf.convert_to_tensor(clip)
+    frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
+    logits = pipeline.frame_forward(frames, training=training)
+    per_clip = tf.reshape(logits, (pipeline.batch_size, -1, *logits.shape[1:]))  # [B, K, ...]
+    return logits, tf.reduce_mean(per_clip, axis=1)
+
+
 def frame_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
     """frame_bp: exact BP of the per-frame network (no delays), averaged over frames.
 
     The K frames go through as one batch of B*K frames (the same mean gradient,
     computed in one pass). Every frame is valid; the buffers are not used.
     """
-    clip = tf.convert_to_tensor(clip)
-    batch, num_frames = pipeline.batch_size, tf.shape(clip)[1]
-    frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
+    num_frames = tf.shape(clip)[1]
     frame_labels = tf.repeat(labels, num_frames, axis=0)  # [B*K]
     theta = all_variables(pipeline)
     with tf.GradientTape() as tape:
-        logits = pipeline.frame_forward(frames, training=training)
-        loss = tf.reduce_mean(pipeline.loss_fn(frame_labels, logits))
+        per_frame, logits = frame_logits(pipeline, clip, training=training)
+        loss = tf.reduce_mean(pipeline.loss_fn(frame_labels, per_frame))
     flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    logits = tf.reduce_mean(tf.reshape(logits, (batch, num_frames, *logits.shape[1:])), axis=1)
     state = state._replace(t=state.t + num_frames)
     n = tf.cast(num_frames, tf.float32)
     return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n)
@@ -353,9 +362,7 @@ class Engine:
 
     def _predict_fn(self, clip):
         if self.mode == "frame_bp":
-            frames = tf.reshape(clip, (-1, *self.pipeline.frame_shape))
-            logits = self.pipeline.frame_forward(frames, training=False)
-            return tf.reduce_mean(tf.reshape(logits, (clip.shape[0], -1, *logits.shape[1:])), 1)
+            return frame_logits(self.pipeline, clip, training=False)[1]
         state = self.pipeline.zero_state()
         return unrolled_forward(self.pipeline, state, clip, training=False)[2]
 
@@ -413,6 +420,7 @@ __all__ = [
     "bptt_gradients",
     "unrolled_forward",
     "frame_gradients",
+    "frame_logits",
     "gradient_fidelity",
     "all_variables",
     "check_mode",
