@@ -16,15 +16,30 @@ import tempfile
 import tensorflow as tf
 
 
-def variables_by_path(layer) -> dict:
-    """{variable path: variable} for every weight and buffer of a Keras layer.
+def variables_by_path(layer, buffers: bool = True, replicas=None) -> dict:
+    """{variable path: variable} for the weights (and buffers) of a Keras layer.
 
     Checkpointing this dict names each value by its Keras path
     ("conv_pipeline/unit1/block1/conv/kernel"), and saves variables that live in
     Python lists (units, delay lines, projections), which TF's object graph skips.
+
+    buffers: include the pipeline's state buffers (only worth saving when they
+      carry over between clips: otherwise every clip starts them at zero).
+    replicas: a tf.distribute strategy whose replicas each hold their own buffers;
+      each replica's copy is saved as "<path>/replica_<r>", so resume is exact.
     """
+    state = getattr(layer, "state_variables", ())
+    state = {id(b) for b in (state() if callable(state) else state)}
+    multi = replicas is not None and replicas.num_replicas_in_sync > 1
     out = {}
     for v in layer.variables:
+        is_buffer = id(v) in state
+        if is_buffer and not buffers:
+            continue
+        if is_buffer and multi:
+            for r, part in enumerate(replicas.experimental_local_results(v.value)):
+                out[f"{v.path}/replica_{r}"] = part
+            continue
         if v.path in out:
             raise ValueError(
                 f"Two variables share the path {v.path!r}; give the layers distinct names."

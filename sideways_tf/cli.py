@@ -23,11 +23,31 @@ def _parser(description: str, default_workdir: str | None = None) -> argparse.Ar
     parser.add_argument(
         "--gin_param", action="append", default=[], help="A gin binding, e.g. train.num_steps=100."
     )
+    parser.add_argument(
+        "--strategy",
+        choices=["default", "mirrored", "multi_worker", "tpu"],
+        help="tf.distribute strategy (gin: runtime.strategy). multi_worker reads TF_CONFIG.",
+    )
+    parser.add_argument(
+        "--tpu", help="Cloud TPU name, or 'local' on a TPU VM (gin: runtime.tpu; implies tpu)."
+    )
     return parser
+
+
+def _runtime_params(args) -> list[str]:
+    """--strategy and --tpu as gin bindings, after the user's own (flags win)."""
+    params = []
+    if args.strategy:
+        params.append(f"runtime.strategy = {args.strategy!r}")
+    if args.tpu:
+        params += [f"runtime.tpu = {args.tpu!r}", "runtime.strategy = 'tpu'"]
+    return params
 
 
 def _parse_gin(files: list[str], params: list[str]):
     gin.add_config_file_search_path(_REPO_ROOT)
+    import sideways_tf.distribute  # noqa: F401  (registers `runtime` for --strategy / --tpu)
+
     for f in files:
         if not os.path.exists(f) and not os.path.exists(os.path.join(_REPO_ROOT, f)):
             raise SystemExit(f"gin file {f!r} not found (looked in . and {_REPO_ROOT}).")
@@ -43,7 +63,7 @@ def train_main(argv: list[str] | None = None):
         help=f"gin config file(s), applied in order (default: {DEFAULT_GIN_FILE}).",
     )
     args = parser.parse_args(argv)
-    _parse_gin(args.gin_file or [DEFAULT_GIN_FILE], args.gin_param)
+    _parse_gin(args.gin_file or [DEFAULT_GIN_FILE], args.gin_param + _runtime_params(args))
     from sideways_tf import train
 
     result = train.train(args.workdir)
@@ -57,5 +77,5 @@ def eval_main(argv: list[str] | None = None):
     gin.add_config_file_search_path(_REPO_ROOT)
     from sideways_tf import train
 
-    result = train.evaluate_workdir(args.workdir, tuple(args.gin_param))
+    result = train.evaluate_workdir(args.workdir, tuple(args.gin_param + _runtime_params(args)))
     print(f"step {result['step']}: {result['eval']}")

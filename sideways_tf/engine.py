@@ -73,7 +73,7 @@ def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, trainin
     replies = [[] for _ in range(num_units + 1)]  # r_{i->j}[t], gathered per source j
     for i, unit in enumerate(pipeline.units, start=1):
         edges = pipeline.topology.sources[i - 1]
-        with placement.device_scope(unit.device):
+        with pipeline.unit_scope(i):
             inputs, new_lines = pipeline.gather(i, previous, state)
             theta = pipeline.unit_variables(i)
             with tf.GradientTape() as tape:
@@ -99,8 +99,8 @@ def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, trainin
             for k, line in new_lines.items():
                 lines[k] = line
     messages = []
-    for j, unit in enumerate(pipeline.units[:-1], start=1):
-        with placement.device_scope(unit.device):
+    for j in range(1, num_units):
+        with pipeline.unit_scope(j):
             messages.append(tf.add_n(replies[j]))
     new_state = PipelineState(t, tuple(outputs), tuple(messages), tuple(lines))
     return new_state, StepResult(tuple(grads), loss, logits, valid)
@@ -109,7 +109,7 @@ def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, trainin
 def _zeros_like_vars(pipeline):
     out = []
     for i in range(1, pipeline.num_units + 1):
-        with placement.device_scope(pipeline.units[i - 1].device):
+        with pipeline.unit_scope(i):
             out.append([tf.zeros(v.shape, v.dtype) for v in pipeline.unit_variables(i)])
     return out
 
@@ -249,7 +249,7 @@ def _global_norm(tensors):
 
 
 class Engine:
-    """Trains a pipeline in one mode with one update function.
+    """Trains a pipeline in one mode with one update function, on one device or many.
 
     Args:
       pipeline: a built Pipeline.
@@ -259,8 +259,16 @@ class Engine:
         every N computation steps (streaming / online learning). K must be a
         multiple of N; the state carries over between the chunks of a clip.
       carry_state: keep the buffers from one clip to the next (consecutive clips of
-        the same videos); False resets them for every new batch of clips.
-      jit_compile: XLA-compile the update; needs every unit on one device.
+        the same videos); False starts every new batch of clips from zero.
+      jit_compile: XLA-compile the update; needs every unit of a replica on one
+        CPU/GPU device (TPU steps are always compiled).
+
+    Data parallelism: create the pipeline, the optimizer and the engine inside a
+    tf.distribute strategy's scope (sideways_tf.distribute.Runtime.scope()). Each
+    replica then runs the whole clip on its own B clips with its own buffers, in
+    one `strategy.run`; the optimizer all-reduces (sums) the replicas' gradients
+    once per parameter update, so each replica's gradient is scaled by
+    1 / num_replicas: R replicas of B clips update exactly as one device on R*B.
     """
 
     def __init__(
@@ -281,22 +289,48 @@ class Engine:
             raise ValueError(
                 f"update_every must be a positive number of steps, got {update_every}."
             )
-        if jit_compile and len({u.device for u in pipeline.units}) > 1:
+        if jit_compile and pipeline.num_devices > 1 and not _on_tpu(pipeline):
             raise ValueError(
-                "jit_compile=True needs every unit on one device (XLA cannot reach variables "
-                "on other devices); use jit_compile=False for multi-device pipelines."
+                "jit_compile=True needs every unit of a replica on one device (XLA cannot "
+                "reach variables on other devices); use jit_compile=False for multi-device "
+                "pipelines (gin: train.jit_compile = False)."
+            )
+        self.strategy = tf.distribute.get_strategy()
+        self.variables = all_variables(pipeline)
+        first = self.variables[0]
+        first = first.value if isinstance(first, keras.Variable) else first
+        if not self.strategy.extended.variable_created_in_scope(first):
+            raise ValueError(
+                "The pipeline's variables were created under another tf.distribute strategy "
+                "than this engine's. Build the pipeline, the optimizer and the Engine inside "
+                "the same scope: `with runtime.scope(): ...`."
             )
         self.pipeline, self.mode, self.optimizer = pipeline, mode, optimizer
         self.rule = RULES[mode]
         self.update_every, self.carry_state = update_every, carry_state
-        self.variables = all_variables(pipeline)
-        with placement.device_scope(pipeline.top_device):
-            # Steps since the last reset: decides which top losses are masked.
-            self.step = tf.Variable(0, dtype=tf.int32, trainable=False, name="steps_since_reset")
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.local_replicas = (
+            len(self.strategy.extended.worker_devices) if tf.distribute.has_strategy() else 1
+        )
+        with pipeline.unit_variable_scope(pipeline.num_units):
+            # Steps since the last reset (per replica): decides which top losses are masked.
+            self.step = tf.Variable(
+                0,
+                dtype=tf.int32,
+                trainable=False,
+                name="steps_since_reset",
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
         optimizer.build(self.variables)
         self._update = tf.function(self._update_fn, jit_compile=jit_compile)
         self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
         self._fidelity = tf.function(self._fidelity_fn)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Clips per step in this process: B per replica times its local replicas."""
+        return self.pipeline.batch_size * self.local_replicas
 
     # -- Training --------------------------------------------------------------
 
@@ -308,13 +342,14 @@ class Engine:
     def train_clip(self, clip, labels) -> dict:
         """Trains on a batch of clips [B, K, *frame] with labels [B]; returns metrics.
 
-        Metrics (tensors): loss (mean over valid steps), logits [B, ...] (averaged
-        over valid steps), valid_steps, grad_norms [L] (one per unit).
+        With several replicas, clip and labels are either per-replica values (from
+        a distributed dataset) or this process's whole batch [R_local * B, ...],
+        split here in replica order. Metrics (tensors): loss (mean over valid steps
+        and local replicas), logits [R_local * B, ...] (averaged over valid steps),
+        valid_steps, grad_norms [L] (one per unit, mean over local replicas).
         """
-        clip, labels = self._check(clip, labels)
-        if not self.carry_state:
-            self.reset_state()
-        num_frames = clip.shape[1]
+        clip, labels = self._distribute(clip, labels)
+        num_frames = self._local(clip)[0].shape[1]
         chunk = self.update_every or num_frames
         if num_frames % chunk:
             raise ValueError(
@@ -322,7 +357,8 @@ class Engine:
                 "pick K or update_every so that it is."
             )
         results = [
-            self._update(clip[:, s : s + chunk], labels) for s in range(0, num_frames, chunk)
+            self._update(clip, labels, tf.constant(s), chunk, fresh=s == 0 and not self.carry_state)
+            for s in range(0, num_frames, chunk)
         ]
         if len(results) == 1:
             return results[0]
@@ -334,19 +370,49 @@ class Engine:
             merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
         return merged
 
-    def _update_fn(self, clip, labels):
-        """THE update function: read state, take gradients by the mode's rule, apply."""
-        state = self.pipeline.read_state(self.step)
+    def _update_fn(self, clip, labels, start, chunk: int, fresh: bool):
+        """The whole clip (or chunk) in one strategy.run; metrics over local replicas."""
+        out = self.strategy.run(
+            self._replica_update,
+            args=(clip, labels, start),
+            kwargs={"chunk": chunk, "fresh": fresh},
+        )
+        return {
+            "loss": self._local_mean(out["loss"]),
+            "logits": tf.concat(self._local(out["logits"]), axis=0),
+            "valid_steps": self._local_mean(out["valid_steps"]),
+            "grad_norms": self._local_mean(out["grad_norms"]),
+        }
+
+    def _replica_update(self, clip, labels, start, chunk: int, fresh: bool):
+        """THE update function: read state, take gradients by the mode's rule, apply.
+
+        Runs once per replica (or once, without a strategy) on its own clips:
+        frames [start, start + chunk) of clip [B, K, *frame].
+        """
+        if chunk != clip.shape[1]:
+            begin = [0, start] + [0] * (clip.shape.rank - 2)
+            clip = tf.slice(clip, begin, [clip.shape[0], chunk, *clip.shape[2:]])
+        state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.step)
         out = self.rule(self.pipeline, state, clip, labels)
         self.pipeline.write_state(out.state)
         self.step.assign(out.state.t)
-        flat = [g for gu in out.grads for g in gu]
-        self.optimizer.apply(flat, self.variables)
+        grads = out.grads
+        if self.num_replicas > 1:  # the optimizer sums the replicas' gradients
+            grads = []
+            for i, gu in enumerate(out.grads, start=1):
+                with self.pipeline.unit_scope(i):
+                    grads.append([g / self.num_replicas for g in gu])
+        self.optimizer.apply([g for gu in grads for g in gu], self.variables)
+        norms = []
+        for i, gu in enumerate(out.grads, start=1):
+            with self.pipeline.unit_scope(i):
+                norms.append(_global_norm(gu))
         return {
             "loss": out.loss,
             "logits": out.logits,
             "valid_steps": out.valid_steps,
-            "grad_norms": tf.stack([_global_norm(gu) for gu in out.grads]),
+            "grad_norms": tf.stack(norms),
         }
 
     # -- Evaluation --------------------------------------------------------------
@@ -355,12 +421,17 @@ class Engine:
         """Top outputs averaged over valid steps, from a fresh state: [B, K, ...] -> [B, ...].
 
         frame_bp evaluates the per-frame network; the other modes the pipelined one.
-        The training buffers are not touched.
+        The training buffers are not touched. With several local replicas, clip is
+        [R_local * B, K, ...] and is split over them.
         """
-        self.pipeline.check_clip(clip)
-        return self._predict(tf.convert_to_tensor(clip))
+        clip, _ = self._distribute(clip, None)
+        return self._predict(clip)
 
     def _predict_fn(self, clip):
+        out = self.strategy.run(self._replica_predict, args=(clip,))
+        return tf.concat(self._local(out), axis=0)
+
+    def _replica_predict(self, clip):
         if self.mode == "frame_bp":
             return frame_logits(self.pipeline, clip, training=False)[1]
         state = self.pipeline.zero_state()
@@ -372,27 +443,66 @@ class Engine:
         """Per unit, how well the sideways gradient matches bptt's on this clip.
 
         Both start from a fresh state with the current parameters; nothing is
-        updated. Returns {"cosine": [L], "norm_ratio": [L]} (sideways / bptt).
+        updated. Returns {"cosine": [L], "norm_ratio": [L]} (sideways / bptt),
+        averaged over local replicas.
         """
-        clip, labels = self._check(clip, labels)
+        clip, labels = self._distribute(clip, labels)
         return self._fidelity(clip, labels)
 
     def _fidelity_fn(self, clip, labels):
-        return gradient_fidelity(self.pipeline, clip, labels)
+        out = self.strategy.run(lambda c, y: gradient_fidelity(self.pipeline, c, y), (clip, labels))
+        return {k: self._local_mean(v) for k, v in out.items()}
 
-    def _check(self, clip, labels):
-        self.pipeline.check_clip(clip)
-        labels = tf.convert_to_tensor(labels)
-        if labels.shape[:1] != (self.pipeline.batch_size,):
+    # -- Replicas ------------------------------------------------------------------
+
+    def _local(self, value) -> tuple:
+        """This process's per-replica components of a value (one without a strategy)."""
+        return self.strategy.experimental_local_results(value)
+
+    def _local_mean(self, value):
+        parts = self._local(value)
+        return tf.add_n(list(parts)) / len(parts) if len(parts) > 1 else parts[0]
+
+    def _distribute(self, clip, labels):
+        """Checks the input and hands each local replica its B clips."""
+        if isinstance(clip, tf.distribute.DistributedValues):
+            for c in self._local(clip):
+                self.pipeline.check_clip(c)
+            if labels is not None:
+                for y in self._local(labels):
+                    self._check_labels(y)
+            return clip, labels
+        self.pipeline.check_clip(clip, batch_size=self.global_batch_size)
+        clip = tf.convert_to_tensor(clip)
+        if labels is not None:
+            labels = tf.convert_to_tensor(labels)
+            self._check_labels(labels, self.global_batch_size)
+        if self.local_replicas == 1:
+            return clip, labels
+        b, n = self.pipeline.batch_size, self.local_replicas
+
+        def split(x):
+            return self.strategy.experimental_distribute_values_from_function(
+                lambda ctx: x[(ctx.replica_id_in_sync_group % n) * b :][:b]
+            )
+
+        return split(clip), None if labels is None else split(labels)
+
+    def _check_labels(self, labels, batch_size=None):
+        batch_size = batch_size or self.pipeline.batch_size
+        if tuple(labels.shape[:1]) != (batch_size,):
             raise ValueError(
                 f"labels have shape {tuple(labels.shape)}; expected [B] = "
-                f"[{self.pipeline.batch_size}], one label per clip."
+                f"[{batch_size}], one label per clip."
             )
-        return tf.convert_to_tensor(clip), labels
 
     def state_sizes(self) -> dict:
         """{buffer name: number of elements}: what the engine holds besides parameters."""
         return {v.path: int(np.prod(v.shape)) for v in self.pipeline.state_variables()}
+
+
+def _on_tpu(pipeline) -> bool:
+    return isinstance(pipeline.plan, placement.TPUPlan)
 
 
 def gradient_fidelity(pipeline: Pipeline, clip, labels) -> dict:

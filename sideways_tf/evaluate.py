@@ -20,10 +20,11 @@ from sideways_tf.engine import Engine
 def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -> dict:
     """Scores a finite dataset of {"frames", "label"[, "video_index"]} examples.
 
-    Returns accuracy (per video), clip_accuracy, loss (cross-entropy of the
-    clip-averaged logits), num_videos and num_clips.
+    Returns accuracy (per video), clip_accuracy, loss (the pipeline's loss on the
+    clip-averaged outputs), num_videos and num_clips. Batches fill every local
+    replica (engine.global_batch_size clips).
     """
-    batch_size = engine.pipeline.batch_size
+    batch_size = engine.global_batch_size
     per_video = collections.defaultdict(list)  # video -> [(logits, label)]
     clip_losses, clip_hits, next_index = [], [], 0
     batches = dataset.batch(batch_size).prefetch(2)
@@ -39,7 +40,7 @@ def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -
             pad = tf.zeros((batch_size - n, *frames.shape[1:]), frames.dtype)
             frames = tf.concat([frames, pad], axis=0)
         logits = engine.predict_clip(frames).numpy()[:n]
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels.astype("int32"), logits)
+        losses = engine.pipeline.loss_fn(labels.astype("int32"), logits)
         clip_losses.extend(losses.numpy().tolist())
         clip_hits.extend((logits.argmax(-1) == labels).tolist())
         for v, lg, y in zip(videos, logits, labels):

@@ -58,8 +58,12 @@ class Pipeline(keras.Layer):
         top unit's device and its parameters count as the top unit's. None: identity.
       loss: per-example loss(labels [B], outputs) -> [B]; a name from LOSSES or a
         callable.
-      batch_size: static batch size B of the state buffers.
+      batch_size: static batch size B of the state buffers (per replica).
       frame_shape: shape of one frame, e.g. (H, W, C).
+
+    Placement: built inside a Runtime's scope (sideways_tf.distribute), unit i
+    goes to logical core `cores[i-1]` of the runtime's plan; otherwise each unit
+    stays on its own `device` (one core per distinct device, in order).
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Pipeline(keras.Layer):
             for k, e in enumerate(into):
                 if e.delay > 0:
                     self._slots[i][k], n = n, n + 1
+        self.plan, self.cores = _plan_for(units)
         if (batch_size is None) != (frame_shape is None):
             raise ValueError("Give both batch_size and frame_shape to build now, or neither.")
         if batch_size is not None:
@@ -115,9 +120,18 @@ class Pipeline(keras.Layer):
         """T_fill: first step whose top output is built from real frames only."""
         return self.topology.fill_steps
 
+    def unit_scope(self, i: int):
+        """Where unit i's (1-based) ops run: its core, in the replica being traced."""
+        return self.plan.run_scope(self.cores[i - 1])
+
+    def unit_variable_scope(self, i: int):
+        """Where unit i's variables are created: its core, in every replica."""
+        return self.plan.variable_scope(self.cores[i - 1])
+
     @property
-    def top_device(self) -> str | None:
-        return self.units[-1].device
+    def num_devices(self) -> int:
+        """Distinct cores the units of one replica use."""
+        return len(set(self.cores))
 
     # -- Build -----------------------------------------------------------------
 
@@ -131,17 +145,18 @@ class Pipeline(keras.Layer):
             )
         self.batch_size, self.frame_shape = int(input_shape[0]), tuple(input_shape[1:])
         shapes = [input_shape]
-        for unit, into in zip(self.units, self.topology.sources):
+        for i, (unit, into) in enumerate(zip(self.units, self.topology.sources), start=1):
             source_shapes = [shapes[e.source] for e in into]
             if not unit.built:  # (units restored from a config arrive built)
-                unit.build(source_shapes)
+                with self.unit_variable_scope(i):
+                    unit.build(source_shapes)
             elif unit.source_shapes != source_shapes:
                 raise ValueError(
                     f"Unit {unit.name!r} was built for sources {unit.source_shapes}, but the "
                     f"topology feeds it {source_shapes}; use a fresh unit."
                 )
             shapes.append(unit.output_shape_)
-        with placement.device_scope(self.top_device):
+        with self.unit_variable_scope(self.num_units):
             if self.head is not None:
                 spec = self.head.compute_output_spec(keras.KerasTensor(shapes[-1]))
                 if not self.head.built:
@@ -186,17 +201,19 @@ class Pipeline(keras.Layer):
             b.assign(line)
 
     def zero_state(self) -> PipelineState:
-        """A fresh state as tensors (buffers untouched), each on its unit's device."""
-
-        def zeros(var):
-            with tf.device(var.value.device):
-                return tf.zeros(var.shape, var.dtype)
-
+        """A fresh state as tensors (buffers untouched), each on its unit's core."""
+        outputs, messages, delays = [], [], []
+        for i, u in enumerate(self.units, start=1):
+            with self.unit_scope(i):
+                outputs.append(tf.zeros(u.output_buffer.shape, u.output_buffer.dtype))
+                if u.message_buffer is not None:
+                    messages.append(tf.zeros(u.message_buffer.shape, u.message_buffer.dtype))
+                delays += [tf.zeros(b.shape, b.dtype) for b in u.delay_buffers if b is not None]
         return PipelineState(
             t=tf.constant(0, tf.int32),
-            outputs=tuple(zeros(u.output_buffer) for u in self.units),
-            messages=tuple(zeros(u.message_buffer) for u in self.units[:-1]),
-            delays=tuple(zeros(b) for b in self._delay_buffers()),
+            outputs=tuple(outputs),
+            messages=tuple(messages),
+            delays=tuple(delays),
         )
 
     def reset_state(self):
@@ -230,22 +247,22 @@ class Pipeline(keras.Layer):
         previous = (tf.convert_to_tensor(x_t), *state.outputs)
         outputs, lines = [], list(state.delays)
         for i, unit in enumerate(self.units, start=1):
-            with placement.device_scope(unit.device):
+            with self.unit_scope(i):
                 inputs, new_lines = self.gather(i, previous, state)
                 outputs.append(unit(inputs, training=training))
                 for k, line in new_lines.items():
                     lines[k] = line
-        with placement.device_scope(self.top_device):
+        with self.unit_scope(self.num_units):
             logits = self.apply_head(outputs[-1], training=training)
         return state._replace(t=state.t + 1, outputs=tuple(outputs), delays=tuple(lines)), logits
 
     def frame_forward(self, x, training=None):
         """The per-frame network: every unit works on the same frame. x: [N, *frame]."""
         activations = [x]
-        for unit, into in zip(self.units, self.topology.sources):
-            with placement.device_scope(unit.device):
+        for i, (unit, into) in enumerate(zip(self.units, self.topology.sources), start=1):
+            with self.unit_scope(i):
                 activations.append(unit([activations[e.source] for e in into], training=training))
-        with placement.device_scope(self.top_device):
+        with self.unit_scope(self.num_units):
             return self.apply_head(activations[-1], training=training)
 
     def call(self, clip, training=None):
@@ -262,10 +279,14 @@ class Pipeline(keras.Layer):
 
     # -- Input checks --------------------------------------------------------------
 
-    def check_clip(self, clip, name: str = "clip"):
-        """Raises a clear error unless clip is float [B, K, *frame_shape] with the buffers' B."""
+    def check_clip(self, clip, name: str = "clip", batch_size: int | None = None):
+        """Raises a clear error unless clip is float [B, K, *frame_shape] with the buffers' B.
+
+        batch_size: the batch expected when it is not B (R local replicas: R * B).
+        """
         shape = tuple(clip.shape)
-        expected = (self.batch_size, "K", *self.frame_shape)
+        batch_size = batch_size or self.batch_size
+        expected = (batch_size, "K", *self.frame_shape)
         dtype = tf.as_dtype(clip.dtype)
         if not dtype.is_floating:
             raise TypeError(
@@ -277,10 +298,12 @@ class Pipeline(keras.Layer):
                 f"{name} has shape {shape}; expected [B, K, *frame] = {expected} "
                 "(a batch of clips, time second)."
             )
-        if shape[0] != self.batch_size:
+        if shape[0] != batch_size:
+            replicas = batch_size // self.batch_size
+            per = f" ({replicas} local replicas x {self.batch_size})" if replicas > 1 else ""
             raise ValueError(
                 f"{name} has batch size {shape[0]}, but the state buffers were built for "
-                f"batch_size={self.batch_size}. Batch with drop_remainder=True, or rebuild the "
+                f"batch_size={batch_size}{per}. Batch with drop_remainder=True, or rebuild the "
                 "pipeline with the batch size you feed."
             )
         if shape[2:] != self.frame_shape:
@@ -293,7 +316,10 @@ class Pipeline(keras.Layer):
         lines = [self.topology.describe()]
         for i, (u, s) in enumerate(zip(self.units, self.output_shapes), start=1):
             n = int(sum(np.prod(v.shape) for v in self.unit_variables(i)))
-            lines.append(f"  unit {i} {u.name}: out {s[1:]}, {n} params, device {u.device}")
+            where = self.plan.device(self.cores[i - 1]) or "default device"
+            lines.append(
+                f"  unit {i} {u.name}: out {s[1:]}, {n} params, core {self.cores[i - 1]} ({where})"
+            )
         return "\n".join(lines)
 
     def get_config(self):
@@ -321,3 +347,24 @@ class Pipeline(keras.Layer):
         if config["head"] is not None:
             config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
+
+
+def _plan_for(units) -> tuple[placement.Plan, list[int]]:
+    """The plan and per-unit core indices: the active Runtime's, or the units' devices."""
+    plan = placement.current_plan()
+    if plan is None:
+        devices = list(dict.fromkeys(u.device for u in units))  # distinct, in order
+        return placement.DevicePlan.single(devices), [devices.index(u.device) for u in units]
+    pinned = [u.name for u in units if u.device is not None]
+    if pinned:
+        raise ValueError(
+            f"Units {pinned} have a device= of their own, but the pipeline is built inside a "
+            "Runtime, which places units by logical core. Leave Unit(device=None) and set "
+            "runtime.placement (core indices per unit, or 'auto')."
+        )
+    cores = plan.unit_cores
+    if cores is None:
+        cores = [
+            placement.contiguous_core(i, len(units), plan.num_cores) for i in range(len(units))
+        ]
+    return plan, placement.check_cores(cores, len(units), plan.num_cores, "runtime.placement")

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import gin
 import keras
@@ -26,9 +27,10 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from sideways_tf import checkpointing, summaries
+from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf.engine import Engine, check_mode
 from sideways_tf.evaluate import evaluate
+from sideways_tf.pipeline import Pipeline
 
 
 @gin.configurable(module="sideways_tf")
@@ -48,6 +50,90 @@ def adam(
     return keras.optimizers.Adam(schedule, clipnorm=clipnorm)
 
 
+class Run(NamedTuple):
+    """Everything a run is built from, for training and for evaluation alike."""
+
+    runtime: distribute.Runtime
+    pipeline: Pipeline
+    optimizer: keras.optimizers.Optimizer
+    engine: Engine
+    step: tf.Variable  # training steps (batches of clips) taken
+    checkpointer: checkpointing.Checkpointer
+    writers: dict  # {"train", "eval"}: summary writers (no-ops off the chief)
+
+
+def build_run(
+    workdir: str,
+    runtime: distribute.Runtime,
+    *,
+    mode: str,
+    model_fn: Callable,
+    num_classes: int,
+    batch_size: int,
+    frame_shape: tuple,
+    optimizer_fn: Callable,
+    decay_steps: int,
+    update_every: int | None,
+    carry_state: bool,
+    jit_compile: bool,
+    seed: int,
+    keep_checkpoints: int,
+    data_iterator=None,
+) -> Run:
+    """Builds pipeline, optimizer, engine, checkpoint and writers on the runtime.
+
+    batch_size is the global batch; each replica's pipeline holds B = batch_size / R.
+    The checkpoint holds parameters, optimizer, step and (given) the data position;
+    buffers only with carry_state (otherwise they are zero at every clip's start).
+    """
+    per_replica = batch_size // runtime.num_replicas
+
+    def build():
+        return model_fn(batch_size=per_replica, frame_shape=frame_shape, num_classes=num_classes)
+
+    cores = runtime.assign_cores(build)  # 'auto' measures a probe pipeline first
+    keras.utils.set_random_seed(seed)  # the same initial parameters, probe or not
+    with runtime.scope(cores):
+        pipeline = build()
+        try:
+            check_mode(mode, pipeline)
+        except ValueError as e:
+            raise ValueError(f"{e} (gin: train.mode = '{mode}', and the model's topology.)") from e
+        optimizer = optimizer_fn(decay_steps=decay_steps)
+        engine = Engine(
+            pipeline,
+            mode,
+            optimizer,
+            update_every=update_every,
+            carry_state=carry_state,
+            jit_compile=jit_compile,
+        )
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    state = dict(
+        pipeline=checkpointing.variables_by_path(
+            pipeline, buffers=carry_state, replicas=runtime.strategy
+        ),
+        optimizer=optimizer,
+        step=step,
+    )
+    if carry_state:
+        state["engine_step"] = engine.step
+    if data_iterator is not None:
+        state["data"] = data_iterator
+    directory = os.path.join(workdir, "checkpoints")
+    checkpointer = checkpointing.Checkpointer(
+        directory, tf.train.Checkpoint(**state), max_to_keep=keep_checkpoints
+    )
+    if runtime.is_chief:
+        writers = {
+            split: tf.summary.create_file_writer(os.path.join(workdir, split))
+            for split in ("train", "eval")
+        }
+    else:
+        writers = {split: tf.summary.create_noop_writer() for split in ("train", "eval")}
+    return Run(runtime, pipeline, optimizer, engine, step, checkpointer, writers)
+
+
 @gin.configurable(module="sideways_tf", denylist=["workdir", "eval_only"])
 def train(
     workdir: str,
@@ -59,12 +145,13 @@ def train(
     num_classes: int = gin.REQUIRED,  # classes of the task (the head's width)
     seed: int = 0,  # parameter initialisation (data seeds are the data's own bindings)
     # -- Schedule ------------------------------------------------------------
-    batch_size: int = 16,  # clips per step; the buffers' static batch size
+    batch_size: int = 16,  # clips per step over all replicas (B = batch_size / replicas)
     num_steps: int = 2000,  # training steps (batches of clips); sets the LR schedule
     stop_at_step: int | None = None,  # end this run early (resume later with the same config)
     optimizer_fn: Callable = adam,  # () -> Keras optimizer; gets decay_steps
     update_every: int | None = None,  # optimizer step every N frames (None: once per clip)
     carry_state: bool = False,  # keep buffers across consecutive clips (streaming)
+    jit_compile: bool = False,  # XLA-compile the update (units of a replica on one device)
     # -- Logging and checkpoints ----------------------------------------------
     log_every: int = 50,  # steps between train scalars
     fidelity_every: int = 250,  # steps between sideways-vs-bptt gradient fidelity (0: off)
@@ -75,11 +162,37 @@ def train(
     progress: bool = True,  # progress bar on the terminal
     eval_only: bool = False,
 ) -> dict:
-    """Trains (or, with eval_only, evaluates the latest checkpoint); returns final metrics."""
-    for name, value in (("log_every", log_every), ("eval_every", eval_every)):
-        if value < 1:
-            raise ValueError(f"train.{name} must be >= 1, got {value}.")
-    tf.io.gfile.makedirs(workdir)
+    """Trains (or, with eval_only, evaluates the latest checkpoint); returns final metrics.
+
+    The runtime (strategy, replicas, cores per replica, placement) comes from the
+    gin configurable `runtime` (sideways_tf.distribute.make_runtime).
+    """
+    for name, value in (
+        ("log_every", log_every),
+        ("eval_every", eval_every),
+        ("checkpoint_every", checkpoint_every),
+        ("keep_checkpoints", keep_checkpoints),
+        ("batch_size", batch_size),
+        ("num_steps", num_steps),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{name} must be a positive integer, got {value!r}.")
+
+    # -- Runtime -------------------------------------------------------------------
+    runtime = distribute.make_runtime()
+    if batch_size % runtime.num_replicas:
+        raise ValueError(
+            f"train.batch_size = {batch_size} does not split over {runtime.num_replicas} "
+            f"replicas ({runtime.describe()}); use a multiple of {runtime.num_replicas}."
+        )
+    if carry_state and runtime.num_workers > 1:
+        raise ValueError(
+            "train.carry_state = True keeps each replica's buffers across clips, which a "
+            "multi-worker checkpoint does not hold (each worker's buffers live in its own "
+            "process); use carry_state = False with runtime.strategy = 'multi_worker'."
+        )
+    if runtime.is_chief:
+        tf.io.gfile.makedirs(workdir)
 
     # -- Data --------------------------------------------------------------------
     train_ds = train_data()
@@ -97,43 +210,48 @@ def train(
             f"train.train_data yields frames of shape {spec['frames'].shape}; the "
             "pipeline needs a static clip length and frame size."
         )
-    train_iter = iter(train_ds.batch(batch_size, drop_remainder=True).prefetch(2))
+    local_batch = batch_size // runtime.num_workers  # this process's replicas' clips
+    train_iter = iter(
+        runtime.shard_dataset(train_ds).batch(local_batch, drop_remainder=True).prefetch(2)
+    )
     eval_ds = eval_data() if eval_data is not None else None  # finite; re-read at each eval
 
-    # -- Model and engine -----------------------------------------------------------
-    keras.utils.set_random_seed(seed)
-    pipeline = model_fn(batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes)
-    try:
-        check_mode(mode, pipeline)
-    except ValueError as e:
-        raise ValueError(f"{e} (gin: train.mode = '{mode}', and the model's topology.)") from e
+    # -- Model, engine, checkpoint: resume where the last run stopped ----------------
     updates_per_clip = num_frames // update_every if update_every else 1
-    optimizer = optimizer_fn(decay_steps=num_steps * updates_per_clip)
-    engine = Engine(pipeline, mode, optimizer, update_every=update_every, carry_state=carry_state)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-
-    # -- Checkpoint: resume where the last run stopped ------------------------------
-    checkpoint = tf.train.Checkpoint(
-        pipeline=checkpointing.variables_by_path(pipeline),
-        optimizer=optimizer,
-        step=step,
-        engine_step=engine.step,
-        data=train_iter,
+    run = build_run(
+        workdir,
+        runtime,
+        mode=mode,
+        model_fn=model_fn,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        frame_shape=tuple(frame_shape),
+        optimizer_fn=optimizer_fn,
+        decay_steps=num_steps * updates_per_clip,
+        update_every=update_every,
+        carry_state=carry_state,
+        jit_compile=jit_compile,
+        seed=seed,
+        keep_checkpoints=keep_checkpoints,
+        data_iterator=train_iter,
     )
-    checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), checkpoint, max_to_keep=keep_checkpoints
+    pipeline, optimizer, engine, step, writers = (
+        run.pipeline,
+        run.optimizer,
+        run.engine,
+        run.step,
+        run.writers,
     )
-    restored = checkpointer.restore_latest()
-    writers = {
-        split: tf.summary.create_file_writer(os.path.join(workdir, split))
-        for split in ("train", "eval")
-    }
-    summaries.write_config(writers["train"], workdir)
+    restored = run.checkpointer.restore_latest()
+    if runtime.is_chief:
+        summaries.write_config(writers["train"], workdir)
 
     def run_eval():
         if eval_ds is None:
             return None
-        metrics = evaluate(engine, eval_ds, progress=progress)
+        metrics = evaluate(engine, eval_ds, progress=progress and runtime.is_chief)
+        if not runtime.is_chief:
+            return metrics
         summaries.write_scalars(writers["eval"], int(step), metrics)
         path = os.path.join(workdir, "eval_metrics.json")
         history = []
@@ -151,7 +269,11 @@ def train(
 
     # -- Training loop ------------------------------------------------------------------
     bar = tqdm.tqdm(
-        total=num_steps, initial=int(step), unit="step", disable=not progress, dynamic_ncols=True
+        total=num_steps,
+        initial=int(step),
+        unit="step",
+        disable=not (progress and runtime.is_chief),
+        dynamic_ncols=True,
     )
     window = {"loss": [], "hits": []}
     last_time, last_step, eval_metrics = time.time(), int(step), None
@@ -207,7 +329,7 @@ def train(
             if images_every and (s % images_every == 0 or s == 1):
                 summaries.write_clips(writers["train"], s, "input_clips", frames)
             if s % checkpoint_every == 0 or s == last:
-                checkpointer.save(s)
+                _save(run, s)
             if s % eval_every == 0 or s == last:
                 eval_metrics = run_eval()
                 if eval_metrics:
@@ -221,11 +343,16 @@ def train(
         for w in writers.values():
             w.flush()
     if interrupted:
-        path = checkpointer.save(int(step))
+        path = _save(run, int(step))
         print(
             f"Stopped at step {int(step)}; saved {path}. Run again with the same workdir to resume."
         )
     return {"step": int(step), "eval": eval_metrics}
+
+
+def _save(run: Run, step: int) -> str | None:
+    """The chief writes the checkpoint; other workers hold the same parameters."""
+    return run.checkpointer.save(step) if run.runtime.is_chief else None
 
 
 def evaluate_workdir(workdir: str, gin_params: tuple = ()) -> dict:

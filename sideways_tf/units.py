@@ -16,7 +16,10 @@ Nothing else: no per-frame history, so the state does not grow with clip length.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
+import tensorflow as tf
 from keras import ops
 
 from sideways_tf import fusion as fusion_lib
@@ -32,7 +35,8 @@ class Unit(keras.Layer):
       fusion: how several sources are fused: "sum", "concat", "gated" or a Fusion
         layer. Unused with a single source.
       device: where the unit's parameters, buffers and work live ("GPU:1",
-        "CPU:0", ...); None leaves placement to TensorFlow.
+        "CPU:0", ...); None leaves placement to the pipeline's plan (a Runtime's
+        logical cores, see sideways_tf.placement) or to TensorFlow.
       delays: extra delay of each incoming edge, in the order of the pipeline's
         topology (set by the Pipeline; one undelayed edge by default).
       has_message: whether the unit receives a gradient message (every unit but
@@ -92,25 +96,19 @@ class Unit(keras.Layer):
             if not self.module.built:
                 self.module.build(in_shape)
             self.output_shape_ = tuple(spec.shape)
-            self.output_buffer = self.add_weight(
-                shape=self.output_shape_, initializer="zeros", trainable=False, name="output"
-            )
-            self.message_buffer = (
-                self.add_weight(
-                    shape=self.output_shape_, initializer="zeros", trainable=False, name="message"
+            with _per_replica_buffers():
+                self.output_buffer = self._buffer(self.output_shape_, "output")
+                self.message_buffer = (
+                    self._buffer(self.output_shape_, "message") if self.has_message else None
                 )
-                if self.has_message
-                else None
-            )
-            self.delay_buffers = [
-                self.add_weight(
-                    shape=(d, *s), initializer="zeros", trainable=False, name=f"delay_{k}"
-                )
-                if d > 0
-                else None
-                for k, (d, s) in enumerate(zip(self.delays, shapes))
-            ]
+                self.delay_buffers = [
+                    self._buffer((d, *s), f"delay_{k}") if d > 0 else None
+                    for k, (d, s) in enumerate(zip(self.delays, shapes))
+                ]
         self.source_shapes = shapes
+
+    def _buffer(self, shape, name):
+        return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
 
     def call(self, inputs, training=None):
         """inputs: list of source activations, primary first. Returns a_i = H_i(C_i(inputs))."""
@@ -156,3 +154,25 @@ class Unit(keras.Layer):
         """Zeroes every buffer: the start of a new batch of clips."""
         for b in self.state_variables:
             b.assign(ops.zeros(b.shape, b.dtype))
+
+
+@contextlib.contextmanager
+def _per_replica_buffers():
+    """Under a tf.distribute strategy, every replica keeps its own buffers.
+
+    Each replica runs the pipeline on its own clips, so its state is its own:
+    buffers are ON_READ variables (one local copy per replica, read and assigned
+    locally inside a replica). Parameters stay mirrored. ONLY_FIRST_REPLICA is what
+    a read outside a replica returns (TensorBoard's buffer norms).
+    """
+    if not tf.distribute.has_strategy():
+        yield
+        return
+
+    def creator(next_creator, **kwargs):
+        kwargs["synchronization"] = tf.VariableSynchronization.ON_READ
+        kwargs["aggregation"] = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield

@@ -1,0 +1,330 @@
+"""Runtime: the tf.distribute strategy, replicas, and the cores each replica spans.
+
+Two kinds of parallelism, orthogonal (algorithm.md section 7):
+  depth     within a replica, unit i runs on logical core k_i of C cores; inside a
+            step no unit waits for another, so the step tends to the slowest core's
+            forward + VJP. Only activations and messages cross between cores.
+  data      R replicas of the whole pipeline, each on its own B clips with its own
+            buffers; one gradient all-reduce per parameter update.
+
+    strategy        replicas                          cores of replica r
+    "default"       1 (no tf.distribute)              devices[k]
+    "mirrored"      len(devices) // C (GPUs, CPUs)    devices[r*C + k]
+    "multi_worker"  per host: local devices // C      local devices[r*C + k] (TF_CONFIG)
+    "tpu"           TPU cores // C                    logical core k of a DeviceAssignment
+
+Usage (what train() does; gin binds make_runtime as `runtime`):
+
+    runtime = make_runtime(strategy="mirrored", cores_per_replica=2, placement="auto")
+    cores = runtime.assign_cores(lambda: model_fn(...))   # 'auto' measures the units
+    with runtime.scope(cores):
+        pipeline = model_fn(...); optimizer = ...; engine = Engine(pipeline, ...)
+    engine.train_clip(*runtime.split(next(batches)))
+
+Input: each process reads its own shard (`shard_dataset`) and batches R_local * B
+clips; the engine hands each local replica its B. (A plain iterator, unlike
+distribute_datasets_from_function's, can be checkpointed, so resume stays exact.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import gin
+import tensorflow as tf
+
+from sideways_tf import placement as placement_lib
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+class Runtime:
+    """A strategy, the plan that places units on each replica's cores, and who is chief.
+
+    Build it with make_runtime(); see the module docstring.
+    """
+
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy | None,
+        plan: placement_lib.Plan,
+        placement_arg: str | Sequence[int] = "contiguous",
+        cluster_resolver=None,
+    ):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.plan = plan
+        self.placement = placement_arg
+        self.cluster_resolver = cluster_resolver
+        self.is_distributed = strategy is not None
+
+    # -- Facts ---------------------------------------------------------------------
+
+    @property
+    def cores_per_replica(self) -> int:
+        return self.plan.num_cores
+
+    @property
+    def num_replicas(self) -> int:
+        """Replicas in sync, over every worker."""
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def local_replicas(self) -> int:
+        if not self.is_distributed:
+            return 1
+        return len(self.strategy.extended.worker_devices)
+
+    @property
+    def num_workers(self) -> int:
+        return self.num_replicas // self.local_replicas
+
+    @property
+    def worker_index(self) -> int:
+        resolver = self.cluster_resolver
+        if resolver is None or not resolver.task_type:
+            return 0
+        return int(resolver.task_id or 0)
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes checkpoints, summaries and config (worker 0)."""
+        resolver = self.cluster_resolver
+        if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+            return True
+        has_chief = "chief" in resolver.cluster_spec().jobs
+        return not has_chief and resolver.task_type == "worker" and self.worker_index == 0
+
+    def describe(self) -> str:
+        kind = type(self.strategy).__name__ if self.is_distributed else "no strategy"
+        return (
+            f"{kind}: {self.num_replicas} replica(s) ({self.local_replicas} in this process, "
+            f"{self.num_workers} worker(s)), {self.cores_per_replica} core(s) per replica"
+        )
+
+    # -- Placement ---------------------------------------------------------------------
+
+    def assign_cores(self, build_probe: Callable[[], object] | None = None) -> list[int] | None:
+        """Core index per unit from runtime.placement.
+
+        'contiguous': equal contiguous blocks (decided by the pipeline: None here).
+        'auto': builds a probe pipeline outside any strategy (build_probe()), counts
+        each unit's forward + VJP FLOPs (sideways_tf.costs) and balances them.
+        A sequence: used as given (checked when the pipeline is built).
+        """
+        if isinstance(self.placement, str):
+            if self.placement == "contiguous":
+                return None
+            if build_probe is None:
+                raise ValueError("runtime.placement='auto' needs a pipeline to measure.")
+            from sideways_tf import costs
+
+            probe = build_probe()
+            flops = [c.flops for c in costs.unit_costs(probe)]
+            return placement_lib.balance(flops, self.cores_per_replica)
+        return [int(k) for k in self.placement]
+
+    @contextlib.contextmanager
+    def scope(self, cores: Sequence[int] | None = None):
+        """Build pipelines, optimizers and engines inside: variables land on their cores."""
+        with contextlib.ExitStack() as stack:
+            if isinstance(self.plan, placement_lib.DevicePlan) and len(self.plan.devices) > 1:
+                stack.enter_context(placement_lib.remap_variables(self.plan))
+            if self.is_distributed:
+                stack.enter_context(self.strategy.scope())
+            stack.enter_context(placement_lib.using_plan(self.plan, cores))
+            yield self
+
+    # -- Input ---------------------------------------------------------------------------
+
+    def shard_dataset(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """This worker's share of an (unbatched) dataset: every num_workers-th element."""
+        if self.num_workers == 1:
+            return dataset
+        return dataset.shard(self.num_workers, self.worker_index)
+
+    def global_batch(self, per_replica: int) -> int:
+        """Clips this process reads per step: B per replica times its local replicas."""
+        return per_replica * self.local_replicas
+
+
+def _local_devices() -> list[str]:
+    """This process's devices for units: every GPU, else every logical CPU."""
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    return gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def _check_cores_per_replica(cores: int, devices: Sequence, what: str) -> int:
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+        raise ValueError(
+            f"runtime.cores_per_replica must be a positive integer, got {cores!r}: how many "
+            "cores (devices) one replica's units are spread over."
+        )
+    if cores > len(devices):
+        raise ValueError(
+            f"runtime.cores_per_replica = {cores}, but {what} has only {len(devices)} "
+            f"device(s) ({', '.join(str(d).split('device:')[-1] for d in devices)}). Lower "
+            "cores_per_replica, or give more devices (runtime.devices; on a CPU, logical "
+            "devices via tf.config.set_logical_device_configuration)."
+        )
+    if len(devices) % cores:
+        raise ValueError(
+            f"{len(devices)} devices do not split into replicas of runtime.cores_per_replica = "
+            f"{cores}; pick a divisor of {len(devices)}, or list the devices to use in "
+            "runtime.devices."
+        )
+    return len(devices) // cores
+
+
+def tpu_computation_shape(mesh_shape: Sequence[int], cores: int) -> list[int]:
+    """The [x, y, z, core] box of C cores one replica spans on a TPU mesh.
+
+    C up to the cores of one chip stays on one chip; more takes whole chips,
+    filling x, then y, then z, with each extent dividing the mesh's.
+    """
+    *chips_mesh, per_chip = [int(m) for m in mesh_shape]
+    if cores <= per_chip:
+        if per_chip % cores:
+            raise ValueError(
+                f"runtime.cores_per_replica = {cores} does not divide the {per_chip} cores of "
+                "a TPU chip; use a divisor or a multiple of it."
+            )
+        return [1] * len(chips_mesh) + [cores]
+    if cores % per_chip:
+        raise ValueError(
+            f"runtime.cores_per_replica = {cores} is not a multiple of the {per_chip} cores "
+            "per TPU chip."
+        )
+    chips, shape = cores // per_chip, []
+    for extent in chips_mesh:
+        take = math.gcd(chips, extent)
+        shape.append(take)
+        chips //= take
+    if chips != 1:
+        raise ValueError(
+            f"runtime.cores_per_replica = {cores} does not fit the TPU mesh {list(mesh_shape)} "
+            "as a box of whole chips; pick a C whose chips tile the mesh."
+        )
+    return shape + [per_chip]
+
+
+def tpu_device_assignment(topology, cores: int):
+    """DeviceAssignment of replicas spanning C cores each (SPMD partitioning off)."""
+    shape = tpu_computation_shape(topology.mesh_shape, cores)
+    total = int(topology.num_tasks) * int(topology.num_tpus_per_task)
+    if total % cores:
+        raise ValueError(
+            f"runtime.cores_per_replica = {cores} does not divide the {total} TPU cores; "
+            "pick a divisor."
+        )
+    return tf.tpu.experimental.DeviceAssignment.build(
+        topology, computation_shape=shape, num_replicas=total // cores
+    )
+
+
+def connect_tpu(tpu: str | None):
+    """TPUClusterResolver, connect (unless local), initialise; returns (resolver, topology)."""
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    if tpu not in (None, "", "local"):
+        tf.config.experimental_connect_to_cluster(resolver)
+    topology = tf.tpu.experimental.initialize_tpu_system(resolver)
+    return resolver, topology
+
+
+@gin.configurable("runtime", module="sideways_tf")
+def make_runtime(
+    strategy: str = "default",  # default | mirrored | multi_worker | tpu
+    tpu: str | None = None,  # TPU name or "local" (a TPU VM); implies strategy="tpu"
+    devices: Sequence[str] | None = None,  # devices to use (default: all GPUs, else CPUs)
+    cores_per_replica: int = 1,  # C: cores (devices) one replica's units span
+    placement: str | Sequence[int] = "contiguous",  # "contiguous", "auto", or a core per unit
+) -> Runtime:
+    """Builds the runtime; every check fails here, before any work, naming the binding."""
+    if tpu is not None and strategy == "default":
+        strategy = "tpu"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"runtime.strategy = {strategy!r}; choose one of {list(STRATEGIES)}.")
+    if isinstance(placement, str) and placement not in ("contiguous", "auto"):
+        raise ValueError(
+            f"runtime.placement = {placement!r}; use 'contiguous', 'auto', or one core index "
+            "per unit, e.g. (0, 0, 1, 1)."
+        )
+    if strategy == "tpu":
+        resolver, topology = connect_tpu(tpu)
+        assignment = tpu_device_assignment(topology, cores_per_replica)
+        tpu_strategy = tf.distribute.TPUStrategy(
+            resolver,
+            experimental_device_assignment=assignment,
+            experimental_spmd_xla_partitioning=False,
+        )
+        plan = placement_lib.TPUPlan(tpu_strategy, cores_per_replica)
+        return Runtime(tpu_strategy, plan, placement, cluster_resolver=resolver)
+
+    if strategy == "multi_worker":
+        return _multi_worker_runtime(devices, cores_per_replica, placement)
+
+    devices = [placement_lib.resolve_device(d) for d in devices] if devices else _local_devices()
+    if strategy == "default":
+        if cores_per_replica == 1 and not _any_accelerator():
+            devices = [None]  # a CPU: let TensorFlow place ops
+        elif cores_per_replica > len(devices):
+            _check_cores_per_replica(cores_per_replica, devices, "this process")
+        plan = placement_lib.DevicePlan.single(devices[:cores_per_replica])
+        return Runtime(None, plan, placement)
+
+    replicas = _check_cores_per_replica(cores_per_replica, devices, "runtime.devices")
+    rows = [devices[r * cores_per_replica : (r + 1) * cores_per_replica] for r in range(replicas)]
+    mirrored = tf.distribute.MirroredStrategy([row[0] for row in rows])
+    plan = placement_lib.DevicePlan(rows, main_devices=mirrored.extended.worker_devices)
+    return Runtime(mirrored, plan, placement)
+
+
+def _any_accelerator() -> bool:
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def _multi_worker_runtime(devices, cores_per_replica, placement_arg) -> Runtime:
+    if not os.environ.get("TF_CONFIG"):
+        raise ValueError(
+            "runtime.strategy = 'multi_worker' needs the TF_CONFIG environment variable on "
+            'every host, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}.'
+        )
+    try:
+        json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}.") from e
+    tf_config = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    local = [placement_lib.resolve_device(d) for d in devices] if devices else None
+    gpus = tf.config.list_logical_devices("GPU")
+    if local is None:
+        local = [d.name for d in gpus] or [tf.config.list_logical_devices("CPU")[0].name]
+        if not gpus and cores_per_replica > 1:
+            local = [d.name for d in tf.config.list_logical_devices("CPU")]
+    replicas = _check_cores_per_replica(cores_per_replica, local, "each worker")
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf_config.cluster_spec(),
+        task_type=tf_config.task_type,
+        task_id=tf_config.task_id,
+        num_accelerators={"GPU": replicas if gpus else 0},
+        rpc_layer=tf_config.rpc_layer or "grpc",
+    )
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    mains = strategy.extended.worker_devices
+    rows = []
+    for r, main in enumerate(mains):
+        spec = tf.DeviceSpec.from_string(main)
+        row = []
+        for k in range(cores_per_replica):
+            local_spec = tf.DeviceSpec.from_string(local[r * cores_per_replica + k])
+            row.append(
+                spec.replace(
+                    device_type=local_spec.device_type, device_index=local_spec.device_index
+                ).to_string()
+            )
+        rows.append(row)
+    plan = placement_lib.DevicePlan(rows, main_devices=mains)
+    return Runtime(strategy, plan, placement_arg, cluster_resolver=resolver)

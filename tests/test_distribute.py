@@ -1,0 +1,275 @@
+"""Distribution: replicas x units on logical CPUs, placement plans, TPU assignment, checks."""
+
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from toy import dense_pipeline, random_clip
+
+import sideways_tf as sw
+from sideways_tf import costs, distribute, placement
+from sideways_tf.models import convnet
+
+CPUS = ["CPU:0", "CPU:1", "CPU:2", "CPU:3"]
+
+
+def mirrored_2x2(placement_arg="contiguous"):
+    """2 replicas x 2 cores on the 4 logical CPUs of the test session."""
+    return distribute.make_runtime(
+        strategy="mirrored", devices=CPUS, cores_per_replica=2, placement=placement_arg
+    )
+
+
+def adam():
+    return keras.optimizers.Adam(1e-2)  # no clipping: it would clip each replica's share
+
+
+def sgd():
+    # Linear in the gradient: Adam would magnify float round-off of the all-reduce.
+    return keras.optimizers.SGD(0.1, momentum=0.9)
+
+
+def components(variable, strategy):
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    return strategy.experimental_local_results(value)
+
+
+def short(device):
+    return device.split("device:")[-1]
+
+
+@pytest.mark.parametrize(
+    "mode, topology, update_every",
+    [
+        ("skip_sideways", "skip(2)", None),
+        ("sideways", "chain", 3),
+        ("bptt", "skip(2)", None),
+        ("frame_bp", "chain", None),
+    ],
+)
+def test_two_replicas_of_two_units_match_one_device_on_the_whole_batch(
+    mode, topology, update_every
+):
+    one = dense_pipeline(topology, num_units=3, batch=4)
+    reference = sw.Engine(one, mode, sgd(), update_every=update_every)
+    runtime = mirrored_2x2()
+    with runtime.scope():
+        two = dense_pipeline(topology, num_units=3, batch=2)
+        for v, w in zip(sw.engine.all_variables(two), sw.engine.all_variables(one)):
+            v.assign(np.array(w))
+        engine = sw.Engine(two, mode, sgd(), update_every=update_every)
+    assert engine.num_replicas == 2 and two.cores == [0, 0, 1]
+    for seed in range(3):
+        clip, labels = random_clip(one, 9, seed=seed)
+        m1 = reference.train_clip(clip, labels)
+        m2 = engine.train_clip(clip, labels)  # split: clips 0-1 to replica 0, 2-3 to 1
+    np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(np.array(m2["logits"]), np.array(m1["logits"]), rtol=1e-5, atol=1e-6)
+    for v, w in zip(engine.variables, reference.variables):
+        for part in components(v, runtime.strategy):
+            np.testing.assert_allclose(np.array(part), np.array(w), rtol=1e-5, atol=1e-7)
+    assert engine.optimizer.iterations.numpy() == reference.optimizer.iterations.numpy()
+    if mode != "frame_bp":
+        # Each replica's buffers hold the state of its own half of the batch.
+        out = one.units[1].output_buffer
+        halves = components(two.units[1].output_buffer, runtime.strategy)
+        np.testing.assert_allclose(np.array(halves[0]), np.array(out)[:2], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.array(halves[1]), np.array(out)[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_every_parameter_slot_and_buffer_sits_on_its_units_device():
+    runtime = mirrored_2x2()
+    with runtime.scope(cores=[0, 1, 1]):
+        pipeline = dense_pipeline("skip(2)", num_units=3, batch=2)
+        optimizer = adam()
+        engine = sw.Engine(pipeline, "skip_sideways", optimizer)
+    engine.train_clip(np.zeros((4, 6, 5), "float32"), np.zeros(4, "int32"))
+    expected = {0: ["CPU:0", "CPU:2"], 1: ["CPU:1", "CPU:3"]}  # core -> replica devices
+    slots = {
+        id(v): (m, s)
+        for v, m, s in zip(engine.variables, optimizer._momentums, optimizer._velocities)
+    }
+    checked = 0
+    for i, unit in enumerate(pipeline.units, start=1):
+        want = expected[pipeline.cores[i - 1]]
+        for v in pipeline.unit_variables(i):
+            for var in (v, *slots[id(v)]):
+                assert [short(p.device) for p in components(var, runtime.strategy)] == want, (
+                    var.path
+                )
+                checked += 1
+        for b in unit.state_variables:
+            assert [short(p.device) for p in components(b, runtime.strategy)] == want, b.path
+    assert checked == 3 * len(engine.variables)
+
+
+def test_auto_placement_balances_a_deliberately_unbalanced_pipeline():
+    def build():
+        return convnet.conv_pipeline(
+            batch_size=2,
+            frame_shape=(16, 16, 3),
+            num_classes=4,
+            widths=(4, 32, 4, 4, 4, 4),  # units 2 and 3 (4 -> 32 -> 4) cost 8x the others
+            strides=(1, 1, 1, 1, 1, 1),
+        )
+
+    runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2, placement="auto")
+    cores = runtime.assign_cores(build)
+    flops = [c.flops for c in costs.unit_costs(build())]
+    assert min(flops[1:3]) > 5 * max(flops[3:])
+
+    def slowest(assignment):
+        return max(sum(f for f, k in zip(flops, assignment) if k == c) for c in (0, 1))
+
+    # The optimum over every contiguous cut, found by brute force.
+    cuts = [[0] * j + [1] * (6 - j) for j in range(1, 7)]
+    assert slowest(cores) == min(slowest(c) for c in cuts)
+    contiguous = [placement.contiguous_core(i, 6, 2) for i in range(6)]
+    assert slowest(cores) < 0.8 * slowest(contiguous)
+    assert cores == sorted(cores)  # neighbours stay together
+    with runtime.scope(cores):
+        pipeline = build()
+    assert pipeline.cores == cores
+    for i, k in enumerate(cores, start=1):
+        assert short(pipeline.unit_variables(i)[0].value.device) == f"CPU:{k}"
+
+
+def test_balance_cuts_contiguous_blocks_minimising_the_slowest():
+    assert placement.balance([1, 1, 1, 1], 2) == [0, 0, 1, 1]
+    assert placement.balance([5, 1, 1, 1], 2) == [0, 1, 1, 1]
+    assert placement.balance([1, 1, 1, 6], 3) == [0, 1, 1, 2] or placement.balance(
+        [1, 1, 1, 6], 3
+    ) == [0, 0, 1, 2]
+    assert placement.balance([3, 3], 4) == [0, 1]  # more cores than units
+    with pytest.raises(ValueError, match="num_cores must be >= 1"):
+        placement.balance([1], 0)
+
+
+# -- TPU: device assignment on a hand-built topology, the plan against a fake strategy
+
+
+def v3_8_topology():
+    """A v3-8 slice: 2 x 2 chips, 2 cores per chip, one host."""
+    coords = [[x, y, 0, c] for y in range(2) for x in range(2) for c in range(2)]
+    return tf.tpu.experimental.Topology(
+        mesh_shape=[2, 2, 1, 2], device_coordinates=np.array([coords], np.int32)
+    )
+
+
+@pytest.mark.parametrize(
+    "cores, shape", [(1, [1, 1, 1, 1]), (2, [1, 1, 1, 2]), (4, [2, 1, 1, 2]), (8, [2, 2, 1, 2])]
+)
+def test_tpu_device_assignment_spans_c_cores_per_replica(cores, shape):
+    topology = v3_8_topology()
+    assert distribute.tpu_computation_shape(topology.mesh_shape, cores) == shape
+    assignment = distribute.tpu_device_assignment(topology, cores)
+    assert assignment.num_replicas == 8 // cores
+    assert assignment.num_cores_per_replica == cores
+    used = [
+        tuple(int(c) for c in assignment.coordinates(r, k))
+        for r in range(assignment.num_replicas)
+        for k in range(cores)
+    ]
+    assert len(set(used)) == 8  # every core of the slice exactly once
+    for r in range(assignment.num_replicas):
+        chips = {tuple(int(c) for c in assignment.coordinates(r, k))[:3] for k in range(cores)}
+        assert len(chips) == max(cores // 2, 1)  # a replica's cores: whole chips, or one chip
+
+
+def test_tpu_cores_per_replica_that_do_not_tile_the_mesh_are_refused():
+    with pytest.raises(ValueError, match="cores_per_replica = 3"):
+        distribute.tpu_device_assignment(v3_8_topology(), 3)
+    with pytest.raises(ValueError, match="does not fit the TPU mesh"):
+        distribute.tpu_computation_shape([2, 2, 1, 2], 6)
+
+
+class FakeTPU:
+    """Stands in for TPUStrategy.extended and a TPU replica context: records cores."""
+
+    def __init__(self):
+        self.core, self.created, self.ran = None, [], []
+        self.extended = self
+
+    @contextlib.contextmanager
+    def experimental_logical_device(self, core):
+        previous, self.core = self.core, core
+        self.ran.append(core)
+        try:
+            yield
+        finally:
+            self.core = previous
+
+
+def test_tpu_plan_creates_and_runs_each_unit_on_its_logical_core():
+    fake = FakeTPU()
+    plan = placement.TPUPlan(fake, num_cores=2, replica_context=lambda: fake)
+
+    def record(next_creator, **kwargs):
+        variable = next_creator(**kwargs)
+        fake.created.append((variable.name, fake.core))
+        return variable
+
+    with tf.variable_creator_scope(record), placement.using_plan(plan, [0, 1, 1]):
+        pipeline = dense_pipeline("chain", num_units=3)
+    assert pipeline.cores == [0, 1, 1]
+    by_core = {}
+    for name, core in fake.created:
+        by_core.setdefault(core, []).append(name)
+    # unit1's kernel, bias and buffers on core 0; units 2, 3 and the head on core 1.
+    assert len(by_core[0]) == 4 and len(by_core[1]) == 4 + 3 + 2
+    fake.ran.clear()
+    pipeline.forward_step(pipeline.zero_state(), random_clip(pipeline, 1)[0][:, 0])
+    # zero_state (3 units) then forward_step: units 1, 2, 3 and the head on the top's core.
+    assert fake.ran == [0, 1, 1, 0, 1, 1, 1]
+
+
+# -- Checks that fail early, naming the fix --------------------------------------------
+
+
+def test_more_cores_per_replica_than_devices():
+    with pytest.raises(ValueError, match="cores_per_replica = 8.*only 4 device"):
+        distribute.make_runtime(strategy="mirrored", devices=CPUS, cores_per_replica=8)
+    with pytest.raises(ValueError, match="do not split into replicas.*= 3"):
+        distribute.make_runtime(strategy="mirrored", devices=CPUS, cores_per_replica=3)
+
+
+def test_unit_core_index_out_of_range():
+    runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2, placement=(0, 5, 1))
+    with pytest.raises(ValueError, match=r"runtime.placement = \(0, 5, 1\).*core index 5.*0\.\.1"):
+        with runtime.scope(runtime.assign_cores()):
+            dense_pipeline("chain", num_units=3)
+    with pytest.raises(ValueError, match="gives 2 core indices for a pipeline of 3 units"):
+        with runtime.scope([0, 1]):
+            dense_pipeline("chain", num_units=3)
+
+
+def test_units_pinned_by_hand_inside_a_runtime_are_refused():
+    with pytest.raises(ValueError, match="have a device= of their own.*runtime.placement"):
+        with mirrored_2x2().scope():
+            dense_pipeline("chain", num_units=2, devices=["CPU:0", "CPU:1"])
+
+
+def test_jit_on_a_multi_device_replica():
+    runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2)
+    with runtime.scope():
+        pipeline = dense_pipeline("chain", num_units=2)
+        with pytest.raises(ValueError, match="jit_compile=True needs every unit of a replica"):
+            sw.Engine(pipeline, "sideways", adam(), jit_compile=True)
+
+
+def test_unknown_strategy_and_placement():
+    with pytest.raises(ValueError, match="runtime.strategy = 'horovod'"):
+        distribute.make_runtime(strategy="horovod")
+    with pytest.raises(ValueError, match="runtime.placement = 'balanced'"):
+        distribute.make_runtime(placement="balanced")
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        distribute.make_runtime(strategy="multi_worker")
+
+
+def test_engine_outside_the_pipelines_strategy_is_refused():
+    with mirrored_2x2().scope():
+        pipeline = dense_pipeline("chain", num_units=2)
+    with pytest.raises(ValueError, match="same scope"):
+        sw.Engine(pipeline, "sideways", adam())
