@@ -298,18 +298,23 @@ def _multi_worker_runtime(devices, cores_per_replica, placement_arg) -> Runtime:
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG is not valid JSON: {e}.") from e
     tf_config = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    local = [placement_lib.resolve_device(d) for d in devices] if devices else None
-    gpus = tf.config.list_logical_devices("GPU")
-    if local is None:
-        local = [d.name for d in gpus] or [tf.config.list_logical_devices("CPU")[0].name]
-        if not gpus and cores_per_replica > 1:
-            local = [d.name for d in tf.config.list_logical_devices("CPU")]
+    # The strategy must be created before TensorFlow's runtime starts (it configures
+    # collective ops), so count devices without starting it.
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if devices:
+        local = [d if d.startswith("/") else "/" + d for d in devices]
+    elif gpus:
+        local = [f"/device:GPU:{i}" for i in range(gpus)]
+    else:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        logical = len(tf.config.get_logical_device_configuration(cpu) or [None])
+        local = [f"/device:CPU:{i}" for i in range(logical if cores_per_replica > 1 else 1)]
     replicas = _check_cores_per_replica(cores_per_replica, local, "each worker")
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf_config.cluster_spec(),
         task_type=tf_config.task_type,
         task_id=tf_config.task_id,
-        num_accelerators={"GPU": replicas if gpus else 0},
+        num_accelerators={"GPU": replicas} if gpus else {},
         rpc_layer=tf_config.rpc_layer or "grpc",
     )
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)

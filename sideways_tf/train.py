@@ -242,6 +242,15 @@ def train(
         run.step,
         run.writers,
     )
+    # Several workers must agree on the step a preemption stops at: TF's
+    # PreemptionCheckpointHandler does, through the coordination service (it installs
+    # its own SIGTERM handler, saves at the same step everywhere and ends the
+    # process; rerun to resume). Created first: it adds its own counter to the checkpoint.
+    preemption = None
+    if runtime.num_workers > 1:
+        preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+            runtime.cluster_resolver, run.checkpointer.manager
+        )
     restored = run.checkpointer.restore_latest()
     if runtime.is_chief:
         summaries.write_config(writers["train"], workdir)
@@ -252,47 +261,49 @@ def train(
         metrics = evaluate(engine, eval_ds, progress=progress and runtime.is_chief)
         if not runtime.is_chief:
             return metrics
-        summaries.write_scalars(writers["eval"], int(step), metrics)
+        summaries.write_scalars(writers["eval"], int(step.numpy()), metrics)
         path = os.path.join(workdir, "eval_metrics.json")
         history = []
         if tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path) as f:
-                history = [h for h in json.load(f).get("history", []) if h["step"] < int(step)]
-        record = {"step": int(step), **metrics}
+                history = [h for h in json.load(f).get("history", []) if h["step"] < int(step.numpy())]
+        record = {"step": int(step.numpy()), **metrics}
         summaries.write_json(path, {**record, "mode": mode, "history": history + [record]})
         return metrics
 
     if eval_only:
         if restored is None:
             raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to evaluate.")
-        return {"step": int(step), "eval": run_eval()}
+        return {"step": int(step.numpy()), "eval": run_eval()}
 
     # -- Training loop ------------------------------------------------------------------
     bar = tqdm.tqdm(
         total=num_steps,
-        initial=int(step),
+        initial=int(step.numpy()),
         unit="step",
         disable=not (progress and runtime.is_chief),
         dynamic_ncols=True,
     )
     window = {"loss": [], "hits": []}
-    last_time, last_step, eval_metrics = time.time(), int(step), None
+    last_time, last_step, eval_metrics = time.time(), int(step.numpy()), None
     interrupted = []
     # SIGTERM (preemption, `kill`) ends the run after the current step, with a checkpoint.
-    in_main_thread = threading.current_thread() is threading.main_thread()
+    in_main_thread = threading.current_thread() is threading.main_thread() and preemption is None
     if in_main_thread:
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     try:
         last = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-        while int(step) < last and not interrupted:
+        while int(step.numpy()) < last and not interrupted:
             batch = next(train_iter)
             frames, labels = batch["frames"], batch["label"]
             if not window["loss"]:  # first step of each logging window
                 _check_labels(labels, num_classes)
             metrics = engine.train_clip(frames, labels)
             step.assign_add(1)
-            s = int(step)
+            s = int(step.numpy())
             bar.update(1)
+            if preemption is not None:
+                preemption.save_checkpoint_if_preempted(checkpoint_number=s)
             window["loss"].append(float(metrics["loss"]))
             window["hits"].append(np.mean(np.argmax(metrics["logits"], -1) == labels.numpy()))
 
@@ -343,11 +354,11 @@ def train(
         for w in writers.values():
             w.flush()
     if interrupted:
-        path = _save(run, int(step))
+        path = _save(run, int(step.numpy()))
         print(
-            f"Stopped at step {int(step)}; saved {path}. Run again with the same workdir to resume."
+            f"Stopped at step {int(step.numpy())}; saved {path}. Run again with the same workdir to resume."
         )
-    return {"step": int(step), "eval": eval_metrics}
+    return {"step": int(step.numpy()), "eval": eval_metrics}
 
 
 def _save(run: Run, step: int) -> str | None:

@@ -1,15 +1,22 @@
 """Distribution: replicas x units on logical CPUs, placement plans, TPU assignment, checks."""
 
 import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
 
+import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_train import ROOT, TINY, parameters
 from toy import dense_pipeline, random_clip
 
 import sideways_tf as sw
-from sideways_tf import costs, distribute, placement
+from sideways_tf import costs, distribute, placement, train
 from sideways_tf.models import convnet
 
 CPUS = ["CPU:0", "CPU:1", "CPU:2", "CPU:3"]
@@ -273,3 +280,174 @@ def test_engine_outside_the_pipelines_strategy_is_refused():
         pipeline = dense_pipeline("chain", num_units=2)
     with pytest.raises(ValueError, match="same scope"):
         sw.Engine(pipeline, "sideways", adam())
+
+
+# -- Training runs on a runtime ----------------------------------------------------------
+
+
+def run_tiny(workdir, *params):
+    gin.clear_config()
+    gin.add_config_file_search_path(ROOT)
+    gin.parse_config_files_and_bindings([TINY], list(params))
+    try:
+        return train.train(str(workdir))
+    finally:
+        gin.clear_config()
+
+
+MIRRORED = (
+    "runtime.strategy = 'mirrored'",
+    "runtime.devices = ['CPU:0', 'CPU:1', 'CPU:2', 'CPU:3']",
+    "runtime.cores_per_replica = 2",
+    "runtime.placement = 'auto'",
+    "tiny_conv_pipeline.topology = 'skip(2)'",
+    "train.mode = 'skip_sideways'",
+    "adam.clipnorm = None",
+)
+
+
+@pytest.mark.slow
+def test_mirrored_training_stops_and_resumes_to_the_same_parameters(tmp_path):
+
+    straight = run_tiny(tmp_path / "straight", *MIRRORED)
+    assert straight["step"] == 6 and straight["eval"]["num_videos"] == 10
+    run_tiny(tmp_path / "stopped", *MIRRORED, "train.stop_at_step=3")
+    resumed = run_tiny(tmp_path / "stopped", *MIRRORED)
+    assert resumed["step"] == 6
+    a, b = parameters(tmp_path / "stopped"), parameters(tmp_path / "straight")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_global_batch_that_does_not_split_over_replicas(tmp_path):
+    with pytest.raises(ValueError, match="train.batch_size = 3 does not split over 2 replicas"):
+        run_tiny(tmp_path, *MIRRORED, "train.batch_size = 3")
+
+
+WORKER = """
+import json, sys
+import gin, numpy as np
+from sideways_tf import engine, train
+from sideways_tf.models import convnet
+
+built = []
+
+
+@gin.configurable
+def recording_pipeline(**kwargs):  # the tiny model, kept to read its final parameters
+    built.append(convnet.tiny_conv_pipeline(**kwargs))
+    return built[-1]
+
+
+gin.add_config_file_search_path({root!r})
+gin.parse_config_files_and_bindings([{tiny!r}], {params!r})
+result = train.train({workdir!r})
+values = {{v.path: np.asarray(v.value.numpy()) for v in engine.all_variables(built[-1])}}
+np.savez({out!r}, **{{k.replace("/", "."): v for k, v in values.items()}})
+print("RESULT", json.dumps({{"step": result["step"], "eval": result["eval"]}}))
+"""
+
+
+def free_ports(n):
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+MULTI_WORKER = [
+    "runtime.strategy = 'multi_worker'",
+    "train.batch_size = 4",
+    "train.eval_every = 1000",
+    "train.fidelity_every = 0",
+    "train.images_every = 0",
+    "adam.clipnorm = None",
+    # Each worker saves its final parameters: the chief's checkpoint alone could
+    # not show that the other worker holds the same ones.
+    "train.model_fn = @recording_pipeline",
+]
+
+
+def start_workers(tmp_path, params):
+    """Two worker processes of one MultiWorkerMirroredStrategy on 127.0.0.1."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = []
+    for index in range(2):
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(task), TF_CPP_MIN_LOG_LEVEL="2")
+        code = WORKER.format(
+            root=ROOT,
+            tiny=TINY,
+            params=MULTI_WORKER + list(params),
+            workdir=str(tmp_path / "run"),
+            out=str(tmp_path / f"params_{index}.npz"),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+def wait(procs, timeout=300):
+    """(return code, output) of each worker; none is left running."""
+    try:
+        return [(p.communicate(timeout=timeout)[0], p.returncode)[::-1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def finished(tmp_path, procs, num_steps):
+    """Asserts both workers ended at num_steps with identical parameters."""
+    for index, (code, out) in enumerate(wait(procs)):
+        assert code == 0, f"worker {index} failed:\n{out[-3000:]}"
+        assert json.loads(out.split("RESULT ")[-1].splitlines()[0])["step"] == num_steps
+    a, b = (np.load(tmp_path / f"params_{i}.npz") for i in range(2))
+    assert sorted(a.files) == sorted(b.files) and len(a.files) > 0
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    return a
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_in_sync_on_localhost(tmp_path):
+    """A real MultiWorkerMirroredStrategy: 2 processes, TF_CONFIG, gRPC on 127.0.0.1."""
+    procs = start_workers(tmp_path, ["train.num_steps = 4", "train.checkpoint_every = 2"])
+    finished(tmp_path, procs, 4)
+    # Only the chief writes the workdir.
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-4")
+
+
+@pytest.mark.slow
+def test_preempted_worker_stops_both_at_one_saved_step_and_the_rerun_finishes(tmp_path):
+    import signal
+    import time
+
+    params = ["train.num_steps = 400", "train.checkpoint_every = 1000"]
+    procs = start_workers(tmp_path, params)
+    config = tmp_path / "run" / "config.gin"
+    deadline = time.time() + 120
+    while not config.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # a few steps in
+    procs[1].send_signal(signal.SIGTERM)  # the non-chief is preempted
+    results = wait(procs)
+    assert all(code != 0 for code, _ in results), results  # neither claims success
+    saved = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    assert saved is not None, results[0][1][-2000:]
+    step = int(saved.rsplit("-", 1)[1])
+    assert 0 < step < 400
+    finished(tmp_path, start_workers(tmp_path, ["train.num_steps = " + str(step + 2)]), step + 2)
