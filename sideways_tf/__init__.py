@@ -5,8 +5,10 @@ Public API:
   SumFusion, ConcatFusion, GatedFusion  skip integrators (fusion.py)
   parse_topology, Topology, Edge     edges between units (topology.py)
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
+  make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
 """
 
+from sideways_tf.distribute import Runtime, make_runtime
 from sideways_tf.engine import MODES, Engine, gradient_fidelity
 from sideways_tf.fusion import ConcatFusion, GatedFusion, SumFusion
 from sideways_tf.pipeline import Pipeline, PipelineState
@@ -23,9 +25,11 @@ __all__ = [
     "GatedFusion",
     "Pipeline",
     "PipelineState",
+    "Runtime",
     "SumFusion",
     "Topology",
     "Unit",
     "gradient_fidelity",
+    "make_runtime",
     "parse_topology",
 ]

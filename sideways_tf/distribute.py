@@ -241,8 +241,11 @@ def make_runtime(
     devices: Sequence[str] | None = None,  # devices to use (default: all GPUs, else CPUs)
     cores_per_replica: int = 1,  # C: cores (devices) one replica's units span
     placement: str | Sequence[int] = "contiguous",  # "contiguous", "auto", or a core per unit
+    logical_cpus: int | None = None,  # split the CPU into n logical devices (try it on a laptop)
 ) -> Runtime:
     """Builds the runtime; every check fails here, before any work, naming the binding."""
+    if logical_cpus is not None:
+        split_cpu(logical_cpus)
     if tpu is not None and strategy == "default":
         strategy = "tpu"
     if strategy not in STRATEGIES:
@@ -280,6 +283,30 @@ def make_runtime(
     mirrored = tf.distribute.MirroredStrategy([row[0] for row in rows])
     plan = placement_lib.DevicePlan(rows, main_devices=mirrored.extended.worker_devices)
     return Runtime(mirrored, plan, placement)
+
+
+def split_cpu(n: int):
+    """Configures n logical CPU devices (stand-ins for accelerators); before TF starts.
+
+    They share one thread pool, so they show placement and replicas working, not
+    speed-ups (benchmarks/depth_parallel.py measures concurrency instead).
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"runtime.logical_cpus must be a positive integer, got {n!r}.")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * n
+        )
+    except RuntimeError as e:
+        raise ValueError(
+            f"runtime.logical_cpus = {n}: TensorFlow has already started with "
+            f"{len(current or [None])} CPU device(s); logical devices can only be set before "
+            "it runs anything. Set them first in your program, or drop runtime.logical_cpus."
+        ) from e
 
 
 def _any_accelerator() -> bool:

@@ -143,6 +143,20 @@ def test_auto_placement_balances_a_deliberately_unbalanced_pipeline():
         assert short(pipeline.unit_variables(i)[0].value.device) == f"CPU:{k}"
 
 
+def test_gradient_fidelity_over_replicas_is_the_mean_of_each_replicas():
+    clip, labels = random_clip(dense_pipeline("chain", num_units=3, batch=4), 10)
+    one = dense_pipeline("chain", num_units=3, batch=2)
+    reference = sw.Engine(one, "sideways", sgd())
+    halves = [reference.gradient_fidelity(clip[h], labels[h]) for h in (slice(0, 2), slice(2, 4))]
+    with mirrored_2x2().scope():
+        two = dense_pipeline("chain", num_units=3, batch=2)
+        engine = sw.Engine(two, "sideways", sgd())
+    fid = engine.gradient_fidelity(clip, labels)
+    for key in ("cosine", "norm_ratio"):
+        expected = (np.array(halves[0][key]) + np.array(halves[1][key])) / 2
+        np.testing.assert_allclose(np.array(fid[key]), expected, rtol=1e-4)
+
+
 def test_balance_cuts_contiguous_blocks_minimising_the_slowest():
     assert placement.balance([1, 1, 1, 1], 2) == [0, 0, 1, 1]
     assert placement.balance([5, 1, 1, 1], 2) == [0, 1, 1, 1]
@@ -299,8 +313,9 @@ MIRRORED = (
     "runtime.strategy = 'mirrored'",
     "runtime.devices = ['CPU:0', 'CPU:1', 'CPU:2', 'CPU:3']",
     "runtime.cores_per_replica = 2",
-    "runtime.placement = 'auto'",
     "tiny_conv_pipeline.topology = 'skip(2)'",
+    "train.fidelity_every = 0",  # (tested below without a training run: traces are slow)
+    "train.images_every = 0",
     "train.mode = 'skip_sideways'",
     "adam.clipnorm = None",
 )
