@@ -266,7 +266,9 @@ def train(
         history = []
         if tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path) as f:
-                history = [h for h in json.load(f).get("history", []) if h["step"] < int(step.numpy())]
+                history = [
+                    h for h in json.load(f).get("history", []) if h["step"] < int(step.numpy())
+                ]
         record = {"step": int(step.numpy()), **metrics}
         summaries.write_json(path, {**record, "mode": mode, "history": history + [record]})
         return metrics
