@@ -55,3 +55,17 @@ def test_experiment_files_bind_the_dmvr_reader(dataset, clean_gin, tmp_path):
         eval_ds = dmvr.dmvr_dataset()
     assert train_ds.element_spec["frames"] == tf.TensorSpec([32, 112, 112, 3], tf.float32)
     assert len(list(eval_ds.as_numpy_iterator())) == 2 * 4  # 2 videos x 4 clips
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_experiment_files_build_a_model_that_fits_their_mode(dataset, clean_gin):
+    from sideways_tf.engine import check_mode
+
+    for mode in MODES:
+        gin.clear_config()
+        path = os.path.join(ROOT, "gin", "experiments", f"{dataset}_{mode}.gin")
+        gin.parse_config_files_and_bindings([path], [])
+        model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
+        assert model_fn.__name__ in ("vgg8", "vgg16", "resnet18"), path  # not conv_small
+        pipeline = model_fn(batch_size=1, frame_shape=(112, 112, 3), num_classes=7)
+        check_mode(mode, pipeline)  # raises if the topology does not fit the mode
