@@ -11,8 +11,11 @@ loading a half-match.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 
+import keras
 import tensorflow as tf
 
 
@@ -48,6 +51,13 @@ def variables_by_path(layer, buffers: bool = True, replicas=None) -> dict:
     return out
 
 
+def _finite(variable) -> bool:
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    if not value.dtype.is_floating:
+        return True
+    return bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(value))))
+
+
 class ModelMismatchError(ValueError):
     """The checkpoint in a workdir belongs to a different model."""
 
@@ -69,28 +79,177 @@ def _expected_shapes(checkpoint: tf.train.Checkpoint) -> dict[str, tuple]:
         return _variable_shapes(checkpoint.write(os.path.join(tmp, "probe")))
 
 
-class Checkpointer:
-    """Saves and restores `checkpoint` under `directory`, keeping the last `max_to_keep`."""
+def _read_every_tensor(path: str):
+    """Reads (and so checksums) every tensor of a checkpoint; raises on any damage."""
+    reader = tf.train.load_checkpoint(path)
+    for key, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype != tf.variant:  # (input-pipeline state: checked when restored)
+            reader.get_tensor(key)
 
-    def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, max_to_keep: int = 3):
-        self.checkpoint = checkpoint
-        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+
+class NonFiniteError(FloatingPointError):
+    """Parameters or optimizer state hold NaN or Inf: nothing is saved."""
+
+
+class Checkpointer:
+    """Saves and restores `checkpoint` under `directory`, keeping the last `max_to_keep`.
+
+    Restore tries the checkpoints on disk newest first: one that cannot be read
+    (truncated, flipped bytes, missing index) is moved to `directory/damaged/` with
+    a warning naming it and the reason, and the previous one is tried. An
+    unreadable `checkpoint` state file is rebuilt from the checkpoint files present
+    (never a silent restart from step 0), and temporary files of an interrupted
+    save are removed. `save` refuses variables that are not finite (guard).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        checkpoint: tf.train.Checkpoint,
+        max_to_keep: int = 3,
+        guard: list | None = None,
+        repair: bool = True,
+    ):
+        self.directory, self.checkpoint, self.max_to_keep = directory, checkpoint, max_to_keep
+        self.guard = list(guard or [])
+        if repair:
+            self._repair()
+        self.manager = self._manager()
+
+    def _manager(self):
+        return tf.train.CheckpointManager(
+            self.checkpoint, self.directory, max_to_keep=self.max_to_keep
+        )
 
     @property
     def latest(self) -> str | None:
         return self.manager.latest_checkpoint
 
+    def on_disk(self) -> list[str]:
+        """Checkpoint prefixes with an index file, newest (highest number) first."""
+        if not tf.io.gfile.isdir(self.directory):
+            return []
+        found = []
+        for name in tf.io.gfile.listdir(self.directory):
+            match = re.fullmatch(r"(ckpt-(\d+))\.index", name)
+            if match:
+                found.append((int(match.group(2)), os.path.join(self.directory, match.group(1))))
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def _repair(self):
+        if not tf.io.gfile.isdir(self.directory):
+            return
+        for name in tf.io.gfile.listdir(self.directory):
+            if "_temp" in name:  # an interrupted save's temporary files
+                path = os.path.join(self.directory, name.rstrip("/"))
+                if tf.io.gfile.isdir(path):
+                    tf.io.gfile.rmtree(path)
+                else:
+                    tf.io.gfile.remove(path)
+                print(f"Removed {path}, left by an interrupted checkpoint save.")
+        present = self.on_disk()
+        indexed = {os.path.basename(p) for p in present}
+        for name in tf.io.gfile.listdir(self.directory):
+            match = re.fullmatch(r"(ckpt-\d+)\.data-.*", name)
+            if match and match.group(1) not in indexed:  # an index lost or never written
+                moved = self._quarantine(os.path.join(self.directory, match.group(1)))
+                warnings.warn(
+                    f"Checkpoint {os.path.join(self.directory, match.group(1))} has data but no "
+                    f"index; moved it to {moved}.",
+                    stacklevel=2,
+                )
+        try:
+            state = tf.train.get_checkpoint_state(self.directory)
+            readable = state is not None or not present
+            listed = set(state.all_model_checkpoint_paths) if state else set()
+        except Exception:  # noqa: BLE001 (any parse failure means: rebuild it)
+            readable, listed = False, set()
+        missing = {os.path.basename(p) for p in present} - {os.path.basename(p) for p in listed}
+        if present and (not readable or missing):
+            newest_first = present[: self.max_to_keep]
+            tf.compat.v1.train.update_checkpoint_state(
+                self.directory,
+                newest_first[0],
+                all_model_checkpoint_paths=list(reversed(newest_first)),
+            )
+            warnings.warn(
+                f"{self.directory}/checkpoint was unreadable or incomplete; rebuilt it from "
+                f"the checkpoint files present (newest {os.path.basename(present[0])}).",
+                stacklevel=2,
+            )
+
     def save(self, step: int) -> str:
+        bad = [v.path if hasattr(v, "path") else v.name for v in self.guard if not _finite(v)]
+        if bad:
+            raise NonFiniteError(
+                f"Not saving step {step}: {len(bad)} variables hold NaN or Inf (first: "
+                f"{bad[0]}). The last checkpoint, {self.latest}, is intact; lower the learning "
+                "rate (adam.learning_rate) or check the input data, then resume from it."
+            )
         return self.manager.save(checkpoint_number=step)
 
-    def restore_latest(self) -> str | None:
-        """Restores the newest checkpoint, if any; returns its path."""
-        path = self.latest
-        if path is None:
-            return None
-        self.check_matches(path)
-        self.checkpoint.restore(path).assert_consumed()
-        return path
+    def restore_latest(self, partial: bool = False) -> str | None:
+        """Restores the newest readable checkpoint, if any; returns its path.
+
+        partial: restore what this checkpoint object holds (evaluation: parameters,
+        no data position) and ignore the rest.
+        """
+        tried = []
+        for path in self.on_disk():
+            try:
+                _read_every_tensor(path)  # damage shows here, before anything is assigned
+            except Exception as e:  # noqa: BLE001 (truncation, CRC, proto: any is damage)
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                moved = self._quarantine(path)
+                warnings.warn(
+                    f"Checkpoint {path} cannot be restored ({type(e).__name__}: {reason}); "
+                    f"moved it to {moved} and trying the previous one.",
+                    stacklevel=2,
+                )
+                tried.append(path)
+                continue
+            try:
+                self.check_matches(path)
+                status = self.checkpoint.restore(path)
+                if partial:
+                    status.expect_partial().assert_existing_objects_matched()
+                else:
+                    status.assert_consumed()
+            except ModelMismatchError:
+                raise
+            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                reason = str(e).strip().splitlines()[0][:200]
+                moved = self._quarantine(path)
+                warnings.warn(
+                    f"Checkpoint {path} cannot be restored ({type(e).__name__}: {reason}); "
+                    f"moved it to {moved} and trying the previous one.",
+                    stacklevel=2,
+                )
+                tried.append(path)
+                continue
+            if tried:
+                self._repair()  # the state file named the damaged ones
+                self.manager = self._manager()
+            return path
+        if tried:
+            raise RuntimeError(
+                f"No checkpoint in {self.directory} can be restored (damaged: "
+                f"{', '.join(os.path.basename(p) for p in tried)}, now in "
+                f"{os.path.join(self.directory, 'damaged')}). Nothing was overwritten; to "
+                "start again from step 0, use a new --workdir."
+            )
+        return None
+
+    def _quarantine(self, prefix: str) -> str:
+        target = os.path.join(self.directory, "damaged")
+        tf.io.gfile.makedirs(target)
+        base = os.path.basename(prefix)
+        for name in tf.io.gfile.listdir(self.directory):
+            if name == base + ".index" or name.startswith(base + ".data-"):
+                tf.io.gfile.rename(
+                    os.path.join(self.directory, name), os.path.join(target, name), overwrite=True
+                )
+        return os.path.join(target, base)
 
     def check_matches(self, path: str):
         """Raises ModelMismatchError unless `path` holds exactly this model's variables."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 
 import gin
 
@@ -62,11 +63,28 @@ def train_main(argv: list[str] | None = None):
         default=None,
         help=f"gin config file(s), applied in order (default: {DEFAULT_GIN_FILE}).",
     )
+    parser.add_argument(
+        "--allow_config_change",
+        action="store_true",
+        help="Resume a workdir with a config that differs from its config.gin.",
+    )
     args = parser.parse_args(argv)
     _parse_gin(args.gin_file or [DEFAULT_GIN_FILE], args.gin_param + _runtime_params(args))
-    from sideways_tf import train
+    from sideways_tf import checkpointing, train, workdir
 
-    result = train.train(args.workdir)
+    try:
+        result = train.train(args.workdir, allow_config_change=args.allow_config_change)
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: nothing new saved
+        print(f"Interrupted; {args.workdir} keeps its last checkpoint. Run again to resume.")
+        raise SystemExit(128 + signal.SIGINT) from None
+    except (
+        checkpointing.NonFiniteError,
+        workdir.WorkdirLockedError,
+        workdir.ConfigChangedError,
+    ) as e:
+        raise SystemExit(f"sideways-train: {e}") from None
+    if result["interrupted"]:  # 130 for Ctrl-C, 143 for SIGTERM: not a success
+        raise SystemExit(128 + signal.Signals[result["interrupted"]].value)
     print(f"Done: step {result['step']}, eval {result['eval']}. Workdir: {args.workdir}")
     print(f"TensorBoard: tensorboard --logdir {args.workdir}")
 

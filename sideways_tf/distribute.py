@@ -280,7 +280,14 @@ def make_runtime(
 
     replicas = _check_cores_per_replica(cores_per_replica, devices, "runtime.devices")
     rows = [devices[r * cores_per_replica : (r + 1) * cores_per_replica] for r in range(replicas)]
-    mirrored = tf.distribute.MirroredStrategy([row[0] for row in rows])
+    mains = [row[0] for row in rows]
+    cross_device_ops = None  # GPUs: TensorFlow's default (collectives, NCCL)
+    if all("CPU" in tf.DeviceSpec.from_string(d).device_type for d in mains):
+        # CPU collectives key their instances per strategy, and several strategies in
+        # one process (tests, notebooks) then collide; on CPUs a reduction on one
+        # device costs the same.
+        cross_device_ops = tf.distribute.ReductionToOneDevice(reduce_to_device=mains[0])
+    mirrored = tf.distribute.MirroredStrategy(mains, cross_device_ops=cross_device_ops)
     plan = placement_lib.DevicePlan(rows, main_devices=mirrored.extended.worker_devices)
     return Runtime(mirrored, plan, placement)
 

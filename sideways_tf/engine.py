@@ -244,6 +244,10 @@ def check_mode(mode: str, pipeline: Pipeline):
         )
 
 
+def _all_finite(x) -> tf.Tensor:
+    return tf.reduce_all(tf.math.is_finite(x))
+
+
 def _global_norm(tensors):
     return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in tensors] + [tf.constant(0.0)]))
 
@@ -323,7 +327,8 @@ class Engine:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
         optimizer.build(self.variables)
-        self._update = tf.function(self._update_fn, jit_compile=jit_compile)
+        self._gradients = tf.function(self._gradients_fn, jit_compile=jit_compile)
+        self._apply = tf.function(self._apply_fn, jit_compile=jit_compile)
         self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
         self._fidelity = tf.function(self._fidelity_fn)
 
@@ -366,49 +371,81 @@ class Engine:
         total = tf.maximum(tf.reduce_sum(weights), 1.0)
         merged = dict(results[-1])
         merged["valid_steps"] = tf.reduce_sum(weights)
+        merged["applied"] = tf.reduce_all([r["applied"] for r in results])
         for key in ("loss", "logits"):
             merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
         return merged
 
-    def _update_fn(self, clip, labels, start, chunk: int, fresh: bool):
-        """The whole clip (or chunk) in one strategy.run; metrics over local replicas."""
+    def _update(self, clip, labels, start, chunk: int, fresh: bool) -> dict:
+        """THE update function: read state, take gradients by the mode's rule, apply.
+
+        Two traced halves: `_gradients` runs the clip (or chunk) in one strategy.run
+        (`_replica_gradients`, once per replica, or once without a strategy) and
+        says whether every replica's loss and gradients are finite; `_apply` then
+        hands the gradients to the optimizer (its one all-reduce per update). A
+        non-finite update is skipped: parameters and optimizer stay as they were and
+        metrics["applied"] is False. (The decision is made between the two halves:
+        an optimizer's all-reduce cannot sit inside a graph conditional.)
+        """
+        out = self._gradients(clip, labels, start, chunk, fresh)
+        grads = out.pop("grads")
+        applied = bool(out.pop("finite"))
+        params_finite = self._apply(grads) if applied else tf.constant(True)
+        return {**out, "applied": tf.constant(applied), "params_finite": params_finite}
+
+    def _gradients_fn(self, clip, labels, start, chunk: int, fresh: bool):
         out = self.strategy.run(
-            self._replica_update,
+            self._replica_gradients,
             args=(clip, labels, start),
             kwargs={"chunk": chunk, "fresh": fresh},
         )
         return {
+            "grads": out["grads"],
+            "finite": self._local(out["finite"])[0],  # the same on every replica
             "loss": self._local_mean(out["loss"]),
             "logits": tf.concat(self._local(out["logits"]), axis=0),
             "valid_steps": self._local_mean(out["valid_steps"]),
             "grad_norms": self._local_mean(out["grad_norms"]),
         }
 
-    def _replica_update(self, clip, labels, start, chunk: int, fresh: bool):
-        """THE update function: read state, take gradients by the mode's rule, apply.
+    def _apply_fn(self, grads):
+        """optimizer.apply in every replica; returns whether every parameter is finite."""
+        self.strategy.run(lambda g: self.optimizer.apply(g, self.variables), (grads,))
+        return tf.reduce_all([_all_finite(v) for v in self.variables])
 
-        Runs once per replica (or once, without a strategy) on its own clips:
-        frames [start, start + chunk) of clip [B, K, *frame].
+    def _replica_gradients(self, clip, labels, start, chunk: int, fresh: bool):
+        """One replica's share: frames [start, start + chunk) of its clips [B, K, *frame].
+
+        Reads the state, takes the mode's gradients, writes the state back (unless
+        they are not finite), and returns the gradients scaled by 1 / replicas
+        (the optimizer sums them over replicas) with a non-finite flag.
         """
         if chunk != clip.shape[1]:
             begin = [0, start] + [0] * (clip.shape.rank - 2)
             clip = tf.slice(clip, begin, [clip.shape[0], chunk, *clip.shape[2:]])
         state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.step)
         out = self.rule(self.pipeline, state, clip, labels)
-        self.pipeline.write_state(out.state)
-        self.step.assign(out.state.t)
-        grads = out.grads
-        if self.num_replicas > 1:  # the optimizer sums the replicas' gradients
-            grads = []
-            for i, gu in enumerate(out.grads, start=1):
-                with self.pipeline.unit_scope(i):
-                    grads.append([g / self.num_replicas for g in gu])
-        self.optimizer.apply([g for gu in grads for g in gu], self.variables)
-        norms = []
+        grads, norms, finite = [], [], [_all_finite(out.loss)]
         for i, gu in enumerate(out.grads, start=1):
             with self.pipeline.unit_scope(i):
                 norms.append(_global_norm(gu))
+                finite.append(tf.reduce_all([_all_finite(g) for g in gu]))
+                scale = 1.0 / self.num_replicas
+                grads += [g * scale for g in gu] if self.num_replicas > 1 else list(gu)
+        finite = tf.reduce_all(finite)
+
+        def write():
+            self.pipeline.write_state(out.state)
+            self.step.assign(out.state.t)
+            return tf.constant(True)
+
+        tf.cond(finite, write, lambda: tf.constant(False))
+        bad = 1.0 - tf.cast(finite, tf.float32)
+        if self.num_replicas > 1:  # every replica must take the same decision
+            bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
         return {
+            "grads": grads,
+            "finite": bad == 0.0,
             "loss": out.loss,
             "logits": out.logits,
             "valid_steps": out.valid_steps,

@@ -40,6 +40,11 @@ def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -
             pad = tf.zeros((batch_size - n, *frames.shape[1:]), frames.dtype)
             frames = tf.concat([frames, pad], axis=0)
         logits = engine.predict_clip(frames).numpy()[:n]
+        if not np.all(np.isfinite(logits)):
+            raise FloatingPointError(
+                f"Evaluation produced NaN/Inf outputs (batch of videos {videos[:n].tolist()}): "
+                "the parameters or the eval data are not finite. No accuracy is reported."
+            )
         losses = engine.pipeline.loss_fn(labels.astype("int32"), logits)
         clip_losses.extend(losses.numpy().tolist())
         clip_hits.extend((logits.argmax(-1) == labels).tolist())

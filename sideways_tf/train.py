@@ -13,7 +13,7 @@ run writes goes under `workdir`:
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
 import threading
@@ -28,7 +28,8 @@ import tensorflow as tf
 import tqdm
 
 from sideways_tf import checkpointing, distribute, summaries
-from sideways_tf.engine import Engine, check_mode
+from sideways_tf import workdir as workdir_lib
+from sideways_tf.engine import MODES, Engine, check_mode
 from sideways_tf.evaluate import evaluate
 from sideways_tf.pipeline import Pipeline
 
@@ -79,6 +80,7 @@ def build_run(
     seed: int,
     keep_checkpoints: int,
     data_iterator=None,
+    repair: bool = True,
 ) -> Run:
     """Builds pipeline, optimizer, engine, checkpoint and writers on the runtime.
 
@@ -122,7 +124,11 @@ def build_run(
         state["data"] = data_iterator
     directory = os.path.join(workdir, "checkpoints")
     checkpointer = checkpointing.Checkpointer(
-        directory, tf.train.Checkpoint(**state), max_to_keep=keep_checkpoints
+        directory,
+        tf.train.Checkpoint(**state),
+        max_to_keep=keep_checkpoints,
+        guard=engine.variables + list(optimizer.variables),
+        repair=repair,
     )
     if runtime.is_chief:
         writers = {
@@ -134,7 +140,9 @@ def build_run(
     return Run(runtime, pipeline, optimizer, engine, step, checkpointer, writers)
 
 
-@gin.configurable(module="sideways_tf", denylist=["workdir", "eval_only"])
+@gin.configurable(
+    module="sideways_tf", denylist=["workdir", "eval_only", "allow_config_change", "eval_params"]
+)
 def train(
     workdir: str,
     # -- Task ----------------------------------------------------------------
@@ -152,6 +160,7 @@ def train(
     update_every: int | None = None,  # optimizer step every N frames (None: once per clip)
     carry_state: bool = False,  # keep buffers across consecutive clips (streaming)
     jit_compile: bool = False,  # XLA-compile the update (units of a replica on one device)
+    max_non_finite_steps: int = 10,  # stop after this many non-finite updates in a row
     # -- Logging and checkpoints ----------------------------------------------
     log_every: int = 50,  # steps between train scalars
     fidelity_every: int = 250,  # steps between sideways-vs-bptt gradient fidelity (0: off)
@@ -159,24 +168,35 @@ def train(
     eval_every: int = 500,  # steps between evaluations (and at the end)
     checkpoint_every: int = 500,  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 3,  # checkpoints kept in workdir/checkpoints
+    data_checkpoint: str = "full",  # "full" input state, or "symbolic" (positions only)
     progress: bool = True,  # progress bar on the terminal
     eval_only: bool = False,
+    allow_config_change: bool = False,
+    eval_params: tuple = (),
 ) -> dict:
     """Trains (or, with eval_only, evaluates the latest checkpoint); returns final metrics.
 
     The runtime (strategy, replicas, cores per replica, placement) comes from the
-    gin configurable `runtime` (sideways_tf.distribute.make_runtime).
+    gin configurable `runtime` (sideways_tf.distribute.make_runtime). Returns
+    {"step", "eval", "interrupted"}: interrupted is None, "SIGINT" or "SIGTERM".
     """
-    for name, value in (
-        ("log_every", log_every),
-        ("eval_every", eval_every),
-        ("checkpoint_every", checkpoint_every),
-        ("keep_checkpoints", keep_checkpoints),
-        ("batch_size", batch_size),
-        ("num_steps", num_steps),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{name} must be a positive integer, got {value!r}.")
+    _check_settings(
+        mode=mode,
+        batch_size=batch_size,
+        num_steps=num_steps,
+        stop_at_step=stop_at_step,
+        update_every=update_every,
+        max_non_finite_steps=max_non_finite_steps,
+        log_every=log_every,
+        fidelity_every=fidelity_every,
+        images_every=images_every,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        data_checkpoint=data_checkpoint,
+    )
+    if eval_only and eval_data is None:
+        raise ValueError("train.eval_data is not set: there is nothing to evaluate.")
 
     # -- Runtime -------------------------------------------------------------------
     runtime = distribute.make_runtime()
@@ -191,32 +211,67 @@ def train(
             "multi-worker checkpoint does not hold (each worker's buffers live in its own "
             "process); use carry_state = False with runtime.strategy = 'multi_worker'."
         )
-    if runtime.is_chief:
-        tf.io.gfile.makedirs(workdir)
+    chief_trains = runtime.is_chief and not eval_only
+    if chief_trains:
+        workdir_lib.check_writable(workdir)
+    with contextlib.ExitStack() as stack:
+        if chief_trains:
+            stack.enter_context(workdir_lib.lock(workdir))
+        return _run(**locals())
 
+
+def _run(
+    workdir,
+    runtime,
+    mode,
+    model_fn,
+    train_data,
+    eval_data,
+    num_classes,
+    seed,
+    batch_size,
+    num_steps,
+    stop_at_step,
+    optimizer_fn,
+    update_every,
+    carry_state,
+    jit_compile,
+    max_non_finite_steps,
+    log_every,
+    fidelity_every,
+    images_every,
+    eval_every,
+    checkpoint_every,
+    keep_checkpoints,
+    data_checkpoint,
+    progress,
+    eval_only,
+    allow_config_change,
+    eval_params,
+    **_,
+) -> dict:
+    """The run itself, once settings, runtime and the workdir lock are in place."""
     # -- Data --------------------------------------------------------------------
-    train_ds = train_data()
-    spec = train_ds.element_spec
-    for key in ("frames", "label"):
-        if key not in spec:
-            raise ValueError(
-                f"train.train_data yields {sorted(spec)}; a training dataset must yield "
-                "'frames' [K, H, W, C] and 'label'. Bind train.train_data to a labelled "
-                "dataset (the future-frames variants have no labels)."
-            )
-    num_frames, *frame_shape = spec["frames"].shape
-    if num_frames is None or None in frame_shape:
+    # Evaluation never builds (or needs) the training data: shapes come from eval_data.
+    data_binding = "train.eval_data" if eval_only else "train.train_data"
+    source = (eval_data if eval_only else train_data)()
+    num_frames, frame_shape = _clip_shape(source.element_spec, data_binding, labelled=True)
+    train_iter = None
+    if not eval_only:
+        local_batch = batch_size // runtime.num_workers  # this process's replicas' clips
+        batches = runtime.shard_dataset(source).batch(local_batch, drop_remainder=True)
+        if data_checkpoint == "symbolic":
+            options = tf.data.Options()
+            options.experimental_symbolic_checkpoint = True
+            batches = batches.with_options(options)
+        train_iter = iter(batches.prefetch(2))
+    if update_every and num_frames % update_every:
         raise ValueError(
-            f"train.train_data yields frames of shape {spec['frames'].shape}; the "
-            "pipeline needs a static clip length and frame size."
+            f"Clips have K={num_frames} frames, not a multiple of train.update_every="
+            f"{update_every}; pick an update_every that divides K."
         )
-    local_batch = batch_size // runtime.num_workers  # this process's replicas' clips
-    train_iter = iter(
-        runtime.shard_dataset(train_ds).batch(local_batch, drop_remainder=True).prefetch(2)
-    )
-    eval_ds = eval_data() if eval_data is not None else None  # finite; re-read at each eval
 
-    # -- Model, engine, checkpoint: resume where the last run stopped ----------------
+    # -- Model, engine, checkpoint ----------------------------------------------------
     updates_per_clip = num_frames // update_every if update_every else 1
     run = build_run(
         workdir,
@@ -225,7 +280,7 @@ def train(
         model_fn=model_fn,
         num_classes=num_classes,
         batch_size=batch_size,
-        frame_shape=tuple(frame_shape),
+        frame_shape=frame_shape,
         optimizer_fn=optimizer_fn,
         decay_steps=num_steps * updates_per_clip,
         update_every=update_every,
@@ -234,6 +289,7 @@ def train(
         seed=seed,
         keep_checkpoints=keep_checkpoints,
         data_iterator=train_iter,
+        repair=runtime.is_chief and not eval_only,
     )
     pipeline, optimizer, engine, step, writers = (
         run.pipeline,
@@ -242,6 +298,26 @@ def train(
         run.step,
         run.writers,
     )
+    _check_clip_length(pipeline, mode, num_frames, data_binding)
+    eval_ds = eval_data() if eval_data is not None else None  # finite; re-read at each eval
+
+    def run_eval(source_name="train"):
+        if eval_ds is None:
+            return None
+        metrics = evaluate(engine, eval_ds, progress=progress and runtime.is_chief)
+        s = int(step.numpy())
+        if runtime.is_chief:
+            summaries.write_scalars(writers["eval"], s, metrics)
+            extra = {"gin_params": list(eval_params)} if source_name != "train" else {"mode": mode}
+            workdir_lib.record_evaluation(workdir, s, metrics, source=source_name, **extra)
+        return metrics
+
+    if eval_only:
+        if run.checkpointer.restore_latest(partial=True) is None:
+            raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to evaluate.")
+        return {"step": int(step.numpy()), "eval": run_eval("sideways-eval"), "interrupted": None}
+
+    # -- Resume: check the config, restore, redo a lost evaluation -------------------------
     # Several workers must agree on the step a preemption stops at: TF's
     # PreemptionCheckpointHandler does, through the coordination service (it installs
     # its own SIGTERM handler, saves at the same step everywhere and ends the
@@ -251,51 +327,46 @@ def train(
         preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
             runtime.cluster_resolver, run.checkpointer.manager
         )
+    if runtime.is_chief:
+        workdir_lib.check_config(workdir, gin.operative_config_str(), allow_config_change)
     restored = run.checkpointer.restore_latest()
+    last = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     if runtime.is_chief:
         summaries.write_config(writers["train"], workdir)
-
-    def run_eval():
-        if eval_ds is None:
-            return None
-        metrics = evaluate(engine, eval_ds, progress=progress and runtime.is_chief)
-        if not runtime.is_chief:
-            return metrics
-        summaries.write_scalars(writers["eval"], int(step.numpy()), metrics)
-        path = os.path.join(workdir, "eval_metrics.json")
-        history = []
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                history = [
-                    h for h in json.load(f).get("history", []) if h["step"] < int(step.numpy())
-                ]
-        record = {"step": int(step.numpy()), **metrics}
-        summaries.write_json(path, {**record, "mode": mode, "history": history + [record]})
-        return metrics
-
-    if eval_only:
-        if restored is None:
-            raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to evaluate.")
-        return {"step": int(step.numpy()), "eval": run_eval()}
+        if restored:
+            print(f"Resumed from {restored} at step {int(step.numpy())}.")
+    eval_metrics = None
+    s = int(step.numpy())
+    due = s > 0 and (s % eval_every == 0 or s >= last)
+    if due and s not in workdir_lib.evaluated_steps(workdir):
+        print(f"Step {s} has no evaluation on record (the last run stopped before it); running it.")
+        eval_metrics = run_eval()
+    if s >= last:
+        history = workdir_lib.read_evaluations(workdir).get("history", [])
+        done = [h for h in history if h.get("source", "train") == "train" and h["step"] == s]
+        eval_metrics = eval_metrics or (done[-1] if done else None)
+        limit = (
+            "stop_at_step" if stop_at_step is not None and stop_at_step < num_steps else "num_steps"
+        )
+        print(f"Already at step {s} (train.{limit} = {last}): nothing left to train.")
+        return {"step": s, "eval": eval_metrics, "interrupted": None}
 
     # -- Training loop ------------------------------------------------------------------
     bar = tqdm.tqdm(
         total=num_steps,
-        initial=int(step.numpy()),
+        initial=s,
         unit="step",
         disable=not (progress and runtime.is_chief),
         dynamic_ncols=True,
     )
     window = {"loss": [], "hits": []}
-    last_time, last_step, eval_metrics = time.time(), int(step.numpy()), None
-    interrupted = []
-    # SIGTERM (preemption, `kill`) ends the run after the current step, with a checkpoint.
-    in_main_thread = threading.current_thread() is threading.main_thread() and preemption is None
-    if in_main_thread:
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
+    last_time, last_step = time.time(), s
+    non_finite_in_a_row, non_finite_total = 0, 0
+    # Ctrl-C and SIGTERM (preemption, `kill`) set a flag the loop reads between steps:
+    # the step in flight completes, a checkpoint is written, the run exits 130 / 143.
+    stop = _StopSignals(sigterm=preemption is None)
     try:
-        last = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-        while int(step.numpy()) < last and not interrupted:
+        while int(step.numpy()) < last and not stop.received:
             batch = next(train_iter)
             frames, labels = batch["frames"], batch["label"]
             if not window["loss"]:  # first step of each logging window
@@ -306,6 +377,30 @@ def train(
             bar.update(1)
             if preemption is not None:
                 preemption.save_checkpoint_if_preempted(checkpoint_number=s)
+            if not bool(metrics["params_finite"]):
+                raise checkpointing.NonFiniteError(
+                    f"Step {s}: the update made parameters NaN or Inf (loss and gradients "
+                    f"were finite): the learning rate is too high for this model "
+                    f"(adam.learning_rate = {float(optimizer.learning_rate):g} now). Nothing "
+                    f"was saved; the last checkpoint, {run.checkpointer.latest}, is intact."
+                )
+            if not bool(metrics["applied"]):
+                non_finite_in_a_row += 1
+                non_finite_total += 1
+                bar.write(
+                    f"step {s}: loss or gradients are NaN/Inf; the update was skipped "
+                    f"({non_finite_in_a_row} in a row)."
+                )
+                summaries.write_scalars(writers["train"], s, {"non_finite_steps": non_finite_total})
+                if non_finite_in_a_row >= max_non_finite_steps:
+                    raise checkpointing.NonFiniteError(
+                        f"{non_finite_in_a_row} steps in a row (up to step {s}) had NaN or Inf "
+                        "loss or gradients; stopping (train.max_non_finite_steps = "
+                        f"{max_non_finite_steps}). Check the input data for NaN/Inf and the "
+                        f"learning rate; the last checkpoint, {run.checkpointer.latest}, is intact."
+                    )
+                continue
+            non_finite_in_a_row = 0
             window["loss"].append(float(metrics["loss"]))
             window["hits"].append(np.mean(np.argmax(metrics["logits"], -1) == labels.numpy()))
 
@@ -318,6 +413,7 @@ def train(
                     "accuracy": np.mean(window["hits"]),
                     "learning_rate": float(optimizer.learning_rate),
                     "frames_per_second": fps,
+                    "non_finite_steps": non_finite_total,
                 }
                 window = {"loss": [], "hits": []}
                 summaries.write_scalars(writers["train"], s, scalars)
@@ -347,20 +443,121 @@ def train(
                 eval_metrics = run_eval()
                 if eval_metrics:
                     bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.3f}")
-    except KeyboardInterrupt:
-        interrupted.append(True)
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
+        stop.restore()
         bar.close()
         for w in writers.values():
             w.flush()
-    if interrupted:
-        path = _save(run, int(step.numpy()))
-        print(
-            f"Stopped at step {int(step.numpy())}; saved {path}. Run again with the same workdir to resume."
+    s = int(step.numpy())
+    if stop.received:
+        path = _save(run, s)
+        if runtime.is_chief:
+            print(
+                f"Stopped ({stop.received}) at step {s}; saved {path}. Run the same command "
+                "again to resume."
+            )
+    return {"step": s, "eval": eval_metrics, "interrupted": stop.received}
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM handlers that only set a flag; the loop stops between steps.
+
+    A second Ctrl-C while stopping raises KeyboardInterrupt as usual (no checkpoint:
+    the one being written would be inconsistent).
+    """
+
+    def __init__(self, sigterm: bool = True):
+        self.received = None
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set in the main thread
+        names = ["SIGINT"] + (["SIGTERM"] if sigterm else [])
+        for name in names:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def _check_settings(**settings):
+    """Fails before any work, naming the gin binding and what it takes."""
+    positive = (
+        "batch_size",
+        "num_steps",
+        "max_non_finite_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    )
+    for name in positive:
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{name} must be a positive integer, got {value!r}.")
+    for name in ("fidelity_every", "images_every"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"train.{name} must be an integer >= 0 (0: off), got {value!r}.")
+    for name in ("stop_at_step", "update_every"):
+        value = settings[name]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"train.{name} must be a positive integer or None, got {value!r}.")
+    if settings["mode"] not in MODES:
+        raise ValueError(f"train.mode = {settings['mode']!r}; choose one of {list(MODES)}.")
+    if settings["data_checkpoint"] not in ("full", "symbolic"):
+        raise ValueError(
+            f"train.data_checkpoint = {settings['data_checkpoint']!r}; use 'full' (the input "
+            "pipeline's whole state, shuffle buffers included) or 'symbolic' (positions only: "
+            "for pipelines that do not reorder, e.g. moving_shapes)."
         )
-    return {"step": int(step.numpy()), "eval": eval_metrics}
+
+
+def _clip_shape(spec, binding: str, labelled: bool) -> tuple[int, tuple]:
+    """(K, frame shape) from a clip dataset's element spec, or an error naming the binding."""
+    keys = ("frames", "label") if labelled else ("frames",)
+    for key in keys:
+        if key not in spec:
+            raise ValueError(
+                f"{binding} yields {sorted(spec)}; a clip dataset must yield 'frames' "
+                "[K, H, W, C] and 'label'. Bind it to a labelled dataset (the future-frames "
+                "variants have no labels)."
+            )
+    num_frames, *frame_shape = spec["frames"].shape
+    if num_frames is None or None in frame_shape:
+        raise ValueError(
+            f"{binding} yields frames of shape {spec['frames'].shape}; the pipeline needs a "
+            "static clip length and frame size."
+        )
+    return int(num_frames), tuple(frame_shape)
+
+
+def _check_clip_length(pipeline, mode: str, num_frames: int, binding: str):
+    """Clips must be long enough for the top to see real frames, and for gradients to land."""
+    if mode == "frame_bp":
+        return
+    fill = pipeline.fill_steps
+    need = fill if mode == "bptt" else 2 * fill - 1
+    if num_frames < need:
+        why = (
+            "the top output is built from real frames only from step T_fill"
+            if mode == "bptt"
+            else "a loss needs 2*T_fill - 1 steps to reach the bottom unit (algorithm.md s.4)"
+        )
+        raise ValueError(
+            f"Clips of K={num_frames} frames ({binding}) are too short for mode '{mode}' on "
+            f"this pipeline (T_fill = {fill}): {why}, so K must be at least {need}; far more "
+            "is better. Lengthen the clips (the data's num_frames binding) or use fewer units."
+        )
 
 
 def _save(run: Run, step: int) -> str | None:
@@ -369,14 +566,18 @@ def _save(run: Run, step: int) -> str | None:
 
 
 def evaluate_workdir(workdir: str, gin_params: tuple = ()) -> dict:
-    """Evaluates the latest checkpoint of a run with the config it saved."""
+    """Evaluates the latest checkpoint of a run with the config it saved.
+
+    Restores parameters only; never reads the training data, never rewrites
+    config.gin; its result is appended to eval_metrics.json as its own entry.
+    """
     config = os.path.join(workdir, "config.gin")
     if not tf.io.gfile.exists(config):
         raise FileNotFoundError(
             f"{config} not found: is {workdir} the workdir of a sideways-train run?"
         )
     gin.parse_config_files_and_bindings([config], list(gin_params), finalize_config=False)
-    return train(workdir, eval_only=True)
+    return train(workdir, eval_only=True, eval_params=tuple(gin_params))
 
 
 def _check_labels(labels, num_classes: int):
