@@ -327,8 +327,7 @@ class Engine:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
         optimizer.build(self.variables)
-        self._gradients = tf.function(self._gradients_fn, jit_compile=jit_compile)
-        self._apply = tf.function(self._apply_fn, jit_compile=jit_compile)
+        self._update = tf.function(self._update_fn, jit_compile=jit_compile)
         self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
         self._fidelity = tf.function(self._fidelity_fn)
 
@@ -376,42 +375,39 @@ class Engine:
             merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
         return merged
 
-    def _update(self, clip, labels, start, chunk: int, fresh: bool) -> dict:
+    def _update_fn(self, clip, labels, start, chunk: int, fresh: bool):
         """THE update function: read state, take gradients by the mode's rule, apply.
 
-        Two traced halves: `_gradients` runs the clip (or chunk) in one strategy.run
-        (`_replica_gradients`, once per replica, or once without a strategy) and
-        says whether every replica's loss and gradients are finite; `_apply` then
-        hands the gradients to the optimizer (its one all-reduce per update). A
-        non-finite update is skipped: parameters and optimizer stay as they were and
-        metrics["applied"] is False. (The decision is made between the two halves:
-        an optimizer's all-reduce cannot sit inside a graph conditional.)
+        The clip (or chunk) runs in one strategy.run (`_replica_gradients`, once per
+        replica, or once without a strategy), which also says whether every
+        replica's loss and gradients are finite. Only then does a second
+        strategy.run hand the gradients to the optimizer (its one all-reduce per
+        update): a non-finite update is skipped, parameters and optimizer stay as
+        they were and metrics["applied"] is False. (The decision sits between the
+        two: an optimizer's all-reduce cannot sit in a conditional inside a replica.)
         """
-        out = self._gradients(clip, labels, start, chunk, fresh)
-        grads = out.pop("grads")
-        applied = bool(out.pop("finite"))
-        params_finite = self._apply(grads) if applied else tf.constant(True)
-        return {**out, "applied": tf.constant(applied), "params_finite": params_finite}
-
-    def _gradients_fn(self, clip, labels, start, chunk: int, fresh: bool):
         out = self.strategy.run(
             self._replica_gradients,
             args=(clip, labels, start),
             kwargs={"chunk": chunk, "fresh": fresh},
         )
+        finite = self._local(out["finite"])[0]  # the same on every replica
+
+        def apply():
+            self.strategy.run(lambda g: self.optimizer.apply(g, self.variables), (out["grads"],))
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        with tf.control_dependencies([applied]):
+            params_finite = tf.reduce_all([_all_finite(v) for v in self.variables])
         return {
-            "grads": out["grads"],
-            "finite": self._local(out["finite"])[0],  # the same on every replica
             "loss": self._local_mean(out["loss"]),
             "logits": tf.concat(self._local(out["logits"]), axis=0),
             "valid_steps": self._local_mean(out["valid_steps"]),
             "grad_norms": self._local_mean(out["grad_norms"]),
+            "applied": applied,
+            "params_finite": params_finite,
         }
-
-    def _apply_fn(self, grads):
-        """optimizer.apply in every replica; returns whether every parameter is finite."""
-        self.strategy.run(lambda g: self.optimizer.apply(g, self.variables), (grads,))
-        return tf.reduce_all([_all_finite(v) for v in self.variables])
 
     def _replica_gradients(self, clip, labels, start, chunk: int, fresh: bool):
         """One replica's share: frames [start, start + chunk) of its clips [B, K, *frame].

@@ -39,8 +39,7 @@ def test_one_trace_for_many_clips():
     for seed in range(4):
         eng.train_clip(*random_clip(pipeline, 10, seed=seed))
         eng.predict_clip(random_clip(pipeline, 10, seed=seed)[0])
-    assert eng._gradients.experimental_get_tracing_count() == 1
-    assert eng._apply.experimental_get_tracing_count() == 1
+    assert eng._update.experimental_get_tracing_count() == 1
     assert eng._predict.experimental_get_tracing_count() == 1
 
 
