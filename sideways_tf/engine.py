@@ -126,7 +126,11 @@ def sideways_gradients(pipeline, state, clip, labels, training=True) -> ClipGrad
 
     def body(k, state, accum, loss_sum, n_valid, logits_sum):
         state, step = sideways_step(pipeline, state, clip[:, k], labels, training=training)
-        accum = [[a + g for a, g in zip(au, gu)] for au, gu in zip(accum, step.grads)]
+        summed = []
+        for i, (au, gu) in enumerate(zip(accum, step.grads), start=1):
+            with pipeline.unit_scope(i):  # each unit's accumulator stays on its device
+                summed.append([a + g for a, g in zip(au, gu)])
+        accum = summed
         return (
             k + 1,
             state,
@@ -141,8 +145,11 @@ def sideways_gradients(pipeline, state, clip, labels, training=True) -> ClipGrad
         lambda k, *_: k < num_frames, body, init, parallel_iterations=1
     )
     n = tf.maximum(n_valid, 1.0)
-    grads = tuple([g / n for g in gu] for gu in accum)
-    return ClipGradients(grads, state, loss_sum / n, logits_sum / n, n_valid)
+    grads = []
+    for i, gu in enumerate(accum, start=1):
+        with pipeline.unit_scope(i):
+            grads.append([g / n for g in gu])
+    return ClipGradients(tuple(grads), state, loss_sum / n, logits_sum / n, n_valid)
 
 
 def _split_per_unit(pipeline, flat):
