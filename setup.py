@@ -20,7 +20,14 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "av>=12", "matplotlib>=3.8"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "av>=12",
+            "matplotlib>=3.8",
+        ],
         "video": ["av>=12"],
         "tpu": ["google-cloud-storage>=2.10"],
         "plots": ["matplotlib>=3.8"],

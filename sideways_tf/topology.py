@@ -13,8 +13,9 @@ Descriptions accepted by `parse_topology`:
 
 from __future__ import annotations
 
+import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 
@@ -98,22 +99,44 @@ def parse_topology(description: str | Sequence, num_units: int) -> Topology:
 
     String forms: "chain", "skip(k)", "skip(k, d)" (skip edges delayed by d more
     steps), "dense(w)". Edge lists hold (source, receiver) or (source, receiver,
-    delay) with units numbered 1..L and 0 for the input frame.
+    delay) integers, with units numbered 1..L and 0 for the input frame.
+    Raises:
+      ValueError: whenever `description` and `num_units` do not make a valid topology
+        (also for values of the wrong type); the message names the problem and the fix.
     """
-    if num_units < 1:
-        raise ValueError(f"A pipeline needs at least one unit, got num_units={num_units}.")
+    if not _is_int(num_units) or num_units < 1:
+        raise ValueError(
+            f"A pipeline needs at least one unit: num_units must be an integer >= 1, "
+            f"got {num_units!r}."
+        )
     if isinstance(description, str):
         edges = _edges_from_string(description, num_units)
+    elif isinstance(description, Iterable) and not isinstance(description, bytes):
+        edges = [_edge(raw) for raw in description]
     else:
-        edges = []
-        for raw in description:
-            if not isinstance(raw, Sequence) or len(raw) not in (2, 3):
-                raise ValueError(
-                    f"Edge {raw!r} is not (source, receiver) or (source, receiver, delay); "
-                    "write edges like (0, 1), (1, 2), (0, 2, 1)."
-                )
-            edges.append(Edge(*(int(v) for v in raw)))
+        raise ValueError(
+            f"Topology {description!r} is neither a string ('chain', 'skip(2)', ...) nor a "
+            "list of (source, receiver[, delay]) edges."
+        )
     return _validate(edges, num_units)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _edge(raw) -> Edge:
+    if (
+        isinstance(raw, str | bytes)
+        or not isinstance(raw, Sequence)
+        or len(raw) not in (2, 3)
+        or not all(_is_int(v) for v in raw)
+    ):
+        raise ValueError(
+            f"Edge {raw!r} is not (source, receiver) or (source, receiver, delay) of "
+            "integers; write edges like (0, 1), (1, 2), (0, 2, 1)."
+        )
+    return Edge(*(int(v) for v in raw))
 
 
 def _edges_from_string(description: str, num_units: int) -> list[Edge]:
@@ -143,7 +166,7 @@ def _edges_from_string(description: str, num_units: int) -> list[Edge]:
         raise ValueError(f"'dense(window)' takes one argument, got {description!r}.")
     if k < 1:
         raise ValueError(f"dense(window) needs window >= 1, got {description!r}.")
-    return [Edge(i - w, i) for i in range(1, num_units + 1) for w in range(1, k + 1) if i - w >= 0]
+    return [Edge(i - w, i) for i in range(1, num_units + 1) for w in range(1, min(k, i) + 1)]
 
 
 def _validate(edges: list[Edge], num_units: int) -> Topology:

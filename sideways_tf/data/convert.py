@@ -10,13 +10,21 @@ shards mix classes) and cut into shards.
 
 Output, in --output_dir:
   <split>-00000-of-000NN.tfrecord   the shards
-  <split>-report.json               counts, records per shard, labels, unreadable, missing
+  <split>-report.json               counts, records per shard, labels, unreadable,
+                                    partial, missing
   <split>-unreadable.txt            one line per skipped video: path<TAB>reason
   _shards_meta/<shard>.json         per-shard record of what went in (for resuming)
 
 Resuming: a shard is written to `<shard>.incomplete` and renamed when complete, so a
-re-run with the same flags keeps finished shards and redoes the rest. Unreadable
-videos (corrupt, truncated, no video stream) are skipped and listed, never fatal.
+re-run with the same flags keeps finished shards and redoes the rest. Ctrl-C stops
+the run (exit status 130) and prints the command that resumes it.
+
+Damaged videos are never fatal. Unreadable ones (corrupt, no video stream, or fewer
+than 75% of the frames their container announces) are skipped and listed; partial ones
+(at least 75%, but fewer than announced: typically a file cut short) are stored with the
+frames that decode and reported with both frame counts under "partial".
+
+Worker processes (--workers > 1) end with the converter, also when it is killed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
+import ctypes
 import io
 import itertools
 import json
@@ -32,7 +42,11 @@ import math
 import multiprocessing
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -47,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 META_DIR = "_shards_meta"
 _TRUNCATION_TOLERANCE = 0.75  # fewer than this fraction of the header's frame count: truncated
+_PARENT_POLL_SECONDS = 0.5  # how often a worker checks that the converter is still alive
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for when the parent dies
 
 
 class UnreadableVideoError(Exception):
@@ -60,7 +76,22 @@ class ConversionReport(NamedTuple):
     kept_shards: int  # shards found complete and kept
     unreadable: list[tuple[str, str]]  # (path, reason), over all shards
     missing: list[str]  # listed in the annotations, absent on disk
+    partial: list[tuple[str, int, int]]  # (path, frames decoded, frames announced), stored
     report_path: str
+
+
+class FrameCounts(NamedTuple):
+    """Source frames of one video: decoded, and announced by its container."""
+
+    decoded: int
+    expected: int  # stream.frames, else duration x rate; 0 when the container does not say
+    exact: bool  # expected is the container's frame count (not estimated from the duration)
+
+    @property
+    def partial(self) -> bool:
+        """The video stops before the end its container announces."""
+        slack = 0 if self.exact else 1  # duration x rate may be one frame off
+        return self.decoded < self.expected - slack
 
 
 def _import_av():
@@ -96,7 +127,7 @@ def decode_video(
       UnreadableVideoError: the file cannot be decoded, has no video stream or no frames,
         or stops well before the frame count its header announces (truncated).
     """
-    frames, rate = _decode(path, fps, short_side, convert=lambda image: image)
+    frames, rate, _ = _decode(path, fps, short_side, convert=lambda image: image)
     return np.stack(frames), rate
 
 
@@ -104,6 +135,11 @@ def decode_video_to_jpegs(
     path: str, fps: float | None = None, short_side: int | None = None, quality: int = 90
 ) -> tuple[list[bytes], float]:
     """As `decode_video`, but each frame JPEG-encoded as it is decoded (bounded memory)."""
+    jpegs, rate, _ = _decode_to_jpegs(path, fps, short_side, quality)
+    return jpegs, rate
+
+
+def _decode_to_jpegs(path, fps, short_side, quality) -> tuple[list[bytes], float, FrameCounts]:
     return _decode(path, fps, short_side, convert=lambda image: encode_jpeg(image, quality))
 
 
@@ -113,7 +149,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 
 def _decode(path, fps, short_side, convert):
-    """(convert(frame) for each output frame, output frame rate); see decode_video."""
+    """Decodes like decode_video: (converted output frames, output frame rate, FrameCounts)."""
     av = _import_av()
     try:
         if "://" in path:  # gs://, s3://, ...: PyAV reads local files, so read it whole
@@ -128,6 +164,7 @@ def _decode(path, fps, short_side, convert):
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
             announced = stream.frames or 0
+            exact = announced > 0
             if not announced and container.duration:
                 announced = int(container.duration / 1e6 * rate)
             frames, decoded = _resample(container.decode(stream), rate, fps, short_side, convert)
@@ -141,7 +178,7 @@ def _decode(path, fps, short_side, convert):
         raise UnreadableVideoError(
             f"truncated: decoded {decoded} of the {announced} frames its header announces"
         )
-    return frames, float(fps or rate)
+    return frames, float(fps or rate), FrameCounts(decoded, announced, exact)
 
 
 def _resample(decoded_frames, rate, fps, short_side, convert):
@@ -186,9 +223,13 @@ def _resample(decoded_frames, rate, fps, short_side, convert):
 
 def video_record(
     entry: VideoEntry, fps: float | None, short_side: int | None, jpeg_quality: int = 90
-) -> bytes:
-    """One video as a serialized DMVR SequenceExample. Raises UnreadableVideoError."""
-    jpegs, rate = decode_video_to_jpegs(entry.path, fps, short_side, jpeg_quality)
+) -> tuple[bytes, FrameCounts]:
+    """One video as a serialized DMVR SequenceExample, and its source frame counts.
+
+    Raises:
+      UnreadableVideoError.
+    """
+    jpegs, rate, counts = _decode_to_jpegs(entry.path, fps, short_side, jpeg_quality)
     example = dmvr.make_sequence_example(
         jpegs,
         entry.label_index,
@@ -197,29 +238,39 @@ def video_record(
         frame_rate=rate,
         data_path=entry.path,
     )
-    return example.SerializeToString(deterministic=True)  # same bytes in every process
+    return example.SerializeToString(deterministic=True), counts  # same bytes in any process
 
 
-def _record_or_error(task) -> tuple[bytes | None, str | None]:
-    """Worker: (serialized record, None) or (None, reason it is unreadable)."""
+def _record_or_error(task) -> tuple[bytes | None, FrameCounts | str]:
+    """Worker: (serialized record, frame counts) or (None, reason it is unreadable)."""
     entry, fps, short_side, quality = task
     try:
-        return video_record(entry, fps, short_side, quality), None
+        return video_record(entry, fps, short_side, quality)
     except UnreadableVideoError as e:
         return None, str(e)
 
 
 def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
-    """map(fn, items) in order; with workers > 1 in spawned processes, a bounded window ahead."""
+    """map(fn, items) in order; with workers > 1 in spawned processes, a bounded window ahead.
+
+    The worker processes end with this process (killed included), ignore Ctrl-C (the
+    parent handles it), and are killed when the map stops early (an error, Ctrl-C, or the
+    consumer closing the generator) instead of finishing the videos they hold.
+    """
     if workers <= 1:
         yield from map(fn, items)
         return
     context = multiprocessing.get_context("spawn")  # fork after TF starts threads can deadlock
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        items = iter(items)
+    others = set(multiprocessing.active_children())
+    items = iter(items)
+    with _sigint_ignored():  # inherited by the workers, spawned by the first submits
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+        )
         window = collections.deque(
             (item, pool.submit(fn, item)) for item in itertools.islice(items, 4 * workers)
         )
+    try:
         while window:
             item, future = window.popleft()
             try:
@@ -233,6 +284,46 @@ def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
             for nxt in itertools.islice(items, 1):
                 window.append((nxt, pool.submit(fn, nxt)))
             yield result
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in set(multiprocessing.active_children()) - others:
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True)  # at once after the kill above
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignores SIGINT inside the block (main thread only; elsewhere, a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Runs first in each worker process: no Ctrl-C, and no life after the converter's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        # The kernel kills this process when its parent dies, even by SIGKILL.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+    # Elsewhere (and as a fallback), a thread notices the parent is gone: re-parenting
+    # changes getppid().
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _write_json(path: str, obj) -> None:
@@ -318,11 +409,15 @@ def convert_videos(
     tasks = ((e, fps, short_side, jpeg_quality) for _, shard in pending for e in shard)
     results = _ordered_map(_record_or_error, tasks, workers)
     failed = [0]  # unreadable videos so far, shown on the progress bar
-    with tqdm.tqdm(total=total, unit="video", desc=f"{split}", disable=not progress) as bar:
-        for name, shard in pending:
-            metas[name] = _write_shard(output_dir, name, shard, results, settings, bar, failed)
+    try:
+        with tqdm.tqdm(total=total, unit="video", desc=f"{split}", disable=not progress) as bar:
+            for name, shard in pending:
+                metas[name] = _write_shard(output_dir, name, shard, results, settings, bar, failed)
+    finally:
+        results.close()  # after an error or Ctrl-C: stops the workers now
 
     unreadable = [(u["path"], u["reason"]) for n in names for u in metas[n]["unreadable"]]
+    partial = [p for n in names for p in metas[n].get("partial", [])]  # older runs: no key
     report_path = os.path.join(output_dir, f"{split}-report.json")
     _write_json(
         report_path,
@@ -331,11 +426,13 @@ def convert_videos(
             "num_listed": len(entries) + len(listing.missing),
             "num_records": sum(metas[n]["records"] for n in names),
             "num_unreadable": len(unreadable),
+            "num_partial": len(partial),
             "num_missing": len(listing.missing),
             "settings": settings,
             "labels": list(listing.labels),
             "shards": [{"name": n, "records": metas[n]["records"]} for n in names],
             "unreadable": [{"path": p, "reason": r} for p, r in unreadable],
+            "partial": partial,  # stored with the frames that decode
             "missing": list(listing.missing),
         },
     )
@@ -351,6 +448,18 @@ def convert_videos(
             len(entries),
             os.path.join(output_dir, f"{split}-unreadable.txt"),
         )
+    if partial:
+        logger.warning(
+            "%d of %d videos decoded fewer frames than their container announces (e.g. %s: "
+            "%d of %d) and were stored with the frames that decode; listed under 'partial' "
+            "in %s. Fix: re-download or re-encode them, if the missing frames matter.",
+            len(partial),
+            len(entries),
+            partial[0]["path"],
+            partial[0]["decoded_frames"],
+            partial[0]["expected_frames"],
+            report_path,
+        )
     return ConversionReport(
         shards=[os.path.join(output_dir, n) for n in names],
         num_records=sum(metas[n]["records"] for n in names),
@@ -358,6 +467,7 @@ def convert_videos(
         kept_shards=num_shards - len(pending),
         unreadable=unreadable,
         missing=list(listing.missing),
+        partial=[(p["path"], p["decoded_frames"], p["expected_frames"]) for p in partial],
         report_path=report_path,
     )
 
@@ -379,23 +489,33 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
     """Writes one shard from the next len(shard) results; temp file, then rename."""
     final = os.path.join(output_dir, name)
     tmp = final + ".incomplete"
-    unreadable, records = [], 0
+    unreadable, partial, records = [], [], 0
     with tf.io.TFRecordWriter(tmp) as writer:
         for entry in shard:
-            record, error = next(results)
+            record, counts = next(results)  # counts: FrameCounts, or why it is unreadable
             if record is None:
-                unreadable.append({"path": entry.path, "reason": error})
+                unreadable.append({"path": entry.path, "reason": counts})
                 failed[0] += 1
                 bar.set_postfix(unreadable=failed[0], refresh=False)
             else:
                 writer.write(record)
                 records += 1
+                if counts.partial:
+                    partial.append(
+                        {
+                            "path": entry.path,
+                            "video_id": entry.video_id,
+                            "decoded_frames": counts.decoded,
+                            "expected_frames": counts.expected,
+                        }
+                    )
             bar.update(1)
     meta = {
         "settings": settings,
         "records": records,
         "paths": [e.path for e in shard],
         "unreadable": unreadable,
+        "partial": partial,
     }
     _write_json(os.path.join(output_dir, META_DIR, name + ".json"), meta)
     tf.io.gfile.rename(tmp, final, overwrite=True)
@@ -482,15 +602,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # also quiets the worker processes
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         report = _convert_from_flags(args)
     except (FileNotFoundError, ValueError) as e:  # bad paths, layouts, labels: no traceback
         raise SystemExit(f"sideways-convert: {e}") from e
+    except KeyboardInterrupt:
+        print(
+            "\nsideways-convert: interrupted. Completed shards are kept; to resume, run the "
+            f"same command again:\n  {shlex.join(['sideways-convert', *argv])}",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT, as a shell reports Ctrl-C
     print(
         f"{report.num_records} videos in {len(report.shards)} shards "
         f"({report.written_shards} written, {report.kept_shards} kept); "
-        f"{len(report.unreadable)} unreadable, {len(report.missing)} missing. "
+        f"{len(report.unreadable)} unreadable, {len(report.partial)} partial (stored with "
+        f"fewer frames than announced), {len(report.missing)} missing. "
         f"Report: {report.report_path}",
         file=sys.stderr,
     )

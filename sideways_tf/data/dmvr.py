@@ -20,16 +20,22 @@ video_index = shard_index * 2**32 + record_index: unique per video within the sp
 stable across runs (shards are read in sorted order), not dense. With num_eval_clips
 C > 1 an evaluation video yields C consecutive elements sharing it.
 
-A corrupt or truncated shard does not stop training: its readable records are used,
-the rest of that shard is skipped, and a warning names the file (the reader compares
-the bytes it read with the file size; TFRecord CRCs catch flipped bits).
+Damaged data does not stop training; at either level a warning names the shard:
+  - a shard damaged below the record checksums (truncated, flipped bits: TFRecord CRCs
+    catch them, and the reader compares the bytes it read with the file size) is read up
+    to the damage and the rest of that shard is skipped;
+  - a record with valid checksums whose SequenceExample does not parse, that holds no
+    frames, or one of whose sampled frames is not a readable JPEG is skipped and counted:
+    `skipped_records()` is the running count, for the trainer to log.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import gin
 import tensorflow as tf
@@ -50,6 +56,84 @@ _RECORD_OVERHEAD = 16  # bytes per TFRecord: uint64 length, two uint32 CRCs
 _SHARD_STRIDE = 2**32  # video_index = shard_index * _SHARD_STRIDE + record_index
 
 logger = logging.getLogger(__name__)
+
+_skipped = [0]  # records skipped by every DMVR dataset of this process
+_skipped_lock = threading.Lock()  # tf.data reports from several threads
+
+
+def skipped_records() -> int:
+    """How many records the DMVR reader has skipped in this process because they do not decode.
+
+    A record (with valid checksums) is skipped when its SequenceExample does not parse,
+    holds no frames, or a frame sampled from it is not a readable JPEG; each skip is also
+    logged as a warning naming the shard and the record's index in it. The count runs over
+    every DMVR dataset of the process since it started. A record counts each time it is
+    read: once per epoch, and in training only when a damaged frame is among those sampled.
+    Shards damaged below the record checksums are warned about, not counted here.
+
+    The trainer reads it on the host at its summary interval, e.g.
+      tf.summary.scalar("data/skipped_records", dmvr.skipped_records(), step=step)
+    It runs ahead of the step by what tf.data has prefetched. In multi-worker training
+    each process counts the records of its own input pipelines.
+    """
+    with _skipped_lock:
+        return _skipped[0]
+
+
+def _report_skipped(files: Sequence[str], what: str, video_index) -> bool:
+    """Counts and logs one skipped record (a py_function of the reader); returns False."""
+    shard, record = divmod(int(video_index), _SHARD_STRIDE)
+    with _skipped_lock:
+        _skipped[0] += 1
+        count = _skipped[0]
+    logger.warning(
+        "Skipped record %d (0-based) of shard %s: %s (%d records skipped so far). Fix: "
+        "re-create the shard (delete it and re-run sideways-convert with the same flags), "
+        "or re-encode the source video.",
+        record,
+        files[shard],
+        what,
+        count,
+    )
+    return False
+
+
+def _zeros(spec: tf.TensorSpec) -> tf.Tensor:
+    return tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype)
+
+
+def _map_skipping_failures(what: str, files: Sequence[str]) -> Callable:
+    """A map for `element -> fn(element)` that drops, counts and logs elements fn fails on.
+
+    tf.data has no try/except: each element is mapped inside a one-element dataset that
+    ignores errors, and an empty result marks the failure. Elements carry "video_index",
+    which names the shard and record in the warning.
+    Returns:
+      map_fn(ds, fn, **map_kwargs) -> dataset of the fn(element) that succeeded.
+    """
+
+    def map_fn(ds: tf.data.Dataset, fn: Callable, **map_kwargs) -> tf.data.Dataset:
+        def attempt(element):
+            one = tf.data.Dataset.from_tensors(element).map(fn)
+            placeholder = tf.nest.map_structure(_zeros, one.element_spec)
+            done = one.ignore_errors().map(lambda out: (out, True))
+            failed = tf.data.Dataset.from_tensors((placeholder, False))
+            out, ok = done.concatenate(failed).take(1).get_single_element()
+            return out, ok, element["video_index"]
+
+        report = functools.partial(_report_skipped, files, what)
+
+        def keep(out, ok, video_index):
+            return tf.cond(
+                ok,
+                lambda: tf.constant(True),
+                lambda: tf.py_function(report, [video_index], tf.bool),
+            )
+
+        ds = ds.map(attempt, **map_kwargs).filter(keep)
+        return ds.map(lambda out, ok, video_index: out)
+
+    return map_fn
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -190,7 +274,11 @@ def read_records(
     reshuffled every epoch and the interleave is non-deterministic (faster).
     With `input_context`, each input pipeline reads its own subset of the shards.
     """
-    files = list_shards(pattern)
+    return _read_shards(list_shards(pattern), training, cycle_length, input_context)
+
+
+def _read_shards(files, training, cycle_length, input_context) -> tf.data.Dataset:
+    """`read_records` of a list of shard paths."""
     sizes = _file_sizes(files)
     ds = tf.data.Dataset.from_tensor_slices(
         (files, tf.constant(sizes, tf.int64), tf.range(len(files), dtype=tf.int64))
@@ -198,7 +286,7 @@ def read_records(
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
             raise ValueError(
-                f"{len(files)} shards match {pattern!r} but there are "
+                f"{len(files)} shards (e.g. {files[0]!r}) but there are "
                 f"{input_context.num_input_pipelines} input pipelines. Fix: re-convert with "
                 "more shards (--num_shards)."
             )
@@ -214,28 +302,42 @@ def read_records(
     )
 
 
+def _parse_video(element: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """{"serialized", "video_index"} -> {"encoded": [T] JPEGs, "label", "video_index"}.
+
+    Fails (and the reader skips the record) when the proto does not parse or T = 0.
+    """
+    features = parse_record(element["serialized"])
+    has_frames = tf.debugging.assert_positive(
+        tf.size(features["encoded"]), message="the record holds no frames"
+    )
+    with tf.control_dependencies([has_frames]):
+        encoded = tf.identity(features["encoded"])
+    return {"encoded": encoded, "label": features["label"], "video_index": element["video_index"]}
+
+
 def _clips(pattern, training, input_context, cycle_length, repeat, **clip_kwargs):
-    """Records -> clips (sampling.video_clips), before the final prefetch."""
+    """Records -> clips (sampling.video_clips), before the final prefetch.
+
+    Records that do not parse, or whose sampled frames do not decode, are skipped and
+    counted (`skipped_records`).
+    """
     training = bool(training)
     sampling.check_clip_args(
         clip_kwargs["num_frames"], clip_kwargs["stride"], clip_kwargs["num_clips"]
     )
-    ds = read_records(
-        pattern, training=training, cycle_length=cycle_length, input_context=input_context
-    )
+    files = list_shards(pattern)
+    ds = _read_shards(files, training, cycle_length, input_context)
+    ds = ds.map(lambda record, video_index: {"serialized": record, "video_index": video_index})
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    parse_or_skip = _map_skipping_failures("not a SequenceExample with frames", files)
+    ds = parse_or_skip(ds, _parse_video, **parallel)
     if training and repeat:
-        ds = ds.repeat()
-
-    def parse(serialized, video_index):
-        features = parse_record(serialized)
-        return {
-            "encoded": features["encoded"],
-            "label": features["label"],
-            "video_index": video_index,
-        }
-
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    return sampling.video_clips(ds, training=training, jpeg=True, **clip_kwargs)
+        ds = ds.repeat()  # after parsing: an epoch without one parsable record ends the data
+    decode_or_skip = _map_skipping_failures("a sampled frame is not a readable JPEG", files)
+    return sampling.video_clips(
+        ds, training=training, jpeg=True, decode_map=decode_or_skip, **clip_kwargs
+    )
 
 
 @gin.configurable(module="sideways_tf.data")

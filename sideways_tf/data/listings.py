@@ -3,7 +3,7 @@
 A `SplitListing` is what every dataset module (ucf101, hmdb51, kinetics) and the two
 generic layouts here produce, and what `convert.convert_videos` consumes:
 
-  class folders   <videos_dir>/<label>/<video>.<ext>       `list_class_folders`
+  class folders   <videos_dir>/<label>/[<sub>/...]<video>.<ext>   `list_class_folders`
   a CSV file      path,label[,video_id] (header row)        `list_csv`
 
 Paths may be local or gs:// (everything goes through tf.io.gfile).
@@ -11,8 +11,10 @@ Paths may be local or gs:// (everything goes through tf.io.gfile).
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
+import logging
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -22,6 +24,8 @@ import tensorflow as tf
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
 
 UNLABELLED = -1  # label_index of a video without a label (e.g. the Kinetics test split)
+
+logger = logging.getLogger(__name__)
 
 
 class VideoEntry(NamedTuple):
@@ -65,6 +69,14 @@ def read_text(path: str) -> str:
 def list_class_folders(videos_dir: str, labels: Sequence[str] | None = None) -> SplitListing:
     """Lists <videos_dir>/<label>/<video>.<ext>; labels are the sorted folder names.
 
+    Videos in nested folders of a class folder belong to that class. A video's id is its
+    path in the class folder without the extension: "clip" for <label>/clip.mp4,
+    "day1/clip" for <label>/day1/clip.mp4. Where that id would be shared (the same name
+    in two class folders, or clip.mp4 next to clip.avi), each of those videos gets its
+    path under videos_dir instead, extension included ("jump/clip.mp4", "run/clip.mp4"),
+    and a warning says so. Video files directly in videos_dir have no class: they are
+    left out, with a warning.
+
     Args:
       videos_dir: a folder with one sub-folder of videos per class.
       labels: the class names in index order; default, the sorted sub-folder names. A
@@ -93,16 +105,61 @@ def list_class_folders(videos_dir: str, labels: Sequence[str] | None = None) -> 
     entries = []
     for label in folders:
         folder = os.path.join(videos_dir, label)
-        for name in sorted(tf.io.gfile.listdir(folder)):
-            if is_video_file(name):
-                stem = os.path.splitext(name)[0]
-                entries.append(VideoEntry(os.path.join(folder, name), index[label], label, stem))
+        for relative in _video_files_under(folder):
+            path = os.path.join(folder, relative)
+            video_id = os.path.splitext(relative)[0]
+            entries.append(VideoEntry(path, index[label], label, video_id))
+    entries = _unique_folder_ids(entries, videos_dir)
+    loose = [n for n in tf.io.gfile.listdir(videos_dir) if is_video_file(n.rstrip("/"))]
+    if loose:
+        logger.warning(
+            "%d video files directly in %s (e.g. %s) are in no class folder and are left "
+            "out. Fix: move them into <videos_dir>/<class>/.",
+            len(loose),
+            videos_dir,
+            loose[0],
+        )
     if not entries:
         raise FileNotFoundError(
             f"No videos ({', '.join(VIDEO_EXTENSIONS)}) found under {videos_dir!r}. Fix: point "
             "--videos_dir at a folder laid out as <videos_dir>/<class>/<video>.mp4."
         )
     return SplitListing(entries, labels, [])
+
+
+def _video_files_under(folder: str) -> list[str]:
+    """Paths of the video files under `folder`, at any depth, relative to it ('/'), sorted."""
+    found = []
+    for directory, _, files in tf.io.gfile.walk(folder):
+        prefix = directory[len(folder) :].strip("/")
+        found += [f"{prefix}/{f}" if prefix else f for f in files if is_video_file(f)]
+    return sorted(found)
+
+
+def _unique_folder_ids(entries: list[VideoEntry], videos_dir: str) -> list[VideoEntry]:
+    """Videos whose id is shared get their path under videos_dir as id (see list_class_folders)."""
+    counts = collections.Counter(e.video_id for e in entries)
+    shared = [e for e in entries if counts[e.video_id] > 1]
+    if not shared:
+        return entries
+    logger.warning(
+        "%d videos share an id (a file name without extension) with another, e.g. %s; "
+        "their ids are their paths under %s instead (e.g. %r).",
+        len(shared),
+        shared[0].path,
+        videos_dir,
+        _path_under(shared[0].path, videos_dir),
+    )
+    entries = [
+        e._replace(video_id=_path_under(e.path, videos_dir)) if counts[e.video_id] > 1 else e
+        for e in entries
+    ]
+    check_unique_ids(entries, videos_dir)  # e.g. 'run/a.mp4' against jump/run/a.mp4.avi
+    return entries
+
+
+def _path_under(path: str, root: str) -> str:
+    return path[len(root) :].strip("/")
 
 
 def read_labels_file(path: str) -> list[str]:

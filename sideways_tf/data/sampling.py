@@ -16,7 +16,7 @@ Shapes: T frames available, K = num_frames, C = num_clips, S = image_size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -250,6 +250,7 @@ def video_clips(
     stride: int = 1,
     num_clips: int = 1,
     shuffle_buffer: int = 512,
+    decode_map: Callable | None = None,
     **augment_kwargs,
 ) -> tf.data.Dataset:
     """Videos -> clips: the part of the input pipeline every reader shares.
@@ -259,6 +260,9 @@ def video_clips(
         "video_index": int64 []}, one element per video (repeated by the caller).
       shuffle_buffer: training only; shuffles the selected, still encoded frames of
         each clip (K JPEGs, a fraction of the whole video).
+      decode_map: how the decoding step (`augment_clips`, the step that fails on damaged
+        frames) is mapped: decode_map(ds, fn, num_parallel_calls=..., deterministic=...).
+        Default: Dataset.map. The DMVR reader passes one that skips and counts failures.
       augment_kwargs: for `augment_clips` (image_size, jpeg, area_range, ...).
     Returns:
       Unbatched {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index":
@@ -292,7 +296,7 @@ def video_clips(
     ds = ds.map(select, **parallel)
     if training:
         ds = ds.shuffle(shuffle_buffer, reshuffle_each_iteration=True)
-    ds = ds.map(augment, **parallel).unbatch()
+    ds = (decode_map or tf.data.Dataset.map)(ds, augment, **parallel).unbatch()
     # Augmentation draws from stateful RNGs, which an iterator checkpoint cannot save;
     # after a restore the draws simply continue afresh.
     options = tf.data.Options()

@@ -1,7 +1,12 @@
 """sideways-convert: real tiny videos -> DMVR shards -> read back."""
 
 import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -190,3 +195,150 @@ def test_non_local_filesystems_through_gfile(tmp_path):
     ds = dmvr.dmvr_dataset(f"{root}/out/train-*-of-*.tfrecord", False, 5, image_size=8)
     (element,) = list(ds.as_numpy_iterator())
     assert int(element["label"]) == 0 and element["frames"].shape == (5, 8, 8, 3)
+
+
+# --- reliability: partial videos, nested folders and shared names, worker lifetime -------
+
+
+def test_partial_video_is_stored_and_reported_with_its_frame_counts(video_tree, tmp_path):
+    videos_dir, good, _ = video_tree
+    whole = write_video(tmp_path / "whole.mkv", "libx264", 60)
+    data = open(whole, "rb").read()
+    cut = os.path.join(videos_dir, "run", "cut.mkv")
+    open(cut, "wb").write(data[: len(data) * 9 // 10])  # the container still says 60 frames
+
+    listing = listings.list_class_folders(videos_dir)
+    report = convert.convert_videos(
+        listing, str(tmp_path / "out"), "train", fps=None, short_side=None, progress=False
+    )
+
+    ((path, decoded, expected),) = report.partial  # the intact videos are not partial
+    assert path == cut and expected == 60 and 45 <= decoded < 60
+    assert read_back(report.shards)["cut"][2].shape[0] == decoded  # stored as decoded
+    summary = json.load(open(report.report_path))
+    assert summary["num_partial"] == 1
+    assert summary["partial"] == [
+        {"path": cut, "video_id": "cut", "decoded_frames": decoded, "expected_frames": 60}
+    ]
+    assert summary["num_records"] == len(good) + 1
+
+
+def test_nested_folders_are_included_and_shared_names_get_their_path_as_id(tmp_path, caplog):
+    root = tmp_path / "videos"
+    layout = ["jump/a.mp4", "run/a.mp4", "jump/day1/b.avi", "jump/c.avi", "jump/c.mkv", "d.mp4"]
+    for v, relative in enumerate(layout):
+        os.makedirs((root / relative).parent, exist_ok=True)
+        write_video(root / relative, "mjpeg", 2, v=v % 6, pix_fmt="yuvj420p")
+
+    with caplog.at_level(logging.WARNING, logger="sideways_tf.data.listings"):
+        listing = listings.list_class_folders(str(root))
+    ids = {e.video_id: (e.label_string, os.path.relpath(e.path, root)) for e in listing.entries}
+    assert ids == {
+        "jump/a.mp4": ("jump", "jump/a.mp4"),
+        "run/a.mp4": ("run", "run/a.mp4"),
+        "day1/b": ("jump", "jump/day1/b.avi"),
+        "jump/c.avi": ("jump", "jump/c.avi"),
+        "jump/c.mkv": ("jump", "jump/c.mkv"),
+    }
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "4 videos share an id" in warned and "1 video files directly in" in warned
+    report = convert.convert_videos(listing, str(tmp_path / "out"), "t", progress=False)
+    assert sorted(read_back(report.shards)) == sorted(ids)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def child_pids(pid):
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ...
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has ended
+
+
+def wait_until(condition, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} after {seconds} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def converter_blocked_on_a_pipe(tmp_path):
+    """A `sideways-convert --workers=2` process, one of its workers stuck reading a video.
+
+    The video is a named pipe: a worker opening it blocks until the test writes, so the
+    conversion is reliably in progress. Yields (process, worker pids, stderr file); cleans
+    up. Output goes to files: orphaned workers would hold pipes open.
+    """
+    videos = tmp_path / "videos" / "jump"
+    os.makedirs(videos)
+    write_video(videos / "a.avi", "mjpeg", 2, pix_fmt="yuvj420p")
+    os.mkfifo(videos / "stuck.mp4")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "sideways_tf.data.convert", "--workers=2", "--no_progress"]
+    command += [f"--videos_dir={videos.parent}", f"--output_dir={tmp_path / 'out'}", "--split=t"]
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "wb") as err:
+        process = subprocess.Popen(command, env=env, stdout=err, stderr=err, start_new_session=True)
+    pipe, workers = [], []
+
+    def a_worker_reads_the_pipe():
+        try:
+            pipe.append(os.open(videos / "stuck.mp4", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: no reader yet
+            assert process.poll() is None, stderr.read_text()[-2000:]
+            return False
+        return True
+
+    try:
+        wait_until(a_worker_reads_the_pipe, 180, "no worker opened the video")
+        workers += child_pids(process.pid)
+        assert len(workers) >= 2  # the decoding processes (and multiprocessing's tracker)
+        yield process, workers, stderr
+    finally:
+        for pid in [process.pid, *workers]:
+            if alive(pid):  # a failed test leaves them
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+        for fd in pipe:
+            os.close(fd)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_of_the_converter_ends_its_worker_processes(converter_blocked_on_a_pipe):
+    process, workers, _ = converter_blocked_on_a_pipe
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    wait_until(lambda: not any(alive(p) for p in workers), 5, "workers still alive")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_exits_130_with_the_resume_command_and_no_traceback(converter_blocked_on_a_pipe):
+    process, workers, stderr = converter_blocked_on_a_pipe
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+    process.wait(timeout=60)
+    stderr = stderr.read_text()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "interrupted. Completed shards are kept; to resume, run the same command" in stderr
+    assert "sideways-convert --workers=2 --no_progress --videos_dir=" in stderr
+    wait_until(lambda: not any(alive(p) for p in workers), 5, "workers still alive")

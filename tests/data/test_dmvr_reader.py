@@ -128,6 +128,50 @@ def test_corrupt_shards_are_skipped_with_a_warning_naming_the_file(tmp_path, cap
     assert all("re-run sideways-convert" in w for w in warned)
 
 
+def write_records(path, records):
+    """Serialized records (bytes, or SequenceExamples) -> one shard, with valid checksums."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record if isinstance(record, bytes) else record.SerializeToString())
+    return str(path)
+
+
+def video(label, num_frames=4, broken_frame=None):
+    frames = [jpeg(level(t)) for t in range(num_frames)]
+    if broken_frame is not None:
+        frames[broken_frame] = frames[broken_frame][: len(frames[broken_frame]) // 2]
+    return dmvr.make_sequence_example(frames, label, f"class{label}", f"video{label}")
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_records_that_do_not_decode_are_skipped_counted_and_named(tmp_path, caplog, training):
+    # Checksums are valid: only the payload is damaged.
+    paths = [
+        write_records(tmp_path / dmvr.shard_name("s", 0, 2), [video(0), video(1, 4, 2), video(2)]),
+        write_records(
+            tmp_path / dmvr.shard_name("s", 1, 2),
+            [b"\x0a\xffnot a proto", video(4), dmvr.make_sequence_example([], 5, "c", "v")],
+        ),
+    ]
+    before = dmvr.skipped_records()
+    with caplog.at_level(logging.WARNING, logger="sideways_tf.data.dmvr"):
+        ds = dmvr.dmvr_dataset(str(tmp_path / "s-*"), training, num_frames=4, image_size=SIZE)
+        labels = sorted(int(e["label"]) for e in ds.as_numpy_iterator())
+
+    assert labels == [0, 2, 4]  # every frame is sampled (K = T), so record 1 always fails
+    assert dmvr.skipped_records() - before == 3
+    warned = sorted(r.getMessage() for r in caplog.records if "Skipped record" in r.getMessage())
+    assert len(warned) == 3
+    assert f"record 1 (0-based) of shard {paths[0]}: a sampled frame is not a readable JPEG" in (
+        "".join(warned)
+    )
+    for record in (0, 2):
+        assert f"record {record} (0-based) of shard {paths[1]}: not a SequenceExample" in (
+            "".join(warned)
+        )
+    assert not any("Corrupt record shard" in r.getMessage() for r in caplog.records)
+
+
 def test_missing_records_error_says_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"No record shards match.*sideways-convert"):
         dmvr.dmvr_dataset(str(tmp_path / "train-*"), True)
