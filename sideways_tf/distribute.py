@@ -54,12 +54,14 @@ class Runtime:
         plan: placement_lib.Plan,
         placement_arg: str | Sequence[int] = "contiguous",
         cluster_resolver=None,
+        distributed_input: bool = False,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.plan = plan
         self.placement = placement_arg
         self.cluster_resolver = cluster_resolver
         self.is_distributed = strategy is not None
+        self.distributed_input = distributed_input and self.is_distributed
 
     # -- Facts ---------------------------------------------------------------------
 
@@ -149,6 +151,38 @@ class Runtime:
     def global_batch(self, per_replica: int) -> int:
         """Clips this process reads per step: B per replica times its local replicas."""
         return per_replica * self.local_replicas
+
+    def batches(self, make_dataset: Callable, batch_size: int, symbolic: bool = False):
+        """Training batches: (iterator, whether its position can be checkpointed).
+
+        Default: this process's shard, batched R_local * B, a plain iterator the
+        engine splits over local replicas (checkpointable: exact resume).
+        distributed_input: strategy.distribute_datasets_from_function, B per
+        replica, prefetched to the devices; TF cannot checkpoint such an iterator,
+        so a resumed run restarts the input stream.
+        """
+        if self.distributed_input:
+
+            def per_input_pipeline(ctx):
+                ds = make_dataset().shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+                per_replica = ctx.get_per_replica_batch_size(batch_size)
+                return ds.batch(per_replica, drop_remainder=True).prefetch(2)
+
+            dist = self.strategy.distribute_datasets_from_function(per_input_pipeline)
+            return iter(dist), False
+        ds = self.shard_dataset(make_dataset())
+        ds = ds.batch(batch_size // self.num_workers, drop_remainder=True)
+        if symbolic:  # positions only, no prefetched or shuffled elements
+            options = tf.data.Options()
+            options.experimental_symbolic_checkpoint = True
+            ds = ds.with_options(options)
+        return iter(ds.prefetch(2)), True
+
+    def to_host(self, value):
+        """This process's part of a per-replica value as one tensor (replicas concatenated)."""
+        if isinstance(value, tf.distribute.DistributedValues):
+            return tf.concat(self.strategy.experimental_local_results(value), axis=0)
+        return value
 
 
 def _local_devices() -> list[str]:
@@ -242,6 +276,7 @@ def make_runtime(
     cores_per_replica: int = 1,  # C: cores (devices) one replica's units span
     placement: str | Sequence[int] = "contiguous",  # "contiguous", "auto", or a core per unit
     logical_cpus: int | None = None,  # split the CPU into n logical devices (try it on a laptop)
+    distributed_input: bool = False,  # feed replicas by distribute_datasets_from_function
 ) -> Runtime:
     """Builds the runtime; every check fails here, before any work, naming the binding."""
     if logical_cpus is not None:
@@ -264,10 +299,18 @@ def make_runtime(
             experimental_spmd_xla_partitioning=False,
         )
         plan = placement_lib.TPUPlan(tpu_strategy, cores_per_replica)
-        return Runtime(tpu_strategy, plan, placement, cluster_resolver=resolver)
+        return Runtime(
+            tpu_strategy,
+            plan,
+            placement,
+            cluster_resolver=resolver,
+            distributed_input=distributed_input,
+        )
 
     if strategy == "multi_worker":
-        return _multi_worker_runtime(devices, cores_per_replica, placement)
+        runtime = _multi_worker_runtime(devices, cores_per_replica, placement)
+        runtime.distributed_input = distributed_input
+        return runtime
 
     devices = [placement_lib.resolve_device(d) for d in devices] if devices else _local_devices()
     if strategy == "default":
@@ -289,7 +332,7 @@ def make_runtime(
         cross_device_ops = tf.distribute.ReductionToOneDevice(reduce_to_device=mains[0])
     mirrored = tf.distribute.MirroredStrategy(mains, cross_device_ops=cross_device_ops)
     plan = placement_lib.DevicePlan(rows, main_devices=mirrored.extended.worker_devices)
-    return Runtime(mirrored, plan, placement)
+    return Runtime(mirrored, plan, placement, distributed_input=distributed_input)
 
 
 def split_cpu(n: int):

@@ -421,7 +421,8 @@ class Engine:
 
         Reads the state, takes the mode's gradients, writes the state back (unless
         they are not finite), and returns the gradients scaled by 1 / replicas
-        (the optimizer sums them over replicas) with a non-finite flag.
+        (the optimizer sums them over replicas) and whether every replica's loss
+        and gradients are finite (all-reduced: every replica decides alike).
         """
         if chunk != clip.shape[1]:
             begin = [0, start] + [0] * (clip.shape.rank - 2)
@@ -432,7 +433,7 @@ class Engine:
         for i, gu in enumerate(out.grads, start=1):
             with self.pipeline.unit_scope(i):
                 norms.append(_global_norm(gu))
-                finite.append(tf.reduce_all([_all_finite(g) for g in gu]))
+                finite += [_all_finite(g) for g in gu]
                 scale = 1.0 / self.num_replicas
                 grads += [g * scale for g in gu] if self.num_replicas > 1 else list(gu)
         finite = tf.reduce_all(finite)

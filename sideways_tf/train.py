@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -256,15 +257,11 @@ def _run(
     data_binding = "train.eval_data" if eval_only else "train.train_data"
     source = (eval_data if eval_only else train_data)()
     num_frames, frame_shape = _clip_shape(source.element_spec, data_binding, labelled=True)
-    train_iter = None
+    train_iter, iter_checkpointable = None, False
     if not eval_only:
-        local_batch = batch_size // runtime.num_workers  # this process's replicas' clips
-        batches = runtime.shard_dataset(source).batch(local_batch, drop_remainder=True)
-        if data_checkpoint == "symbolic":
-            options = tf.data.Options()
-            options.experimental_symbolic_checkpoint = True
-            batches = batches.with_options(options)
-        train_iter = iter(batches.prefetch(2))
+        train_iter, iter_checkpointable = runtime.batches(
+            lambda: source, batch_size, symbolic=data_checkpoint == "symbolic"
+        )
     if update_every and num_frames % update_every:
         raise ValueError(
             f"Clips have K={num_frames} frames, not a multiple of train.update_every="
@@ -288,7 +285,7 @@ def _run(
         jit_compile=jit_compile,
         seed=seed,
         keep_checkpoints=keep_checkpoints,
-        data_iterator=train_iter,
+        data_iterator=train_iter if iter_checkpointable else None,
         repair=runtime.is_chief and not eval_only,
     )
     pipeline, optimizer, engine, step, writers = (
@@ -333,8 +330,11 @@ def _run(
     last = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     if runtime.is_chief:
         summaries.write_config(writers["train"], workdir)
+        print(f"Runtime: {runtime.describe()}.")
         if restored:
             print(f"Resumed from {restored} at step {int(step.numpy())}.")
+            if not iter_checkpointable:
+                print("runtime.distributed_input: the input stream restarts from its start.")
     eval_metrics = None
     s = int(step.numpy())
     due = s > 0 and (s % eval_every == 0 or s >= last)
@@ -368,10 +368,11 @@ def _run(
     try:
         while int(step.numpy()) < last and not stop.received:
             batch = next(train_iter)
-            frames, labels = batch["frames"], batch["label"]
+            labels = runtime.to_host(batch["label"])  # this process's clips, replica order
             if not window["loss"]:  # first step of each logging window
                 _check_labels(labels, num_classes)
-            metrics = engine.train_clip(frames, labels)
+            metrics = engine.train_clip(batch["frames"], batch["label"])
+            frames = runtime.to_host(batch["frames"])
             step.assign_add(1)
             s = int(step.numpy())
             bar.update(1)
@@ -415,6 +416,9 @@ def _run(
                     "frames_per_second": fps,
                     "non_finite_steps": non_finite_total,
                 }
+                reader = sys.modules.get("sideways_tf.data.dmvr")  # (only if records are read)
+                if reader is not None:
+                    scalars["data/skipped_records"] = reader.skipped_records()
                 window = {"loss": [], "hits": []}
                 summaries.write_scalars(writers["train"], s, scalars)
                 summaries.write_per_unit(writers["train"], s, "grad_norm", metrics["grad_norms"])

@@ -466,3 +466,15 @@ def test_preempted_worker_stops_both_at_one_saved_step_and_the_rerun_finishes(tm
     step = int(saved.rsplit("-", 1)[1])
     assert 0 < step < 400
     finished(tmp_path, start_workers(tmp_path, ["train.num_steps = " + str(step + 2)]), step + 2)
+
+
+@pytest.mark.slow
+def test_distributed_input_feeds_the_replicas_the_same_clips(tmp_path):
+    """distribute_datasets_from_function deals B clips to each replica in order."""
+    three = ("train.num_steps = 3", "train.eval_every = 3", "train.checkpoint_every = 3")
+    run_tiny(tmp_path / "split", *MIRRORED, *three)
+    run_tiny(tmp_path / "dealt", *MIRRORED, *three, "runtime.distributed_input = True")
+    a, b = parameters(tmp_path / "dealt"), parameters(tmp_path / "split")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -254,3 +254,50 @@ def test_crop_while_decoding_jpeg_matches_crop_after_decoding(fraction):
     assert in_decode.shape == after.shape == (1, 3, 16, 16, 3)
     # The two crop conventions differ by < 1/2 pixel (<= 6 levels); one pixel is 8-12 levels.
     np.testing.assert_allclose(in_decode[0, 0], after[0, 0], atol=0.11)
+
+
+@pytest.mark.slow
+def test_skipped_records_reach_tensorboard_during_training(tmp_path):
+    import gin
+
+    from sideways_tf import train
+
+    videos = [video(i % 3, num_frames=8) for i in range(6)] + [video(1, 8, broken_frame=3)]
+    write_records(tmp_path / dmvr.shard_name("s", 0, 1), videos)
+    gin.clear_config()
+    try:
+        gin.parse_config(
+            [
+                "import sideways_tf.data.dmvr",
+                "import sideways_tf.models.convnet",
+                "train.mode = 'sideways'",
+                "train.model_fn = @tiny_conv_pipeline",
+                "train.train_data = @dmvr_dataset",
+                f"dmvr_dataset.pattern = '{tmp_path}/s-*'",
+                "dmvr_dataset.split_is_training = True",
+                "dmvr_dataset.repeat = True",
+                "dmvr_dataset.num_frames = 8",
+                f"dmvr_dataset.image_size = {SIZE}",
+                "dmvr_dataset.shuffle_buffer = 2",
+                "train.num_classes = 3",
+                "train.batch_size = 2",
+                "train.num_steps = 8",
+                "train.log_every = 4",
+                "train.fidelity_every = 0",
+                "train.images_every = 0",
+                "train.progress = False",
+            ]
+        )
+        train.train(str(tmp_path / "run"))
+    finally:
+        gin.clear_config()
+    values = []
+    for name in tf.io.gfile.listdir(str(tmp_path / "run" / "train")):
+        path = os.path.join(str(tmp_path / "run" / "train"), name)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            values += [
+                float(tf.make_ndarray(v.tensor))
+                for v in event.summary.value
+                if v.tag == "data/skipped_records"
+            ]
+    assert values and max(values) >= 1  # the broken record was read at least once
