@@ -602,11 +602,21 @@ def report_measured(args, m: dict, p: dict):
 
 # -- d. Projection --------------------------------------------------------------------------
 
-MODELS = {
-    # name: conv_pipeline keyword arguments (gin/models/conv_small.gin; a deeper variant)
-    "conv_small": {"widths": (16, 32, 32, 64), "strides": (1, 2, 1, 2), "fusion": "concat"},
-    "conv8": {"widths": (64, 64, 128, 128, 256, 256, 512, 512), "strides": (1, 2) * 4},
-}
+
+def _model_builders():
+    """name -> (batch_size, frame_shape, num_classes, topology) -> Pipeline: the README's models."""
+    from sideways_tf import models
+    from sideways_tf.models import convnet
+
+    def conv(**kw):
+        return lambda **a: convnet.conv_pipeline(**kw, **a)
+
+    return {
+        "conv_small": conv(widths=(16, 32, 32, 64), strides=(1, 2, 1, 2), fusion="concat"),
+        "conv8": conv(widths=(64, 64, 128, 128, 256, 256, 512, 512), strides=(1, 2) * 4),
+        "vgg8": models.vgg8,
+        "resnet18": models.resnet18,
+    }
 
 
 def _parse_links(text: str) -> dict:
@@ -624,26 +634,24 @@ def project(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from sideways_tf import costs as costs_lib
     from sideways_tf import placement
-    from sideways_tf.models import convnet
 
     flops = args.peak_tflops * 1e12 * args.mfu
     links = _parse_links(args.links)
     rows = []
-    for model, kwargs in MODELS.items():
+    for model, build in _model_builders().items():
         per_topology = {}
         for topology in ("chain", "skip(2)"):
-            pipeline = convnet.conv_pipeline(
+            pipeline = build(
                 batch_size=args.proj_batch,
                 frame_shape=(args.proj_size, args.proj_size, 3),
                 num_classes=args.proj_classes,
                 topology=topology,
-                **kwargs,
             )
             per_topology[topology] = (
                 costs_lib.unit_costs(pipeline),
                 [(e.source, e.receiver) for e in pipeline.topology.edges],
             )
-        num_units = len(kwargs["widths"])
+        num_units = pipeline.num_units
         for total in (8, 32):
             for d in (d for d in (1, 2, 4, 8, 16, 32) if d <= num_units and total % d == 0):
                 for link, (bw, lat) in links.items():

@@ -199,14 +199,7 @@ class Checkpointer:
             try:
                 _read_every_tensor(path)  # damage shows here, before anything is assigned
             except Exception as e:  # noqa: BLE001 (truncation, CRC, proto: any is damage)
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                moved = self._quarantine(path)
-                warnings.warn(
-                    f"Checkpoint {path} cannot be restored ({type(e).__name__}: {reason}); "
-                    f"moved it to {moved} and trying the previous one.",
-                    stacklevel=2,
-                )
-                tried.append(path)
+                tried.append(self._set_aside(path, e))
                 continue
             try:
                 self.check_matches(path)
@@ -218,14 +211,7 @@ class Checkpointer:
             except ModelMismatchError:
                 raise
             except (tf.errors.OpError, ValueError, AssertionError) as e:
-                reason = str(e).strip().splitlines()[0][:200]
-                moved = self._quarantine(path)
-                warnings.warn(
-                    f"Checkpoint {path} cannot be restored ({type(e).__name__}: {reason}); "
-                    f"moved it to {moved} and trying the previous one.",
-                    stacklevel=2,
-                )
-                tried.append(path)
+                tried.append(self._set_aside(path, e))
                 continue
             if tried:
                 self._repair()  # the state file named the damaged ones
@@ -239,6 +225,18 @@ class Checkpointer:
                 "start again from step 0, use a new --workdir."
             )
         return None
+
+    def _set_aside(self, path: str, error: Exception) -> str:
+        """Moves a checkpoint that cannot be restored to damaged/, warning why; returns path."""
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else ""
+        moved = self._quarantine(path)
+        warnings.warn(
+            f"Checkpoint {path} cannot be restored ({type(error).__name__}: {reason}); "
+            f"moved it to {moved} and trying the previous one.",
+            stacklevel=3,
+        )
+        return path
 
     def _quarantine(self, prefix: str) -> str:
         target = os.path.join(self.directory, "damaged")

@@ -2,13 +2,17 @@
 
     sideways-train --gin_file=gin/experiments/moving_shapes_skip_sideways.gin --workdir=/tmp/run
 
-The loop reads top to bottom: data, model and engine, checkpoint (resume), then
-steps with logging, gradient fidelity, evaluation and checkpoints. Everything a
-run writes goes under `workdir`:
+The run reads top to bottom: settings, runtime (sideways_tf.distribute), data,
+model and engine (build_run, shared with evaluation), resume (config check,
+restore, a lost evaluation redone), then steps with logging, gradient fidelity,
+evaluation and checkpoints. Everything a run writes goes under `workdir`
+(sideways_tf.workdir):
+    LOCK                    pid, host and start of the training run writing here
     config.gin              the operative gin config (also in TensorBoard text)
-    checkpoints/ckpt-N.*    parameters, optimizer, buffers, step, data position
+    checkpoints/ckpt-N.*    parameters, optimizer, step, data position (and buffers
+                            with carry_state); damaged ones go to checkpoints/damaged/
     train/, eval/           TensorBoard event files
-    eval_metrics.json       the latest evaluation, with its step and history
+    eval_metrics.json       the latest training evaluation, and every evaluation
 """
 
 from __future__ import annotations
