@@ -9,6 +9,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["sideways_tf", "sideways_tf.*"]),
+    # The gin configs ship inside the package (sideways_tf/configs), found by name.
+    package_data={"sideways_tf": ["configs/*.gin", "configs/*/*.gin"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",

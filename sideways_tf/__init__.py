@@ -8,12 +8,43 @@ Public API:
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
 """
 
-from sideways_tf.distribute import Runtime, make_runtime
-from sideways_tf.engine import MODES, Engine, gradient_fidelity
-from sideways_tf.fusion import ConcatFusion, GatedFusion, SumFusion
-from sideways_tf.pipeline import Pipeline, PipelineState
-from sideways_tf.topology import Edge, Topology, parse_topology
-from sideways_tf.units import Unit
+import importlib
+
+from sideways_tf import config_files as _config_files
+
+_config_files.register()  # gin can open the shipped configs: include 'sideways_tf:base.gin'
+
+# Names load on first use (PEP 562), so that `import sideways_tf.cli` stays light
+# until the command line is parsed (TensorFlow is imported then).
+_EXPORTS = {
+    "Runtime": "distribute",
+    "make_runtime": "distribute",
+    "MODES": "engine",
+    "Engine": "engine",
+    "gradient_fidelity": "engine",
+    "ConcatFusion": "fusion",
+    "GatedFusion": "fusion",
+    "SumFusion": "fusion",
+    "Pipeline": "pipeline",
+    "PipelineState": "pipeline",
+    "Edge": "topology",
+    "Topology": "topology",
+    "parse_topology": "topology",
+    "Unit": "units",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"sideways_tf.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sideways_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

@@ -1,16 +1,23 @@
-"""Command lines: sideways-train and sideways-eval. Flags and gin, then one library call."""
+"""Command lines: sideways-train and sideways-eval. Flags and gin, then one library call.
+
+TensorFlow is imported only after the flags are parsed (`--help` is instant), with
+its native start-up chatter (oneDNN, CUDA stubs) held back unless --verbosity > 0.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import sys
+import tempfile
 
 import gin
 
-# The repository root, so that --gin_file=gin/... works from any directory.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_GIN_FILE = "gin/quickstart.gin"
+from sideways_tf import config_files
+
+DEFAULT_GIN_FILE = "quickstart"
 
 
 def _parser(description: str, default_workdir: str | None = None) -> argparse.ArgumentParser:
@@ -32,7 +39,46 @@ def _parser(description: str, default_workdir: str | None = None) -> argparse.Ar
     parser.add_argument(
         "--tpu", help="Cloud TPU name, or 'local' on a TPU VM (gin: runtime.tpu; implies tpu)."
     )
+    parser.add_argument(
+        "--verbosity",
+        type=int,
+        default=0,
+        help="0: quiet TensorFlow start-up (default); 1: its warnings; 2: everything.",
+    )
     return parser
+
+
+def _import_tensorflow(verbosity: int):
+    """Imports TensorFlow at the log level asked for (unless TF_CPP_MIN_LOG_LEVEL is set).
+
+    Its C++ start-up lines bypass that level, so at verbosity 0 they go to a
+    temporary file, shown only if the import fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(max(0, 2 - verbosity)))
+    if verbosity > 0 or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+
+        return
+    with tempfile.TemporaryFile() as held, _stderr_to(held):
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            held.seek(0)
+            sys.__stderr__.write(held.read().decode(errors="replace"))
+            raise
+
+
+@contextlib.contextmanager
+def _stderr_to(file):
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _runtime_params(args) -> list[str]:
@@ -46,13 +92,13 @@ def _runtime_params(args) -> list[str]:
 
 
 def _parse_gin(files: list[str], params: list[str]):
-    gin.add_config_file_search_path(_REPO_ROOT)
     import sideways_tf.distribute  # noqa: F401  (registers `runtime` for --strategy / --tpu)
 
-    for f in files:
-        if not os.path.exists(f) and not os.path.exists(os.path.join(_REPO_ROOT, f)):
-            raise SystemExit(f"gin file {f!r} not found (looked in . and {_REPO_ROOT}).")
-    gin.parse_config_files_and_bindings(files, params, skip_unknown=False)
+    try:
+        paths = [config_files.resolve(f) for f in files]
+    except FileNotFoundError as e:
+        raise SystemExit(f"sideways-train: {e}") from None
+    gin.parse_config_files_and_bindings(paths, params, skip_unknown=False)
 
 
 def train_main(argv: list[str] | None = None):
@@ -61,7 +107,10 @@ def train_main(argv: list[str] | None = None):
         "--gin_file",
         action="append",
         default=None,
-        help=f"gin config file(s), applied in order (default: {DEFAULT_GIN_FILE}).",
+        help=(
+            "gin config(s), applied in order: a shipped name such as "
+            f"experiments/moving_shapes_skip_sideways, or a path (default: {DEFAULT_GIN_FILE})."
+        ),
     )
     parser.add_argument(
         "--allow_config_change",
@@ -69,6 +118,7 @@ def train_main(argv: list[str] | None = None):
         help="Resume a workdir with a config that differs from its config.gin.",
     )
     args = parser.parse_args(argv)
+    _import_tensorflow(args.verbosity)
     _parse_gin(args.gin_file or [DEFAULT_GIN_FILE], args.gin_param + _runtime_params(args))
     from sideways_tf import checkpointing, train, workdir
 
@@ -92,7 +142,7 @@ def train_main(argv: list[str] | None = None):
 def eval_main(argv: list[str] | None = None):
     parser = _parser("Evaluate the latest checkpoint of a sideways-train workdir.")
     args = parser.parse_args(argv)
-    gin.add_config_file_search_path(_REPO_ROOT)
+    _import_tensorflow(args.verbosity)
     from sideways_tf import train
 
     result = train.evaluate_workdir(args.workdir, tuple(args.gin_param + _runtime_params(args)))

@@ -301,7 +301,6 @@ def test_engine_outside_the_pipelines_strategy_is_refused():
 
 def run_tiny(workdir, *params):
     gin.clear_config()
-    gin.add_config_file_search_path(ROOT)
     gin.parse_config_files_and_bindings([TINY], list(params))
     try:
         return train.train(str(workdir))
@@ -356,7 +355,6 @@ def recording_pipeline(**kwargs):  # the tiny model, kept to read its final para
     return built[-1]
 
 
-gin.add_config_file_search_path({root!r})
 gin.parse_config_files_and_bindings([{tiny!r}], {params!r})
 result = train.train({workdir!r})
 values = {{v.path: np.asarray(v.value.numpy()) for v in engine.all_variables(built[-1])}}

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf import checkpointing, cli, train
+from sideways_tf import checkpointing, cli, config_files, train
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "gin", "tiny.gin")
+TINY = config_files.resolve("tiny")
 MODE_TOPOLOGY = {
     "frame_bp": "chain",
     "bptt": "skip(2)",
@@ -32,7 +32,6 @@ def fresh_gin_config():
 
 def run(workdir, *params, **kwargs):
     gin.clear_config()
-    gin.add_config_file_search_path(ROOT)
     gin.parse_config_files_and_bindings([TINY], list(params))
     return train.train(str(workdir), **kwargs)
 

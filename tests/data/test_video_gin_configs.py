@@ -6,6 +6,7 @@ import gin
 import pytest
 import tensorflow as tf
 
+from sideways_tf import config_files
 from sideways_tf.data import dmvr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,7 +17,6 @@ MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
 @pytest.fixture
 def clean_gin():
     gin.clear_config()
-    gin.add_config_file_search_path(ROOT)
     yield
     gin.clear_config()
 
@@ -37,9 +37,9 @@ def test_experiment_files_bind_the_dmvr_reader(dataset, clean_gin, tmp_path):
     macro = DATASETS[dataset]
     for mode in MODES:
         gin.clear_config()
-        path = os.path.join(ROOT, "gin", "experiments", f"{dataset}_{mode}.gin")
+        path = config_files.resolve(f"experiments/{dataset}_{mode}")
         header = open(path).read().split("\ninclude")[0]
-        assert f"sideways-train --gin_file=gin/experiments/{dataset}_{mode}.gin" in header
+        assert f"sideways-train --gin_file=experiments/{dataset}_{mode}" in header
         assert "not measured here; needs the dataset" in header
         gin.parse_config_files_and_bindings(
             [path],
@@ -63,7 +63,7 @@ def test_experiment_files_build_a_model_that_fits_their_mode(dataset, clean_gin)
 
     for mode in MODES:
         gin.clear_config()
-        path = os.path.join(ROOT, "gin", "experiments", f"{dataset}_{mode}.gin")
+        path = config_files.resolve(f"experiments/{dataset}_{mode}")
         gin.parse_config_files_and_bindings([path], [])
         model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
         assert model_fn.__name__ in ("vgg8", "vgg16", "resnet18"), path  # not conv_small
