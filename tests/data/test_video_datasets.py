@@ -7,7 +7,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from video_files import write_video
 
-from sideways_tf.data import convert, dmvr, hmdb51, kinetics, ucf101
+from sideways_tf.data import dmvr, ucf101
+from sideways_tf.data.prepare import convert, hmdb51, kinetics
+from sideways_tf.data.prepare import ucf101 as ucf101_files
 
 
 def touch(path, text=""):
@@ -171,20 +173,20 @@ def ucf_tree(root):
 
 def test_ucf101_official_split_lists(tmp_path):
     videos, splits = ucf_tree(tmp_path)
-    train = ucf101.list_split(videos, splits, "train", 1)
+    train = ucf101_files.list_split(videos, splits, "train", 1)
     assert train.labels == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
     assert [(e.video_id, e.label_index) for e in train.entries] == [
         ("v_ApplyEyeMakeup_g08_c01", 0),
         ("v_HandStandPushups_g08_c01", 1),
         ("v_YoYo_g09_c01", 2),
     ]
-    test = ucf101.list_split(videos, splits, "test", 1)
+    test = ucf101_files.list_split(videos, splits, "test", 1)
     assert [(e.video_id, e.label_index) for e in test.entries] == [("v_YoYo_g01_c01", 2)]
     assert test.missing == [os.path.join(videos, "ApplyEyeMakeup/v_gone.avi")]
     with pytest.raises(FileNotFoundError, match=r"trainlist02.txt.*UCF101TrainTestSplits"):
-        ucf101.list_split(videos, splits, "train", 2)
+        ucf101_files.list_split(videos, splits, "train", 2)
     with pytest.raises(FileNotFoundError, match=r"nowhere.*UCF101.rar"):
-        ucf101.list_split(str(tmp_path / "nowhere"), splits, "train", 1)
+        ucf101_files.list_split(str(tmp_path / "nowhere"), splits, "train", 1)
 
 
 def test_ucf101_from_tfds_follows_the_contract(tmp_path):
