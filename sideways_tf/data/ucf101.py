@@ -6,13 +6,12 @@ TFDS downloads from the UCF site itself. Labels 0..100 match the local-files rou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import gin
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sideways_tf.data import sampling
+from sideways_tf.data import sampling as sampling_lib
+from sideways_tf.data.sampling import ClipSampling
 
 NUM_CLASSES = 101
 FOLDS = (1, 2, 3)
@@ -28,25 +27,19 @@ def tfds_name(fold: int = 1, size_256: bool = True) -> str:
 @gin.configurable(module="sideways_tf.data")
 def ucf101_tfds_dataset(
     split_is_training: bool,
+    sampling: ClipSampling | None = None,  # None: the gin-bound clip_sampling()
     fold: int = 1,
     data_dir: str | None = None,  # TFDS data dir; None = TFDS' default (~/tensorflow_datasets)
-    num_frames: int = 16,
-    stride: int = 1,
-    image_size: int = 112,
-    num_eval_clips: int = 1,
-    shuffle_buffer: int = 512,  # training: clips (K encoded frames each) held for shuffling
     repeat: bool = False,
-    area_range: Sequence[float] = (0.3, 1.0),
-    flip: bool = True,
-    eval_crop_fraction: float = 1.0,
     download: bool = False,  # True lets TFDS fetch the 6.5 GB from the UCF site
 ) -> tf.data.Dataset:
-    """UCF101 clips from TFDS' `ucf101`, with the same contract as `dmvr.dmvr_dataset`.
+    """UCF101 clips from TFDS' `ucf101`, with the same contract and sampling as `dmvr_dataset`.
 
     Returns:
       {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index": int64 []},
       unbatched; video_index is the example's position in the (unshuffled) split.
     """
+    sampling = sampling_lib.clip_sampling() if sampling is None else sampling
     name = tfds_name(fold)
     split = "train" if split_is_training else "test"
     try:
@@ -75,16 +68,5 @@ def ucf101_tfds_dataset(
             "video_index": i,
         }
     )
-    clips = sampling.video_clips(
-        videos,
-        training=bool(split_is_training),
-        num_frames=num_frames,
-        stride=stride,
-        num_clips=num_eval_clips,
-        shuffle_buffer=shuffle_buffer,
-        image_size=image_size,
-        area_range=area_range,
-        flip=flip,
-        eval_crop_fraction=eval_crop_fraction,
-    )
+    clips = sampling_lib.video_clips(videos, training=bool(split_is_training), sampling=sampling)
     return clips.prefetch(tf.data.AUTOTUNE)

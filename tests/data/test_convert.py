@@ -15,6 +15,7 @@ from video_files import GOOD_VIDEOS, HEIGHT, WIDTH, frame_colour, write_video
 
 from sideways_tf.data import dmvr
 from sideways_tf.data.prepare import convert, decode, listings
+from sideways_tf.data.sampling import ClipSampling
 
 
 def read_back(shards):
@@ -193,7 +194,11 @@ def test_non_local_filesystems_through_gfile(tmp_path):
     listing = listings.list_class_folders(f"{root}/videos")
     report = convert.convert_videos(listing, f"{root}/out", "train", num_shards=1, progress=False)
     assert report.num_records == 1 and report.shards[0].startswith("ram://")
-    ds = dmvr.dmvr_dataset(f"{root}/out/train-*-of-*.tfrecord", False, 5, image_size=8)
+    ds = dmvr.dmvr_dataset(
+        f"{root}/out/train-*-of-*.tfrecord",
+        False,
+        sampling=ClipSampling(num_frames=5, image_size=8),
+    )
     (element,) = list(ds.as_numpy_iterator())
     assert int(element["label"]) == 0 and element["frames"].shape == (5, 8, 8, 3)
 
