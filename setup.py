@@ -38,7 +38,7 @@ setuptools.setup(
         "console_scripts": [
             "sideways-train=sideways_tf.cli:train_main",
             "sideways-eval=sideways_tf.cli:eval_main",
-            "sideways-convert=sideways_tf.data.convert:main",
+            "sideways-convert=sideways_tf.data.prepare.convert:main",
         ]
     },
 )

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 import sideways_tf as sw
 from sideways_tf.data import dmvr
+from sideways_tf.data.sampling import ClipSampling
 from sideways_tf.models import convnet
 
 
@@ -115,9 +116,9 @@ def main(argv=None):
         ds = dmvr.dmvr_dataset(
             pattern,
             True,
-            num_frames=args.num_frames,
-            stride=args.stride,
-            image_size=args.image_size,
+            sampling=ClipSampling(
+                num_frames=args.num_frames, stride=args.stride, image_size=args.image_size
+            ),
             repeat=True,
         )
         batches = iter(ds.batch(args.batch_size, drop_remainder=True).prefetch(2))

@@ -34,6 +34,7 @@ import tqdm
 
 from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf import workdir as workdir_lib
+from sideways_tf.data import contract
 from sideways_tf.engine import MODES, Engine, check_mode
 from sideways_tf.evaluate import evaluate
 from sideways_tf.pipeline import Pipeline
@@ -260,7 +261,7 @@ def _run(
     # Evaluation never builds (or needs) the training data: shapes come from eval_data.
     data_binding = "train.eval_data" if eval_only else "train.train_data"
     source = (eval_data if eval_only else train_data)()
-    num_frames, frame_shape = _clip_shape(source.element_spec, data_binding, labelled=True)
+    num_frames, frame_shape = contract.check_clip_dataset(source, data_binding)
     train_iter, iter_checkpointable = None, False
     if not eval_only:
         train_iter, iter_checkpointable = runtime.batches(
@@ -528,25 +529,6 @@ def _check_settings(**settings):
             "pipeline's whole state, shuffle buffers included) or 'symbolic' (positions only: "
             "for pipelines that do not reorder, e.g. moving_shapes)."
         )
-
-
-def _clip_shape(spec, binding: str, labelled: bool) -> tuple[int, tuple]:
-    """(K, frame shape) from a clip dataset's element spec, or an error naming the binding."""
-    keys = ("frames", "label") if labelled else ("frames",)
-    for key in keys:
-        if key not in spec:
-            raise ValueError(
-                f"{binding} yields {sorted(spec)}; a clip dataset must yield 'frames' "
-                "[K, H, W, C] and 'label'. Bind it to a labelled dataset (the future-frames "
-                "variants have no labels)."
-            )
-    num_frames, *frame_shape = spec["frames"].shape
-    if num_frames is None or None in frame_shape:
-        raise ValueError(
-            f"{binding} yields frames of shape {spec['frames'].shape}; the pipeline needs a "
-            "static clip length and frame size."
-        )
-    return int(num_frames), tuple(frame_shape)
 
 
 def _check_clip_length(pipeline, mode: str, num_frames: int, binding: str):

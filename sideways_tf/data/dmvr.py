@@ -12,7 +12,8 @@ DMVR reads, so existing Kinetics shards work too):
 
 Shards are uncompressed TFRecord files `<split>-<i:05d>-of-<n:05d>.tfrecord`, local or
 gs:// (tf.io.gfile). The reader interleaves shards in parallel, decodes only the
-sampled frames (sampling.py) and yields, unbatched:
+sampled frames (sampling.py: one ClipSampling) and yields, unbatched, the clip contract
+(contract.py):
 
   {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index": int64 []}
 
@@ -40,7 +41,8 @@ from collections.abc import Callable, Sequence
 import gin
 import tensorflow as tf
 
-from sideways_tf.data import sampling
+from sideways_tf.data import sampling as sampling_lib
+from sideways_tf.data.sampling import ClipSampling
 
 IMAGE_KEY = "image/encoded"
 LABEL_INDEX_KEY = "clip/label/index"
@@ -316,44 +318,14 @@ def _parse_video(element: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {"encoded": encoded, "label": features["label"], "video_index": element["video_index"]}
 
 
-def _clips(pattern, training, input_context, cycle_length, repeat, **clip_kwargs):
-    """Records -> clips (sampling.video_clips), before the final prefetch.
-
-    Records that do not parse, or whose sampled frames do not decode, are skipped and
-    counted (`skipped_records`).
-    """
-    training = bool(training)
-    sampling.check_clip_args(
-        clip_kwargs["num_frames"], clip_kwargs["stride"], clip_kwargs["num_clips"]
-    )
-    files = list_shards(pattern)
-    ds = _read_shards(files, training, cycle_length, input_context)
-    ds = ds.map(lambda record, video_index: {"serialized": record, "video_index": video_index})
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    parse_or_skip = _map_skipping_failures("not a SequenceExample with frames", files)
-    ds = parse_or_skip(ds, _parse_video, **parallel)
-    if training and repeat:
-        ds = ds.repeat()  # after parsing: an epoch without one parsable record ends the data
-    decode_or_skip = _map_skipping_failures("a sampled frame is not a readable JPEG", files)
-    return sampling.video_clips(
-        ds, training=training, jpeg=True, decode_map=decode_or_skip, **clip_kwargs
-    )
-
-
 @gin.configurable(module="sideways_tf.data")
 def dmvr_dataset(
     pattern: str | Sequence[str],
     split_is_training: bool,
-    num_frames: int = 16,
-    stride: int = 1,
-    image_size: int = 112,
-    num_eval_clips: int = 1,
-    shuffle_buffer: int = 512,  # training: clips (K encoded frames each) held for shuffling
+    sampling: ClipSampling | None = None,  # None: the gin-bound clip_sampling()
     cycle_length: int = 16,  # shards read in parallel
     repeat: bool = False,  # training only: repeat the records forever
-    area_range: Sequence[float] = (0.3, 1.0),  # random resized crop, fraction of the frame
-    flip: bool = True,  # random horizontal flip in training
-    eval_crop_fraction: float = 1.0,  # eval: centred square of this fraction of the short side
+    frames_only: bool = False,  # {"frames"} only (future-frame prediction): labels not needed
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Clips of DMVR records, unbatched, for training or evaluation.
@@ -362,68 +334,32 @@ def dmvr_dataset(
       pattern: glob(s) of the split's shards, e.g. 'DIR/train-*-of-*.tfrecord' (gs:// ok).
       split_is_training: random clip, crop and flip, shuffled (True); or evenly spaced
         clips and a centred crop, in a fixed order (False).
-      num_frames: K, frames per clip.
-      stride: temporal stride between the clip's frames (at the records' frame rate).
-      image_size: S, output frames are S x S.
-      num_eval_clips: C, clips per video in evaluation (1: the middle clip).
+      sampling: K, stride, S, clips per evaluation video and the augmentation; None calls
+        `sampling.clip_sampling()`, so gin's `clip_sampling.*` (in this reader's scope)
+        apply.
+      frames_only: yield {"frames"} only, for future-frame prediction; unlabelled splits
+        (the Kinetics test split) work too.
       input_context: from tf.distribute; each input pipeline reads its share of shards.
     Returns:
       tf.data.Dataset of {"frames": float32 [K, S, S, 3] (normalised), "label": int32 [],
-      "video_index": int64 []}. In evaluation each video yields `num_eval_clips`
-      consecutive clips with the same video_index.
+      "video_index": int64 []} (contract.clip_spec). In evaluation each video yields
+      `sampling.num_eval_clips` consecutive clips with the same video_index.
     """
-    ds = _clips(
-        pattern,
-        split_is_training,
-        input_context,
-        cycle_length,
-        repeat,
-        num_frames=num_frames,
-        stride=stride,
-        num_clips=num_eval_clips,
-        shuffle_buffer=shuffle_buffer,
-        image_size=image_size,
-        area_range=area_range,
-        flip=flip,
-        eval_crop_fraction=eval_crop_fraction,
+    sampling = sampling_lib.clip_sampling() if sampling is None else sampling
+    training = bool(split_is_training)
+    files = list_shards(pattern)
+    ds = _read_shards(files, training, cycle_length, input_context)
+    ds = ds.map(lambda record, video_index: {"serialized": record, "video_index": video_index})
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    parse_or_skip = _map_skipping_failures("not a SequenceExample with frames", files)
+    ds = parse_or_skip(ds, _parse_video, **parallel)
+    if training and repeat:
+        ds = ds.repeat()  # after parsing: an epoch without one parsable record ends the data
+    # Records whose sampled frames do not decode are skipped and counted (skipped_records).
+    decode_or_skip = _map_skipping_failures("a sampled frame is not a readable JPEG", files)
+    ds = sampling_lib.video_clips(
+        ds, training=training, sampling=sampling, jpeg=True, decode_map=decode_or_skip
     )
+    if frames_only:
+        ds = ds.map(lambda clip: {"frames": clip["frames"]})
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-@gin.configurable(module="sideways_tf.data")
-def dmvr_future_frames_dataset(
-    pattern: str | Sequence[str],
-    split_is_training: bool,
-    num_frames: int = 16,
-    stride: int = 1,
-    image_size: int = 64,
-    num_eval_clips: int = 1,
-    shuffle_buffer: int = 512,
-    cycle_length: int = 16,
-    repeat: bool = False,
-    area_range: Sequence[float] = (0.5, 1.0),
-    flip: bool = True,
-    eval_crop_fraction: float = 1.0,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """Frames only, for future-frame prediction: {"frames": float32 [K, S, S, 3]}.
-
-    The same arguments, sampling and augmentation as `dmvr_dataset`; labels are not read, so
-    unlabelled splits (the Kinetics test split) work too.
-    """
-    ds = _clips(
-        pattern,
-        split_is_training,
-        input_context,
-        cycle_length,
-        repeat,
-        num_frames=num_frames,
-        stride=stride,
-        num_clips=num_eval_clips,
-        shuffle_buffer=shuffle_buffer,
-        image_size=image_size,
-        area_range=area_range,
-        flip=flip,
-        eval_crop_fraction=eval_crop_fraction,
-    )
-    return ds.map(lambda f: {"frames": f["frames"]}).prefetch(tf.data.AUTOTUNE)

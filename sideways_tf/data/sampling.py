@@ -11,18 +11,82 @@ Only the sampled frames are decoded: `encoded` holds one JPEG/PNG string per fra
 sampling picks indices first; for JPEG only the crop window is decoded. Frames are
 normalised per channel, (x / 255 - mean) / std: about zero mean, unit-ish range.
 
-Shapes: T frames available, K = num_frames, C = num_clips, S = image_size.
+Every reader takes one `ClipSampling` (K, s, S, C and the augmentation), built by the gin
+configurable `clip_sampling`: a data gin file binds `clip_sampling.*` once, scoped
+`train/` or `eval/` where the two differ.
+
+Shapes: T frames available, K = num_frames, C = num_eval_clips, S = image_size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
+import gin
 import tensorflow as tf
 
 # ImageNet statistics, the usual choice for Kinetics / UCF101 / HMDB51 frames.
 MEAN_RGB = (0.485, 0.456, 0.406)
 STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampling:
+    """How clips are cut from a video and augmented: the one set of defaults for all readers."""
+
+    num_frames: int = 16  # K, frames per clip
+    stride: int = 1  # s, between the clip's frames (at the source's frame rate)
+    image_size: int = 112  # S: output frames are S x S
+    num_eval_clips: int = 1  # C, evenly spaced clips per video in evaluation (1: the middle)
+    area_range: tuple[float, float] = (0.3, 1.0)  # training: random resized crop, frame fraction
+    flip: bool = True  # training: one random horizontal flip per clip
+    eval_crop_fraction: float = 1.0  # evaluation: centred square, fraction of the short side
+    shuffle_buffer: int = 512  # training: clips (K encoded frames each) held for shuffling
+
+    def __post_init__(self):
+        object.__setattr__(self, "area_range", tuple(float(a) for a in self.area_range))
+        check_clip_args(self.num_frames, self.stride, self.num_eval_clips)
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1 (output S x S), got {self.image_size}.")
+        low, high = self.area_range if len(self.area_range) == 2 else (0.0, -1.0)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(
+                f"area_range must be (low, high) with 0 < low <= high <= 1, got {self.area_range}."
+            )
+        if not 0.0 < self.eval_crop_fraction <= 1.0:
+            raise ValueError(
+                f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}."
+            )
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}.")
+
+
+@gin.configurable(module="sideways_tf.data")
+def clip_sampling(
+    num_frames: int = ClipSampling.num_frames,
+    stride: int = ClipSampling.stride,
+    image_size: int = ClipSampling.image_size,
+    num_eval_clips: int = ClipSampling.num_eval_clips,
+    area_range: Sequence[float] = ClipSampling.area_range,
+    flip: bool = ClipSampling.flip,
+    eval_crop_fraction: float = ClipSampling.eval_crop_fraction,
+    shuffle_buffer: int = ClipSampling.shuffle_buffer,
+) -> ClipSampling:
+    """The ClipSampling that gin binds (`clip_sampling.num_frames = 32`, `eval/...`).
+
+    Readers called without `sampling=` call this, inside their gin scope.
+    """
+    return ClipSampling(
+        num_frames=num_frames,
+        stride=stride,
+        image_size=image_size,
+        num_eval_clips=num_eval_clips,
+        area_range=tuple(area_range),
+        flip=flip,
+        eval_crop_fraction=eval_crop_fraction,
+        shuffle_buffer=shuffle_buffer,
+    )
 
 
 def check_clip_args(num_frames: int, stride: int, num_clips: int = 1) -> None:
@@ -146,9 +210,7 @@ def decode_frames(encoded: tf.Tensor) -> tf.Tensor:
     )
 
 
-def select_frames(
-    encoded: tf.Tensor, *, training: bool, num_frames: int, stride: int = 1, num_clips: int = 1
-) -> tf.Tensor:
+def select_frames(encoded: tf.Tensor, *, training: bool, sampling: ClipSampling) -> tf.Tensor:
     """The frames of the clips to use, still encoded (cheap: a gather of strings).
 
     Args:
@@ -157,10 +219,11 @@ def select_frames(
       [C*K] (or [C*K, H, W, 3]), clip-major; C = 1 when training.
     """
     num_available = tf.shape(encoded)[0]
+    k, s = sampling.num_frames, sampling.stride
     if training:
-        indices = train_indices(num_available, num_frames, stride)  # [K]
+        indices = train_indices(num_available, k, s)  # [K]
     else:
-        indices = eval_indices(num_available, num_frames, stride, num_clips)  # [C, K]
+        indices = eval_indices(num_available, k, s, sampling.num_eval_clips)  # [C, K]
     return tf.gather(encoded, tf.reshape(indices, [-1]))
 
 
@@ -179,14 +242,8 @@ def augment_clips(
     frames: tf.Tensor,
     *,
     training: bool,
-    num_frames: int,
-    image_size: int = 112,
+    sampling: ClipSampling,
     jpeg: bool = False,
-    area_range: Sequence[float] = (0.3, 1.0),
-    flip: bool = True,
-    eval_crop_fraction: float = 1.0,
-    mean: Sequence[float] = MEAN_RGB,
-    stddev: Sequence[float] = STDDEV_RGB,
 ) -> tf.Tensor:
     """Decodes, crops, flips and normalises the output of `select_frames`.
 
@@ -207,9 +264,9 @@ def augment_clips(
             frames = decode_frames(frames)  # [C*K, H, W, 3]
         height, width = tf.shape(frames)[1], tf.shape(frames)[2]
     if training:
-        box = random_crop_box(height, width, area_range)
+        box = random_crop_box(height, width, sampling.area_range)
     else:
-        box = center_crop_box(height, width, eval_crop_fraction)
+        box = center_crop_box(height, width, sampling.eval_crop_fraction)
     if frames.dtype == tf.string:
         window = _pixel_window(box, height, width)
         frames = tf.map_fn(  # [C*K, h, w, 3]
@@ -219,71 +276,55 @@ def augment_clips(
             parallel_iterations=16,
         )
         box = tf.constant([0.0, 0.0, 1.0, 1.0])  # the window is the crop
-    frames = crop_and_resize(frames, box, image_size)  # [C*K, S, S, 3]
-    if training and flip:
+    size = sampling.image_size
+    frames = crop_and_resize(frames, box, size)  # [C*K, S, S, 3]
+    if training and sampling.flip:
         frames = random_flip(frames)
-    frames = normalize(frames, mean, stddev)
-    return tf.reshape(frames, [-1, num_frames, image_size, image_size, 3])
+    frames = normalize(frames)
+    return tf.reshape(frames, [-1, sampling.num_frames, size, size, 3])
 
 
 def sample_clips(
-    encoded: tf.Tensor,
-    *,
-    training: bool,
-    num_frames: int,
-    stride: int = 1,
-    num_clips: int = 1,
-    **augment_kwargs,
+    encoded: tf.Tensor, *, training: bool, sampling: ClipSampling, jpeg: bool = False
 ) -> tf.Tensor:
     """`select_frames` then `augment_clips` for one video: float32 [C, K, S, S, 3]."""
-    frames = select_frames(
-        encoded, training=training, num_frames=num_frames, stride=stride, num_clips=num_clips
-    )
-    return augment_clips(frames, training=training, num_frames=num_frames, **augment_kwargs)
+    frames = select_frames(encoded, training=training, sampling=sampling)
+    return augment_clips(frames, training=training, sampling=sampling, jpeg=jpeg)
 
 
 def video_clips(
     videos: tf.data.Dataset,
     *,
     training: bool,
-    num_frames: int,
-    stride: int = 1,
-    num_clips: int = 1,
-    shuffle_buffer: int = 512,
+    sampling: ClipSampling,
+    jpeg: bool = False,
     decode_map: Callable | None = None,
-    **augment_kwargs,
 ) -> tf.data.Dataset:
     """Videos -> clips: the part of the input pipeline every reader shares.
 
     Args:
       videos: {"encoded": [T] strings (or uint8 [T, H, W, 3]), "label": int32 [],
         "video_index": int64 []}, one element per video (repeated by the caller).
-      shuffle_buffer: training only; shuffles the selected, still encoded frames of
-        each clip (K JPEGs, a fraction of the whole video).
+      sampling: the clips and their augmentation; in training `sampling.shuffle_buffer`
+        clips are shuffled while still encoded (K JPEGs each, a fraction of the video).
+      jpeg: the strings are JPEGs (see `augment_clips`).
       decode_map: how the decoding step (`augment_clips`, the step that fails on damaged
         frames) is mapped: decode_map(ds, fn, num_parallel_calls=..., deterministic=...).
         Default: Dataset.map. The DMVR reader passes one that skips and counts failures.
-      augment_kwargs: for `augment_clips` (image_size, jpeg, area_range, ...).
     Returns:
       Unbatched {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index":
-      int64 []}; in evaluation each video gives `num_clips` consecutive clips.
+      int64 []} (contract.clip_spec); in evaluation each video gives
+      `sampling.num_eval_clips` consecutive clips.
     """
-    check_clip_args(num_frames, stride, num_clips)
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
 
     def select(video):
-        frames = select_frames(
-            video["encoded"],
-            training=training,
-            num_frames=num_frames,
-            stride=stride,
-            num_clips=num_clips,
-        )
+        frames = select_frames(video["encoded"], training=training, sampling=sampling)
         return {**video, "encoded": frames}
 
     def augment(video):
         clips = augment_clips(  # [C, K, S, S, 3]
-            video["encoded"], training=training, num_frames=num_frames, **augment_kwargs
+            video["encoded"], training=training, sampling=sampling, jpeg=jpeg
         )
         c = tf.shape(clips)[0]
         return {
@@ -295,7 +336,7 @@ def video_clips(
     ds = videos.filter(lambda video: tf.shape(video["encoded"])[0] > 0)
     ds = ds.map(select, **parallel)
     if training:
-        ds = ds.shuffle(shuffle_buffer, reshuffle_each_iteration=True)
+        ds = ds.shuffle(sampling.shuffle_buffer, reshuffle_each_iteration=True)
     ds = (decode_map or tf.data.Dataset.map)(ds, augment, **parallel).unbatch()
     # Augmentation draws from stateful RNGs, which an iterator checkpoint cannot save;
     # after a restore the draws simply continue afresh.

@@ -1,107 +1,20 @@
-"""UCF101: the three official train/test splits, from local files or from TFDS' `ucf101`.
+"""UCF101 clips from TFDS' `ucf101` (prepared with `tfds build ucf101`).
 
-Local files (the route for records: list_split -> sideways-convert -> dmvr_dataset):
-
-  <videos_dir>/<Class>/v_<Class>_gXX_cYY.avi          from UCF101.rar
-  <splits_dir>/classInd.txt                           "1 ApplyEyeMakeup"   (1-based)
-  <splits_dir>/trainlist0N.txt                        "ApplyEyeMakeup/v_..._g08_c01.avi 1"
-  <splits_dir>/testlist0N.txt                         "ApplyEyeMakeup/v_..._g01_c01.avi"
-
-Labels are classInd - 1 (0..100), the same as TFDS'. TFDS' own builder
-(`ucf101_tfds_dataset`) serves when it has been prepared (`tfds build ucf101`); it
-downloads from the UCF site itself.
+TFDS downloads from the UCF site itself. Labels 0..100 match the local-files route
+(data/prepare/ucf101.py -> sideways-convert -> dmvr_dataset).
 """
 
 from __future__ import annotations
-
-import os
-from collections.abc import Sequence
 
 import gin
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sideways_tf.data import listings, sampling
-from sideways_tf.data.listings import SplitListing, VideoEntry
+from sideways_tf.data import sampling as sampling_lib
+from sideways_tf.data.sampling import ClipSampling
 
 NUM_CLASSES = 101
-SPLITS = ("train", "test")
 FOLDS = (1, 2, 3)
-
-DOWNLOAD_HELP = (
-    "Download https://www.crcv.ucf.edu/data/UCF101/UCF101.rar (6.5 GB) and "
-    "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip, "
-    "then `unrar x UCF101.rar` (gives UCF-101/<Class>/v_*.avi: pass it as videos_dir, "
-    "--videos_dir) and unzip the splits (gives ucfTrainTestlist/ with classInd.txt, "
-    "trainlist01.txt, ...: pass it as splits_dir, --annotations)."
-)
-
-
-def _check_split(split: str, fold: int) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"UCF101 split must be one of {SPLITS}, got {split!r}.")
-    if fold not in FOLDS:
-        raise ValueError(f"UCF101 fold (official split) must be 1, 2 or 3, got {fold!r}.")
-
-
-def read_class_index(splits_dir: str) -> list[str]:
-    """Class names in label order, from classInd.txt."""
-    path = os.path.join(splits_dir, "classInd.txt")
-    listings.require_file(path, "UCF101 class index", DOWNLOAD_HELP)
-    names = {}
-    for n, line in enumerate(listings.read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(
-                f"{path!r} line {n}: expected '<index> <ClassName>', got {line!r}. Fix: restore "
-                "the file from UCF101TrainTestSplits-RecognitionTask.zip."
-            )
-        names[int(parts[0]) - 1] = parts[1]
-    if sorted(names) != list(range(len(names))):
-        raise ValueError(f"{path!r}: class indices are not 1..{len(names)} without gaps.")
-    return [names[i] for i in range(len(names))]
-
-
-def list_split(
-    videos_dir: str, splits_dir: str, split: str = "train", fold: int = 1
-) -> SplitListing:
-    """The videos of UCF101 `split` ('train' or 'test') of official split `fold` (1..3).
-
-    Videos named in the split file but absent are returned in SplitListing.missing; none
-    found at all is an error that says what to download.
-    """
-    _check_split(split, fold)
-    listings.require_dir(videos_dir, "UCF101 videos folder (UCF-101/)", DOWNLOAD_HELP)
-    labels = read_class_index(splits_dir)
-    index = {name.lower(): i for i, name in enumerate(labels)}
-    list_path = os.path.join(splits_dir, f"{split}list{fold:02d}.txt")
-    listings.require_file(list_path, f"UCF101 {split} list of split {fold}", DOWNLOAD_HELP)
-    entries, missing = [], []
-    for n, line in enumerate(listings.read_text(list_path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        relative = line.split()[0]
-        folder = relative.split("/")[0]
-        if folder.lower() not in index:
-            raise ValueError(
-                f"{list_path!r} line {n}: class folder {folder!r} is not in classInd.txt. Fix: "
-                "use the classInd.txt that came with this split file."
-            )
-        label = index[folder.lower()]
-        path = os.path.join(videos_dir, relative)
-        if not tf.io.gfile.exists(path):
-            missing.append(path)
-            continue
-        stem = os.path.splitext(os.path.basename(relative))[0]
-        entries.append(VideoEntry(path, label, labels[label], stem))
-    if not entries:
-        raise FileNotFoundError(
-            f"None of the {len(missing)} videos listed in {list_path!r} exist under "
-            f"{videos_dir!r} (e.g. {missing[0] if missing else '?'}). {DOWNLOAD_HELP}"
-        )
-    return SplitListing(entries, labels, missing)
 
 
 def tfds_name(fold: int = 1, size_256: bool = True) -> str:
@@ -114,25 +27,19 @@ def tfds_name(fold: int = 1, size_256: bool = True) -> str:
 @gin.configurable(module="sideways_tf.data")
 def ucf101_tfds_dataset(
     split_is_training: bool,
+    sampling: ClipSampling | None = None,  # None: the gin-bound clip_sampling()
     fold: int = 1,
     data_dir: str | None = None,  # TFDS data dir; None = TFDS' default (~/tensorflow_datasets)
-    num_frames: int = 16,
-    stride: int = 1,
-    image_size: int = 112,
-    num_eval_clips: int = 1,
-    shuffle_buffer: int = 512,  # training: clips (K encoded frames each) held for shuffling
     repeat: bool = False,
-    area_range: Sequence[float] = (0.3, 1.0),
-    flip: bool = True,
-    eval_crop_fraction: float = 1.0,
     download: bool = False,  # True lets TFDS fetch the 6.5 GB from the UCF site
 ) -> tf.data.Dataset:
-    """UCF101 clips from TFDS' `ucf101`, with the same contract as `dmvr.dmvr_dataset`.
+    """UCF101 clips from TFDS' `ucf101`, with the same contract and sampling as `dmvr_dataset`.
 
     Returns:
       {"frames": float32 [K, S, S, 3], "label": int32 [], "video_index": int64 []},
       unbatched; video_index is the example's position in the (unshuffled) split.
     """
+    sampling = sampling_lib.clip_sampling() if sampling is None else sampling
     name = tfds_name(fold)
     split = "train" if split_is_training else "test"
     try:
@@ -148,8 +55,8 @@ def ucf101_tfds_dataset(
         raise FileNotFoundError(
             f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}. Fix: run "
             f"`tfds build {name.replace('/', ' --config=')}` (needs internet, 6.5 GB), or "
-            "pass download=True, or use the local-files route (ucf101.list_split + "
-            f"sideways-convert + dmvr_dataset). {DOWNLOAD_HELP}"
+            "pass download=True, or use the local-files route (sideways-convert --dataset=ucf101, "
+            "then dmvr_dataset; see gin/data/ucf101.gin)."
         ) from e
     ds = ds.enumerate()
     if split_is_training and repeat:
@@ -161,16 +68,5 @@ def ucf101_tfds_dataset(
             "video_index": i,
         }
     )
-    clips = sampling.video_clips(
-        videos,
-        training=bool(split_is_training),
-        num_frames=num_frames,
-        stride=stride,
-        num_clips=num_eval_clips,
-        shuffle_buffer=shuffle_buffer,
-        image_size=image_size,
-        area_range=area_range,
-        flip=flip,
-        eval_crop_fraction=eval_crop_fraction,
-    )
+    clips = sampling_lib.video_clips(videos, training=bool(split_is_training), sampling=sampling)
     return clips.prefetch(tf.data.AUTOTUNE)

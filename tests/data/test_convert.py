@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 from video_files import GOOD_VIDEOS, HEIGHT, WIDTH, frame_colour, write_video
 
-from sideways_tf.data import convert, dmvr, listings
+from sideways_tf.data import dmvr
+from sideways_tf.data.prepare import convert, decode, listings
+from sideways_tf.data.sampling import ClipSampling
 
 
 def read_back(shards):
@@ -73,12 +75,12 @@ def test_decode_video_resamples_fps_and_resizes_short_side(tmp_path):
     def frame_indices(frames):  # R = 16 + 24 t  ->  t
         return [round((f[..., 0].mean() - 16) / 24) for f in frames]
 
-    frames, rate = convert.decode_video(path, fps=5, short_side=16)
+    frames, rate = decode.decode_video(path, fps=5, short_side=16)
     assert rate == 5 and frames.shape == (4, 16, 24, 3)
     assert frame_indices(frames) == [0, 2, 4, 6]
-    frames, _ = convert.decode_video(path, fps=20, short_side=None)
+    frames, _ = decode.decode_video(path, fps=20, short_side=None)
     assert frame_indices(frames) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]
-    frames, rate = convert.decode_video(path, fps=None, short_side=64)
+    frames, rate = decode.decode_video(path, fps=None, short_side=64)
     assert rate == 10 and frames.shape == (8, 64, 96, 3)
     assert frame_indices(frames) == list(range(8))
 
@@ -88,8 +90,8 @@ def test_truncated_video_with_readable_start_is_reported(tmp_path):
     data = open(path, "rb").read()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: int(len(data) * 0.8)])
-    with pytest.raises(convert.UnreadableVideoError, match="truncated|no frames"):
-        convert.decode_video(str(cut))
+    with pytest.raises(decode.UnreadableVideoError, match="truncated|no frames"):
+        decode.decode_video(str(cut))
 
 
 def test_resume_keeps_finished_shards_and_rewrites_the_rest(video_tree, tmp_path):
@@ -192,7 +194,11 @@ def test_non_local_filesystems_through_gfile(tmp_path):
     listing = listings.list_class_folders(f"{root}/videos")
     report = convert.convert_videos(listing, f"{root}/out", "train", num_shards=1, progress=False)
     assert report.num_records == 1 and report.shards[0].startswith("ram://")
-    ds = dmvr.dmvr_dataset(f"{root}/out/train-*-of-*.tfrecord", False, 5, image_size=8)
+    ds = dmvr.dmvr_dataset(
+        f"{root}/out/train-*-of-*.tfrecord",
+        False,
+        sampling=ClipSampling(num_frames=5, image_size=8),
+    )
     (element,) = list(ds.as_numpy_iterator())
     assert int(element["label"]) == 0 and element["frames"].shape == (5, 8, 8, 3)
 
@@ -230,7 +236,7 @@ def test_nested_folders_are_included_and_shared_names_get_their_path_as_id(tmp_p
         os.makedirs((root / relative).parent, exist_ok=True)
         write_video(root / relative, "mjpeg", 2, v=v % 6, pix_fmt="yuvj420p")
 
-    with caplog.at_level(logging.WARNING, logger="sideways_tf.data.listings"):
+    with caplog.at_level(logging.WARNING, logger="sideways_tf.data.prepare.listings"):
         listing = listings.list_class_folders(str(root))
     ids = {e.video_id: (e.label_string, os.path.relpath(e.path, root)) for e in listing.entries}
     assert ids == {
@@ -292,7 +298,13 @@ def converter_blocked_on_a_pipe(tmp_path):
     write_video(videos / "a.avi", "mjpeg", 2, pix_fmt="yuvj420p")
     os.mkfifo(videos / "stuck.mp4")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "sideways_tf.data.convert", "--workers=2", "--no_progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "sideways_tf.data.prepare.convert",
+        "--workers=2",
+        "--no_progress",
+    ]
     command += [f"--videos_dir={videos.parent}", f"--output_dir={tmp_path / 'out'}", "--split=t"]
     stderr = tmp_path / "stderr.txt"
     with open(stderr, "wb") as err:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf.data import dmvr, sampling
+from sideways_tf.data import contract, dmvr, sampling
+from sideways_tf.data.sampling import ClipSampling
 
 SIZE = 8  # output frames are SIZE x SIZE
 
@@ -49,17 +50,11 @@ def test_training_clips_follow_the_contract_and_the_stride(tmp_path):
     ds = dmvr.dmvr_dataset(
         str(tmp_path / "s-*"),
         True,
-        num_frames=4,
-        stride=3,
-        image_size=SIZE,
+        sampling=ClipSampling(num_frames=4, stride=3, image_size=SIZE),
         cycle_length=2,
         repeat=True,
     )
-    assert ds.element_spec == {
-        "frames": tf.TensorSpec([4, SIZE, SIZE, 3], tf.float32),
-        "label": tf.TensorSpec([], tf.int32),
-        "video_index": tf.TensorSpec([], tf.int64),
-    }
+    assert ds.element_spec == contract.clip_spec(4, SIZE, SIZE)
     elements = list(ds.take(24).as_numpy_iterator())
     index_of_label = {int(e["label"]): int(e["video_index"]) for e in elements}
     assert sorted(index_of_label) == [0, 1, 2, 3]
@@ -80,7 +75,9 @@ def test_training_clips_follow_the_contract_and_the_stride(tmp_path):
 def test_eval_clips_are_evenly_spaced_and_share_the_video_index(tmp_path):
     write_shards(str(tmp_path), [(21, 5), (9, 7)], num_shards=1)
     ds = dmvr.dmvr_dataset(
-        str(tmp_path / "s-*"), False, num_frames=3, stride=2, image_size=SIZE, num_eval_clips=3
+        str(tmp_path / "s-*"),
+        False,
+        sampling=ClipSampling(num_frames=3, stride=2, image_size=SIZE, num_eval_clips=3),
     )
     elements = list(ds.as_numpy_iterator())
     assert len(elements) == 6
@@ -95,11 +92,15 @@ def test_eval_clips_are_evenly_spaced_and_share_the_video_index(tmp_path):
     np.testing.assert_array_equal(again[1]["frames"], elements[1]["frames"])
 
 
-def test_short_videos_loop_and_future_frames_variant_has_frames_only(tmp_path):
+def test_short_videos_loop_and_the_frames_only_option_drops_labels(tmp_path):
     write_shards(str(tmp_path), [(3, 0)], num_shards=1)
-    ds = dmvr.dmvr_future_frames_dataset(
-        str(tmp_path / "s-*"), False, num_frames=7, image_size=SIZE
+    ds = dmvr.dmvr_dataset(
+        str(tmp_path / "s-*"),
+        False,
+        sampling=ClipSampling(num_frames=7, image_size=SIZE),
+        frames_only=True,
     )
+    assert ds.element_spec == contract.clip_spec(7, SIZE, SIZE, labelled=False)
     (element,) = list(ds.as_numpy_iterator())
     assert list(element) == ["frames"]
     assert element["frames"].shape == (7, SIZE, SIZE, 3)
@@ -116,7 +117,9 @@ def test_corrupt_shards_are_skipped_with_a_warning_naming_the_file(tmp_path, cap
     open(paths[2], "wb").write(bytes(data))
 
     with caplog.at_level(logging.WARNING, logger="sideways_tf.data.dmvr"):
-        ds = dmvr.dmvr_dataset(str(tmp_path / "s-*"), False, num_frames=2, image_size=SIZE)
+        ds = dmvr.dmvr_dataset(
+            str(tmp_path / "s-*"), False, sampling=ClipSampling(num_frames=2, image_size=SIZE)
+        )
         labels = sorted(int(e["label"]) for e in ds.as_numpy_iterator())
 
     # Shard 0 holds videos 0, 3, 6 (intact); shard 1 keeps 1, 4 and shard 2 keeps 2.
@@ -155,7 +158,9 @@ def test_records_that_do_not_decode_are_skipped_counted_and_named(tmp_path, capl
     ]
     before = dmvr.skipped_records()
     with caplog.at_level(logging.WARNING, logger="sideways_tf.data.dmvr"):
-        ds = dmvr.dmvr_dataset(str(tmp_path / "s-*"), training, num_frames=4, image_size=SIZE)
+        ds = dmvr.dmvr_dataset(
+            str(tmp_path / "s-*"), training, sampling=ClipSampling(num_frames=4, image_size=SIZE)
+        )
         labels = sorted(int(e["label"]) for e in ds.as_numpy_iterator())
 
     assert labels == [0, 2, 4]  # every frame is sampled (K = T), so record 1 always fails
@@ -175,9 +180,44 @@ def test_records_that_do_not_decode_are_skipped_counted_and_named(tmp_path, capl
 def test_missing_records_error_says_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"No record shards match.*sideways-convert"):
         dmvr.dmvr_dataset(str(tmp_path / "train-*"), True)
-    with pytest.raises(ValueError, match="stride must be >= 1"):
-        write_shards(str(tmp_path), [(4, 0)], 1)
-        dmvr.dmvr_dataset(str(tmp_path / "s-*"), True, stride=0)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("stride", 0, "stride must be >= 1"),
+        ("num_eval_clips", 0, "num_eval_clips must be >= 1"),
+        ("area_range", (0.5, 0.2), "area_range must be"),
+        ("eval_crop_fraction", 1.5, r"eval_crop_fraction must be in \(0, 1\]"),
+    ],
+)
+def test_clip_sampling_rejects_bad_values_by_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ClipSampling(**{field: value})
+
+
+def test_gin_binds_one_clip_sampling_scoped_per_split(tmp_path):
+    import gin
+
+    write_shards(str(tmp_path), [(12, 0), (12, 1)], num_shards=1)
+    gin.clear_config()
+    try:
+        gin.parse_config(
+            [
+                "clip_sampling.num_frames = 3",
+                f"clip_sampling.image_size = {SIZE}",
+                "eval/clip_sampling.num_eval_clips = 2",
+                f"dmvr_dataset.pattern = '{tmp_path}/s-*'",
+            ]
+        )
+        with gin.config_scope("train"):
+            assert sampling.clip_sampling() == ClipSampling(num_frames=3, image_size=SIZE)
+        with gin.config_scope("eval"):
+            eval_ds = dmvr.dmvr_dataset(split_is_training=False)
+    finally:
+        gin.clear_config()
+    assert contract.check_clip_dataset(eval_ds) == (3, (SIZE, SIZE, 3))
+    assert len(list(eval_ds.as_numpy_iterator())) == 2 * 2  # 2 videos x 2 eval clips
 
 
 def test_records_without_label_read_as_minus_one(tmp_path):
@@ -217,7 +257,9 @@ def test_crop_and_flip_are_shared_by_all_frames_of_a_clip():
     encoded = tf.cast(ramp, tf.uint8)  # [5, 48, 64, 3], already decoded frames
     flipped = 0
     for _ in range(12):
-        clip = sampling.sample_clips(encoded, training=True, num_frames=5, image_size=16)[0]
+        clip = sampling.sample_clips(
+            encoded, training=True, sampling=ClipSampling(num_frames=5, image_size=16)
+        )[0]
         for k in range(1, 5):
             np.testing.assert_allclose(clip[k], clip[0])
         flipped += bool(clip[0, 0, 0, 0] > clip[0, 0, -1, 0])
@@ -228,7 +270,10 @@ def test_training_iterator_can_be_checkpointed_and_restored(tmp_path):
     # The trainer checkpoints its data iterator; augmentation RNGs must not block that.
     write_shards(str(tmp_path), [(8, i) for i in range(6)], num_shards=2)
     ds = dmvr.dmvr_dataset(
-        str(tmp_path / "s-*"), True, num_frames=2, image_size=SIZE, repeat=True, shuffle_buffer=4
+        str(tmp_path / "s-*"),
+        True,
+        sampling=ClipSampling(num_frames=2, image_size=SIZE, shuffle_buffer=4),
+        repeat=True,
     )
     iterator = iter(ds.batch(2, drop_remainder=True))
     next(iterator)
@@ -248,7 +293,8 @@ def test_crop_while_decoding_jpeg_matches_crop_after_decoding(fraction):
     y, x = np.mgrid[0:20, 0:30]
     image = np.stack([x * 8, y * 12, (x + y) * 5], -1).astype(np.uint8)
     encoded = tf.stack([tf.io.encode_jpeg(image, quality=100, chroma_downsampling=False)] * 3)
-    kwargs = dict(training=False, num_frames=3, image_size=16, eval_crop_fraction=fraction)
+    clips = ClipSampling(num_frames=3, image_size=16, eval_crop_fraction=fraction)
+    kwargs = dict(training=False, sampling=clips)
     in_decode = sampling.sample_clips(encoded, jpeg=True, **kwargs)
     after = sampling.sample_clips(tf.io.decode_jpeg(encoded[0])[None], **kwargs)
     assert in_decode.shape == after.shape == (1, 3, 16, 16, 3)
@@ -276,9 +322,9 @@ def test_skipped_records_reach_tensorboard_during_training(tmp_path):
                 f"dmvr_dataset.pattern = '{tmp_path}/s-*'",
                 "dmvr_dataset.split_is_training = True",
                 "dmvr_dataset.repeat = True",
-                "dmvr_dataset.num_frames = 8",
-                f"dmvr_dataset.image_size = {SIZE}",
-                "dmvr_dataset.shuffle_buffer = 2",
+                "clip_sampling.num_frames = 8",
+                f"clip_sampling.image_size = {SIZE}",
+                "clip_sampling.shuffle_buffer = 2",
                 "train.num_classes = 3",
                 "train.batch_size = 2",
                 "train.num_steps = 8",

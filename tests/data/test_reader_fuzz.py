@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from test_dmvr_reader import SIZE, jpeg, level
 
 from sideways_tf.data import dmvr
+from sideways_tf.data.sampling import ClipSampling
 
 NUM_FRAMES = 3  # K: at least the frames of any video here, so every frame is decoded
 TIME_LIMIT = 60.0  # seconds for one damaged dataset; the clean case takes about one
@@ -112,7 +113,9 @@ def test_damaged_shards_are_read_up_to_the_damage_and_bad_records_skipped(shards
                 assert "sideways-convert" in str(e)
             return
         ds = dmvr.dmvr_dataset(
-            os.path.join(directory, "s-*"), training, num_frames=NUM_FRAMES, image_size=SIZE
+            os.path.join(directory, "s-*"),
+            training,
+            sampling=ClipSampling(num_frames=NUM_FRAMES, image_size=SIZE),
         )
         elements = run_within(TIME_LIMIT, lambda: list(ds.as_numpy_iterator()))
         skipped = dmvr.skipped_records() - before

@@ -3,11 +3,13 @@
 import os
 
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from video_files import write_video
 
-from sideways_tf.data import convert, dmvr, hmdb51, kinetics, ucf101
+from sideways_tf.data import contract, dmvr, ucf101
+from sideways_tf.data.prepare import convert, hmdb51, kinetics
+from sideways_tf.data.prepare import ucf101 as ucf101_files
+from sideways_tf.data.sampling import ClipSampling
 
 
 def touch(path, text=""):
@@ -79,7 +81,11 @@ def test_hmdb51_videos_to_records_to_training_clips(tmp_path):
     convert.convert_videos(
         listing, out, "test", fps=None, short_side=16, num_shards=2, progress=False
     )
-    ds = dmvr.dmvr_dataset(os.path.join(out, "test-*-of-*.tfrecord"), False, 2, image_size=8)
+    ds = dmvr.dmvr_dataset(
+        os.path.join(out, "test-*-of-*.tfrecord"),
+        False,
+        sampling=ClipSampling(num_frames=2, image_size=8),
+    )
     labels = sorted(int(e["label"]) for e in ds.as_numpy_iterator())
     assert labels == sorted(e.label_index for e in listing.entries) == [0, 1, 2]
 
@@ -171,33 +177,31 @@ def ucf_tree(root):
 
 def test_ucf101_official_split_lists(tmp_path):
     videos, splits = ucf_tree(tmp_path)
-    train = ucf101.list_split(videos, splits, "train", 1)
+    train = ucf101_files.list_split(videos, splits, "train", 1)
     assert train.labels == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
     assert [(e.video_id, e.label_index) for e in train.entries] == [
         ("v_ApplyEyeMakeup_g08_c01", 0),
         ("v_HandStandPushups_g08_c01", 1),
         ("v_YoYo_g09_c01", 2),
     ]
-    test = ucf101.list_split(videos, splits, "test", 1)
+    test = ucf101_files.list_split(videos, splits, "test", 1)
     assert [(e.video_id, e.label_index) for e in test.entries] == [("v_YoYo_g01_c01", 2)]
     assert test.missing == [os.path.join(videos, "ApplyEyeMakeup/v_gone.avi")]
     with pytest.raises(FileNotFoundError, match=r"trainlist02.txt.*UCF101TrainTestSplits"):
-        ucf101.list_split(videos, splits, "train", 2)
+        ucf101_files.list_split(videos, splits, "train", 2)
     with pytest.raises(FileNotFoundError, match=r"nowhere.*UCF101.rar"):
-        ucf101.list_split(str(tmp_path / "nowhere"), splits, "train", 1)
+        ucf101_files.list_split(str(tmp_path / "nowhere"), splits, "train", 1)
 
 
 def test_ucf101_from_tfds_follows_the_contract(tmp_path):
     with tfds.testing.mock_data(num_examples=3):
-        train = ucf101.ucf101_tfds_dataset(True, num_frames=4, image_size=16)
-        eval_ = ucf101.ucf101_tfds_dataset(False, num_frames=4, image_size=16, num_eval_clips=2)
+        train = ucf101.ucf101_tfds_dataset(True, ClipSampling(num_frames=4, image_size=16))
+        eval_ = ucf101.ucf101_tfds_dataset(
+            False, ClipSampling(num_frames=4, image_size=16, num_eval_clips=2)
+        )
         train_elements = list(train.as_numpy_iterator())
         eval_elements = list(eval_.as_numpy_iterator())
-    assert train.element_spec == {
-        "frames": tf.TensorSpec([4, 16, 16, 3], tf.float32),
-        "label": tf.TensorSpec([], tf.int32),
-        "video_index": tf.TensorSpec([], tf.int64),
-    }
+    assert train.element_spec == contract.clip_spec(4, 16, 16)
     assert sorted(int(e["video_index"]) for e in train_elements) == [0, 1, 2]
     assert [int(e["video_index"]) for e in eval_elements] == [0, 0, 1, 1, 2, 2]
     assert all(0 <= e["label"] < ucf101.NUM_CLASSES for e in train_elements)

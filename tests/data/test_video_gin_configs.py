@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from sideways_tf import config_files
-from sideways_tf.data import dmvr
+from sideways_tf.data import contract, dmvr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASETS = {"ucf101": "UCF101", "hmdb51": "HMDB51", "kinetics600": "KINETICS600"}
@@ -53,7 +53,7 @@ def test_experiment_files_bind_the_dmvr_reader(dataset, clean_gin, tmp_path):
         train_ds = dmvr.dmvr_dataset()
     with gin.config_scope("eval"):
         eval_ds = dmvr.dmvr_dataset()
-    assert train_ds.element_spec["frames"] == tf.TensorSpec([32, 112, 112, 3], tf.float32)
+    assert train_ds.element_spec == contract.clip_spec(32, 112, 112)
     assert len(list(eval_ds.as_numpy_iterator())) == 2 * 4  # 2 videos x 4 clips
 
 

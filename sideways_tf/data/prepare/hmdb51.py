@@ -17,8 +17,8 @@ import os
 
 import tensorflow as tf
 
-from sideways_tf.data import listings
-from sideways_tf.data.listings import SplitListing, VideoEntry
+from sideways_tf.data.prepare import listings
+from sideways_tf.data.prepare.listings import SplitListing, VideoEntry
 
 NUM_CLASSES = 51
 SPLITS = {"train": "1", "test": "2"}

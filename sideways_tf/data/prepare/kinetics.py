@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from sideways_tf.data import listings
-from sideways_tf.data.listings import UNLABELLED, SplitListing, VideoEntry
+from sideways_tf.data.prepare import listings
+from sideways_tf.data.prepare.listings import UNLABELLED, SplitListing, VideoEntry
 
 NUM_CLASSES = 600
 SPLITS = ("train", "validate", "test")
