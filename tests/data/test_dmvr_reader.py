@@ -347,3 +347,54 @@ def test_skipped_records_reach_tensorboard_during_training(tmp_path):
                 if v.tag == "data/skipped_records"
             ]
     assert values and max(values) >= 1  # the broken record was read at least once
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_run_whose_training_shards_are_gone(tmp_path):
+    """sideways-eval builds only the eval data: deleting the training shards is fine."""
+    import gin
+
+    from sideways_tf import train
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "eval").mkdir()
+    write_records(
+        tmp_path / "train" / dmvr.shard_name("s", 0, 1), [video(i % 3, 8) for i in range(6)]
+    )
+    write_records(tmp_path / "eval" / dmvr.shard_name("s", 0, 1), [video(i, 8) for i in range(3)])
+    bindings = [
+        "import sideways_tf.data.dmvr",
+        "import sideways_tf.models.convnet",
+        "train.mode = 'sideways'",
+        "train.model_fn = @tiny_conv_pipeline",
+        "train.train_data = @train/dmvr_dataset",
+        "train.eval_data = @eval/dmvr_dataset",
+        f"train/dmvr_dataset.pattern = '{tmp_path}/train/s-*'",
+        "train/dmvr_dataset.split_is_training = True",
+        "train/dmvr_dataset.repeat = True",
+        f"eval/dmvr_dataset.pattern = '{tmp_path}/eval/s-*'",
+        "eval/dmvr_dataset.split_is_training = False",
+        "clip_sampling.num_frames = 8",
+        f"clip_sampling.image_size = {SIZE}",
+        "clip_sampling.shuffle_buffer = 2",
+        "train.num_classes = 3",
+        "train.batch_size = 2",
+        "train.num_steps = 4",
+        "train.eval_every = 4",
+        "train.fidelity_every = 0",
+        "train.images_every = 0",
+        "train.progress = False",
+    ]
+    gin.clear_config()
+    try:
+        gin.parse_config(bindings)
+        trained = train.train(str(tmp_path / "run"))
+        gin.clear_config()
+        for f in tf.io.gfile.glob(str(tmp_path / "train" / "*")):
+            tf.io.gfile.remove(f)
+        again = train.evaluate_workdir(str(tmp_path / "run"))
+    finally:
+        gin.clear_config()
+    assert again["step"] == 4 and again["eval"]["num_videos"] == 3
+    assert again["eval"]["accuracy"] == pytest.approx(trained["eval"]["accuracy"])
+    assert again["eval"]["loss"] == pytest.approx(trained["eval"]["loss"], rel=1e-5)
