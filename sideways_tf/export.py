@@ -87,9 +87,9 @@ class StreamingModule(tf.Module):
         ]
         zero = state_to_dict(pipeline.zero_state())
         self._state_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in zero.items()}
-        # The frame's batch is left open in the signature so the check in _step runs
-        # when called (a loaded signature does not check shapes; a static one folds away).
-        frame = tf.TensorSpec((None, *pipeline.frame_shape), tf.float32, "frame")
+        # The batch is fixed: the state buffers hold B streams. A loaded signature does
+        # not check shapes when called, so clients must feed exactly B frames (README).
+        frame = tf.TensorSpec((pipeline.batch_size, *pipeline.frame_shape), tf.float32, "frame")
         self._metadata_json = json.dumps(metadata, sort_keys=True)
         self.init_state = tf.function(self._init_state, input_signature=[])
         self.step = tf.function(self._step, input_signature=[frame, self._state_specs])
@@ -103,21 +103,6 @@ class StreamingModule(tf.Module):
         return state_to_dict(self.pipeline.zero_state())
 
     def _step(self, frame, state):
-        # A frame batch the buffers were not built for would otherwise run, return
-        # outputs and corrupt the state; refuse it, naming the fix.
-        expected = (self.pipeline.batch_size, *self.pipeline.frame_shape)
-        check = tf.debugging.assert_equal(
-            tf.shape(frame)[0],
-            expected[0],
-            message=(
-                f"frame must have shape [B, H, W, C] = {list(expected)}: this model was "
-                f"exported for batch_size={expected[0]}. Feed that many streams at once, or "
-                "re-export with sideways-export --batch_size=<B you feed>."
-            ),
-        )
-        with tf.control_dependencies([check]):
-            frame = tf.identity(frame)
-        frame.set_shape(expected)  # [B, H, W, C], static from here
         new_state, outputs = self.pipeline.forward_step(
             dict_to_state(self.pipeline, state), frame, training=False
         )
