@@ -38,6 +38,7 @@ setuptools.setup(
         "console_scripts": [
             "sideways-train=sideways_tf.cli:train_main",
             "sideways-eval=sideways_tf.cli:eval_main",
+            "sideways-export=sideways_tf.cli:export_main",
             "sideways-convert=sideways_tf.data.prepare.convert:main",
         ]
     },

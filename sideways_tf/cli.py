@@ -1,4 +1,4 @@
-"""Command lines: sideways-train and sideways-eval. Flags and gin, then one library call.
+"""Command lines: sideways-train, -eval and -export. Flags and gin, then one library call.
 
 TensorFlow is imported only after the flags are parsed (`--help` is instant), with
 its native start-up chatter (oneDNN, CUDA stubs) held back unless --verbosity > 0.
@@ -147,3 +147,34 @@ def eval_main(argv: list[str] | None = None):
 
     result = train.evaluate_workdir(args.workdir, tuple(args.gin_param + _runtime_params(args)))
     print(f"step {result['step']}: {result['eval']}")
+
+
+def export_main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(
+        description="Export a sideways-train workdir as a streaming SavedModel (one frame a step)."
+    )
+    parser.add_argument("--workdir", required=True, help="The sideways-train workdir to export.")
+    parser.add_argument("--output", required=True, help="Directory for the SavedModel.")
+    parser.add_argument(
+        "--batch_size", type=int, default=1, help="Streams served at once (the state's batch)."
+    )
+    parser.add_argument(
+        "--tflite", action="store_true", help="Also write output/model.tflite (the step)."
+    )
+    parser.add_argument("--verbosity", type=int, default=0, help="As for sideways-train.")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}.")
+    _import_tensorflow(args.verbosity)
+    from sideways_tf import export
+
+    try:
+        metadata = export.export(args.workdir, args.output, batch_size=args.batch_size)
+    except FileNotFoundError as e:
+        raise SystemExit(f"sideways-export: {e}") from None
+    print(
+        f"Exported step {metadata['checkpoint_step']} to {args.output}: frames "
+        f"{[args.batch_size, *metadata['frame_shape']]}, fill_steps {metadata['fill_steps']}."
+    )
+    if args.tflite:
+        print(f"TFLite: {export.convert_tflite(args.output)}")

@@ -1,0 +1,242 @@
+"""Streaming export: a trained run as a SavedModel that steps one frame at a time.
+
+    sideways-export --workdir=/tmp/run --output=/tmp/run/export [--batch_size=1]
+
+The SavedModel has two signatures (MoViNet's streaming pattern, under Keras 3 via
+tf.saved_model.save on a tf.Module):
+
+    init_state()            -> {t, output_1..output_L, delay_1..delay_D}, all zeros
+    step(frame, **state)    -> {outputs, **new_state}
+
+where `frame` is x[t], float32 [B, H, W, C], and `outputs` is the head on the top
+unit's fresh output, [B, num_classes]. The state is what the pipeline carries
+between steps at inference (PipelineState without the gradient messages):
+    t           [] int32, frames fed since init_state
+    output_i    a_i[t-1], the output buffer of unit i      [B, *out_i]
+    delay_k     the k-th delay line of the topology        [d, B, *in]
+A client feeds every returned state tensor back into the next step.
+
+What a deployer needs is in `sideways_export.json` next to the SavedModel, and in
+the SavedModel itself as the signature `metadata() -> {"json"}`:
+    frame_shape, batch_size, num_classes, class_names (moving_shapes; else null),
+    fill_steps  T_fill: the output of step t (1-based) is built from real frames only
+                for t >= T_fill; earlier outputs mix in the zero state;
+    newest_lag, oldest_lag: the output of step t reads frames x[t - oldest_lag] ..
+                x[t - newest_lag] (chain of L units: L-1 .. L-1, one frame);
+    mode, topology, checkpoint, checkpoint_step, state_names.
+
+The export is traced with no device pins (default device) and restores parameters
+only (never buffers or optimizer state), as evaluation does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from sideways_tf import checkpointing, placement
+from sideways_tf.data import contract
+from sideways_tf.pipeline import Pipeline, PipelineState
+
+METADATA_FILE = "sideways_export.json"
+
+
+def state_names(pipeline: Pipeline) -> list[str]:
+    """Names of the exported state tensors, in PipelineState order (messages left out)."""
+    num_delays = len(pipeline._delay_buffers())
+    return (
+        ["t"]
+        + [f"output_{i}" for i in range(1, pipeline.num_units + 1)]
+        + [f"delay_{k}" for k in range(1, num_delays + 1)]
+    )
+
+
+def state_to_dict(state: PipelineState) -> dict:
+    """PipelineState -> {t, output_i, delay_k} (messages are not needed at inference)."""
+    named = {"t": state.t}
+    named.update({f"output_{i}": a for i, a in enumerate(state.outputs, start=1)})
+    named.update({f"delay_{k}": d for k, d in enumerate(state.delays, start=1)})
+    return named
+
+
+def dict_to_state(pipeline: Pipeline, named: dict) -> PipelineState:
+    """{t, output_i, delay_k} -> PipelineState, with no messages."""
+    num_delays = len(pipeline._delay_buffers())
+    return PipelineState(
+        t=named["t"],
+        outputs=tuple(named[f"output_{i}"] for i in range(1, pipeline.num_units + 1)),
+        messages=(),
+        delays=tuple(named[f"delay_{k}"] for k in range(1, num_delays + 1)),
+    )
+
+
+class StreamingModule(tf.Module):
+    """init_state() and step(frame, **state) of a built pipeline, as tf.functions."""
+
+    def __init__(self, pipeline: Pipeline, metadata: dict):
+        super().__init__(name="sideways_streaming")
+        # The pipeline itself is held outside TF's object tracking (its Python
+        # bookkeeping does not save); its parameters are tracked as plain variables.
+        self._holder = _Untracked(pipeline)
+        self.parameters = [
+            v.value for v in checkpointing.variables_by_path(pipeline, buffers=False).values()
+        ]
+        zero = state_to_dict(pipeline.zero_state())
+        self._state_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in zero.items()}
+        # The batch is fixed: the state buffers hold B streams. A loaded signature does
+        # not check shapes when called, so clients must feed exactly B frames (README).
+        frame = tf.TensorSpec((pipeline.batch_size, *pipeline.frame_shape), tf.float32, "frame")
+        self._metadata_json = json.dumps(metadata, sort_keys=True)
+        self.init_state = tf.function(self._init_state, input_signature=[])
+        self.step = tf.function(self._step, input_signature=[frame, self._state_specs])
+        self.metadata = tf.function(self._metadata, input_signature=[])
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._holder.value
+
+    def _init_state(self):
+        return state_to_dict(self.pipeline.zero_state())
+
+    def _step(self, frame, state):
+        new_state, outputs = self.pipeline.forward_step(
+            dict_to_state(self.pipeline, state), frame, training=False
+        )
+        return {"outputs": outputs, **state_to_dict(new_state)}
+
+    def _metadata(self):
+        return {"json": tf.constant(self._metadata_json)}
+
+    def signatures(self) -> dict:
+        return {
+            "init_state": self.init_state.get_concrete_function(),
+            "step": self.step.get_concrete_function(),
+            "metadata": self.metadata.get_concrete_function(),
+        }
+
+
+class _Untracked:
+    """A plain holder: TF's trackable attribute wrapping leaves it alone."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
+    """Rebuilds a run's pipeline from workdir/config.gin with `batch_size`, parameters restored.
+
+    No runtime and no device pins: every unit runs on the default device.
+    Returns (pipeline, metadata).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer (the streams served at once), got "
+            f"{batch_size!r}; e.g. --batch_size=1."
+        )
+    config = os.path.join(workdir, "config.gin")
+    if not tf.io.gfile.exists(config):
+        raise FileNotFoundError(
+            f"{config} not found: is {workdir} the workdir of a sideways-train run? "
+            f"Train first: sideways-train --workdir={workdir}."
+        )
+    directory = os.path.join(workdir, "checkpoints")
+    path = tf.train.latest_checkpoint(directory) if tf.io.gfile.isdir(directory) else None
+    if path is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {directory}: there are no trained parameters to export. Train "
+            f"first (sideways-train --workdir={workdir}), or point --workdir at a run that "
+            "has saved one."
+        )
+    gin.parse_config_files_and_bindings([config], [], finalize_config=False)
+    bindings = gin.get_bindings("train")
+    data_binding = "train.eval_data" if bindings.get("eval_data") else "train.train_data"
+    data_fn = bindings[data_binding.split(".")[1]]
+    _, frame_shape = contract.check_clip_dataset(data_fn(), data_binding)
+    num_classes = bindings["num_classes"]
+    pipeline = bindings["model_fn"](
+        batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes
+    )
+    _unpin(pipeline)
+
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(
+        pipeline=checkpointing.variables_by_path(pipeline, buffers=False), step=step
+    )
+    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+
+    topology = pipeline.topology
+    metadata = dict(
+        format="sideways_tf streaming export 1",
+        frame_shape=list(frame_shape),
+        frame_dtype="float32",
+        batch_size=batch_size,
+        num_classes=int(num_classes),
+        class_names=_class_names(bindings, data_binding, num_classes),
+        fill_steps=topology.fill_steps,
+        newest_lag=topology.newest_lag(topology.num_units),
+        oldest_lag=topology.fill_steps - 1,
+        num_units=topology.num_units,
+        mode=bindings.get("mode"),
+        topology=topology.describe(),
+        checkpoint=os.path.basename(path),
+        checkpoint_step=int(step.numpy()),
+        state_names=state_names(pipeline),
+    )
+    return pipeline, metadata
+
+
+def _unpin(pipeline: Pipeline):
+    """Traces on the default device: drops the units' own devices from the plan."""
+    for unit in pipeline.units:
+        unit.device = None
+    pipeline.plan = placement.DevicePlan.single([None])
+    pipeline.cores = [0] * pipeline.num_units
+
+
+def _class_names(bindings: dict, data_binding: str, num_classes: int) -> list[str] | None:
+    """Class names when the data is moving_shapes (their labels have names); else None."""
+    ref = gin.get_bindings("train", resolve_references=False).get(data_binding.split(".")[1])
+    if ref is None or not getattr(ref, "selector", "").endswith("moving_shapes_dataset"):
+        return None
+    from sideways_tf.data import moving_shapes
+
+    options = gin.get_bindings(ref.scoped_selector)
+    names = moving_shapes.class_names(
+        options.get("num_shapes", 3), options.get("num_directions", 4)
+    )
+    return names if len(names) == num_classes else None
+
+
+def export(workdir: str, output: str, batch_size: int = 1) -> dict:
+    """Writes the streaming SavedModel of `workdir`'s latest checkpoint to `output`.
+
+    Returns the metadata (also written to output/sideways_export.json).
+    """
+    pipeline, metadata = load_pipeline(workdir, batch_size)
+    module = StreamingModule(pipeline, metadata)
+    tf.saved_model.save(module, output, signatures=module.signatures())
+    with tf.io.gfile.GFile(os.path.join(output, METADATA_FILE), "w") as f:
+        f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return metadata
+
+
+def convert_tflite(output: str) -> str:
+    """Converts the `step` signature of an exported SavedModel to output/model.tflite."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(output, signature_keys=["step"])
+    path = os.path.join(output, "model.tflite")
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(converter.convert())
+    return path
+
+
+def run_clip(pipeline: Pipeline, clip) -> np.ndarray:
+    """The pipeline's own forward_step over a clip [B, K, *frame] -> outputs [K, B, C]."""
+    state, outs = pipeline.zero_state(), []
+    for x_t in tf.unstack(tf.convert_to_tensor(clip, tf.float32), axis=1):
+        state, logits = pipeline.forward_step(state, x_t, training=False)
+        outs.append(logits)
+    return np.stack([o.numpy() for o in outs])

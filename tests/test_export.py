@@ -1,0 +1,173 @@
+"""Streaming export: the SavedModel steps like the pipeline, in a process without sideways_tf."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sideways_tf import cli, config_files, export, train
+from sideways_tf.data import moving_shapes
+from sideways_tf.topology import parse_topology
+
+pytestmark = pytest.mark.slow
+
+BATCH = 2
+# Skip connections with a delay, so the exported state holds delay lines too.
+PARAMS = ["train.mode='skip_sideways'", "tiny_conv_pipeline.topology='skip(2, 1)'"]
+
+# Runs in a fresh interpreter that imports TensorFlow only (no sideways_tf).
+TF_ONLY = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+export_dir, clip_path, out_path = sys.argv[1:]
+model = tf.saved_model.load(export_dir)
+meta = json.loads(model.signatures["metadata"]()["json"].numpy())
+state = model.signatures["init_state"]()
+step = model.signatures["step"]
+outputs = []
+for x_t in np.load(clip_path).transpose(1, 0, 2, 3, 4):  # [B, K, ...] -> K x [B, ...]
+    result = step(frame=tf.constant(x_t), **state)
+    outputs.append(result.pop("outputs").numpy())
+    state = result
+assert sorted(state) == sorted(meta["state_names"]), (sorted(state), meta["state_names"])
+assert "sideways_tf" not in sys.modules, "the exported model needed sideways_tf"
+np.savez(out_path, outputs=np.stack(outputs), t=state["t"].numpy())
+"""
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin_config():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([config_files.resolve("tiny")], PARAMS)
+    train.train(str(path))
+    gin.clear_config()
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(workdir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("export") / "model"
+    cli.export_main(
+        ["--workdir", str(workdir), "--output", str(output), "--batch_size", str(BATCH), "--tflite"]
+    )
+    gin.clear_config()
+    return output
+
+
+def clip(num_frames=8):
+    """A [B, K, 16, 16, 3] moving_shapes clip, as tiny.gin's eval data draws them."""
+    ds = moving_shapes.moving_shapes_dataset(
+        split="test",
+        num_examples=BATCH,
+        num_frames=num_frames,
+        frame_size=16,
+        shape_size=5,
+        distractor_size=3,
+    )
+    return next(iter(ds.batch(BATCH)))["frames"].numpy()
+
+
+def test_exported_step_reproduces_forward_step_in_a_tensorflow_only_process(
+    workdir, exported, tmp_path
+):
+    frames = clip()
+    pipeline, _ = export.load_pipeline(str(workdir), BATCH)
+    # The rebuilt pipeline holds the trained parameters (not a fresh initialisation).
+    ckpt = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    kernel = tf.train.load_variable(
+        ckpt, "pipeline/conv_pipeline.Sunit1.Sblock1.Sconv.Skernel/.ATTRIBUTES/VARIABLE_VALUE"
+    )
+    np.testing.assert_array_equal(pipeline.units[0].module.layers[0].kernel.numpy(), kernel)
+    expected = export.run_clip(pipeline, frames)  # [K, B, C]
+
+    np.save(tmp_path / "clip.npy", frames)
+    out = tmp_path / "out.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", TF_ONLY, str(exported), str(tmp_path / "clip.npy"), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.load(out)
+    assert int(got["t"]) == frames.shape[1]
+    assert got["outputs"].shape == expected.shape == (8, BATCH, 12)
+    np.testing.assert_allclose(got["outputs"], expected, rtol=1e-5, atol=1e-6)
+    # The outputs depend on the frames (a constant or stale output would pass no test).
+    assert np.abs(np.diff(expected, axis=0)).max() > 1e-3
+
+
+def test_metadata_names_frames_classes_fill_and_lag(workdir, exported):
+    meta = json.loads((exported / export.METADATA_FILE).read_text())
+    assert meta["frame_shape"] == [16, 16, 3] and meta["batch_size"] == BATCH
+    assert meta["class_names"] == moving_shapes.class_names(3, 4)
+    assert meta["num_classes"] == 12 and meta["mode"] == "skip_sideways"
+    topology = parse_topology("skip(2, 1)", 3)
+    assert meta["fill_steps"] == topology.fill_steps
+    assert (meta["newest_lag"], meta["oldest_lag"]) == (topology.newest_lag(3), 2)
+    assert meta["checkpoint_step"] == 6
+    assert any(n.startswith("delay_") for n in meta["state_names"])
+
+
+def test_tflite_step_matches_the_saved_model(exported):
+    model = tf.saved_model.load(str(exported))
+    state = model.signatures["init_state"]()
+    runner = tf.lite.Interpreter(str(exported / "model.tflite")).get_signature_runner("step")
+    lite_state = {k: v.numpy() for k, v in state.items()}
+    for x_t in clip().transpose(1, 0, 2, 3, 4):
+        want = model.signatures["step"](frame=tf.constant(x_t), **state)
+        got = runner(frame=x_t, **lite_state)
+        np.testing.assert_allclose(got["outputs"], want["outputs"].numpy(), rtol=1e-4, atol=1e-5)
+        state = {k: v for k, v in want.items() if k != "outputs"}
+        lite_state = {k: v for k, v in got.items() if k != "outputs"}
+
+
+def test_signatures_fix_the_batch_and_frame_shape(exported):
+    model = tf.saved_model.load(str(exported))
+    _, inputs = model.signatures["step"].structured_input_signature
+    assert inputs["frame"].shape.as_list() == [BATCH, 16, 16, 3]
+    state = model.signatures["init_state"]()
+    for name, value in state.items():  # output_i [B, ...], delay_k [d, B, ...]
+        if name != "t":
+            assert value.shape[1 if name.startswith("delay_") else 0] == BATCH, name
+
+
+def test_workdir_without_a_checkpoint_names_sideways_train(workdir, tmp_path):
+    shutil.copy(workdir / "config.gin", tmp_path / "config.gin")
+    with pytest.raises(SystemExit, match=f"sideways-train --workdir={tmp_path}"):
+        cli.export_main(["--workdir", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_workdir_that_is_not_a_run_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.gin not found"):
+        export.export(str(tmp_path), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_batch_size_below_one_is_refused(workdir, tmp_path, capsys, batch_size):
+    with pytest.raises(SystemExit):
+        cli.export_main(
+            ["--workdir", str(workdir), "--output", str(tmp_path), f"--batch_size={batch_size}"]
+        )
+    assert "--batch_size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="positive integer"):
+        export.load_pipeline(str(workdir), batch_size)
