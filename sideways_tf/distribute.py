@@ -148,10 +148,6 @@ class Runtime:
             return dataset
         return dataset.shard(self.num_workers, self.worker_index)
 
-    def global_batch(self, per_replica: int) -> int:
-        """Clips this process reads per step: B per replica times its local replicas."""
-        return per_replica * self.local_replicas
-
     def batches(self, make_dataset: Callable, batch_size: int, symbolic: bool = False):
         """Training batches: (iterator, whether its position can be checkpointed).
 

@@ -1,8 +1,7 @@
 """Topologies: parsing, the fill time T_fill, lags, and validation messages."""
 
-import threading
-
 import pytest
+from bounded import run_within
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -123,32 +122,13 @@ CASES = st.one_of(
 )
 
 
-def run_within(seconds, fn):
-    """fn() in a thread; fails the test if it has not returned (a hang) after `seconds`."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # re-raised in the test's thread
-            result["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"no result after {seconds} s: the parser hangs"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 @settings(max_examples=400, deadline=2000, derandomize=True, database=None)
 @given(case=CASES)
 @example(case=("dense(1000000000000000000000)", 3))  # once looped over the window
 def test_random_descriptions_parse_to_valid_topologies_or_raise_value_error(case):
     description, num_units = case
     try:
-        top = run_within(10.0, lambda: parse_topology(description, num_units))
+        top = run_within(10.0, lambda: parse_topology(description, num_units), "the parser")
     except ValueError as e:
         assert str(e)  # a message, not a bare error
         return

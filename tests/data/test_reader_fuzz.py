@@ -7,10 +7,10 @@ the shard file below the checksums (truncated, a flipped byte).
 
 import os
 import tempfile
-import threading
 
 import numpy as np
 import tensorflow as tf
+from bounded import run_within
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_dmvr_reader import SIZE, jpeg, level
@@ -20,25 +20,6 @@ from sideways_tf.data.sampling import ClipSampling
 
 NUM_FRAMES = 3  # K: at least the frames of any video here, so every frame is decoded
 TIME_LIMIT = 60.0  # seconds for one damaged dataset; the clean case takes about one
-
-
-def run_within(seconds, fn):
-    """fn() in a thread; fails the test if it has not returned (a hang) after `seconds`."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # re-raised in the test's thread
-            result["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"no result after {seconds} s: the reader hangs"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 RECORD = st.one_of(
@@ -117,7 +98,7 @@ def test_damaged_shards_are_read_up_to_the_damage_and_bad_records_skipped(shards
             training,
             sampling=ClipSampling(num_frames=NUM_FRAMES, image_size=SIZE),
         )
-        elements = run_within(TIME_LIMIT, lambda: list(ds.as_numpy_iterator()))
+        elements = run_within(TIME_LIMIT, lambda: list(ds.as_numpy_iterator()), "the reader")
         skipped = dmvr.skipped_records() - before
 
     read = [int(e["video_index"]) for e in elements]
