@@ -3,7 +3,11 @@
     update(clip, labels):  state -> gradients by the mode's rule -> one optimizer step
 
 The gradient rules (algorithm.md section 5), each a pure function
-    rule(pipeline, state, clip [B, K, *frame], labels [B]) -> ClipGradients
+    rule(pipeline, state, clip [B, K, *frame], targets [B, K, ...], present [K]) -> ClipGradients
+where targets[:, t] is what the top output of step t is scored against (the
+clip's label at every step, or a future frame: sideways_tf.prediction) and
+present[t] is 0.0 where step t has no target (it carries no loss, like a step
+that is still filling the pipeline).
   frame_bp       exact BP of the per-frame network, averaged over the clip's frames;
   bptt           exact gradient of the pipelined network over the clip (one tape, O(K));
   sideways /     section 3, a graph loop over frames of `sideways_step`: every unit
@@ -19,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import placement
+from sideways_tf import placement, prediction
 from sideways_tf.pipeline import Pipeline, PipelineState
 
 MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
@@ -49,11 +53,36 @@ def _valid(pipeline: Pipeline, t) -> tf.Tensor:
     return tf.cast(t >= pipeline.fill_steps, tf.float32)
 
 
-def _masked_loss(pipeline, labels, logits, valid):
-    return tf.reduce_mean(pipeline.loss_fn(labels, logits)) * valid
+def _masked_loss(pipeline, target, logits, valid):
+    return tf.reduce_mean(pipeline.loss_fn(target, logits)) * valid
 
 
-def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, training=True):
+def step_targets(pipeline: Pipeline, mode: str, clip, labels):
+    """What the top output of every step is scored against, and where it exists.
+
+    Classification: the clip's label at every step. Future frames (the pipeline's
+    loss is a prediction.FrameLoss): x[t - lag + h], lag being the mode's
+    (prediction.input_lag). clip: [B, K, *frame]; labels: [B] or None.
+    Returns (targets [B, K, ...], present [K] float32).
+    """
+    clip = tf.convert_to_tensor(clip)
+    if prediction.predicts_frames(pipeline):
+        lag = prediction.input_lag(pipeline, mode)
+        return prediction.frame_targets(clip, lag, pipeline.loss_fn.horizon)
+    if labels is None:
+        raise ValueError(
+            "This pipeline classifies clips, so training and fidelity need labels [B]; "
+            "the data must yield 'label' (or give the model head='frames' to predict frames)."
+        )
+    num_frames = tf.shape(clip)[1]
+    labels = tf.convert_to_tensor(labels)
+    targets = tf.tile(labels[:, None], tf.stack([1, num_frames]))
+    return targets, tf.ones([num_frames], tf.float32)
+
+
+def sideways_step(
+    pipeline: Pipeline, state: PipelineState, x_t, target_t, present_t=1.0, training=True
+):
     """One computation step t of algorithm.md section 3, for every unit at once.
 
         u_i[t] = C_i({a_j[t-1-d_ji]}),  a_i[t] = H_i(u_i[t]),  a_0[t-1] := x[t]
@@ -62,12 +91,13 @@ def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, trainin
         m_j[t+1] = sum_i r_{i->j}[t]
 
     Units read only the previous step's buffers, so no unit waits on another.
-    x_t: [B, *frame]; labels: [B]. Returns (state at t, StepResult).
+    x_t: [B, *frame]; target_t: [B, ...] (a label per clip, or a frame); present_t:
+    [] 0.0 when step t has no target. Returns (state at t, StepResult).
     """
     num_units = pipeline.num_units
     x_t = tf.convert_to_tensor(x_t)
     t = state.t + 1
-    valid = _valid(pipeline, t)
+    valid = _valid(pipeline, t) * tf.cast(present_t, tf.float32)
     previous = (x_t, *state.outputs)  # a_j[t-1], j = 0..L
     outputs, lines, grads = [], list(state.delays), []
     replies = [[] for _ in range(num_units + 1)]  # r_{i->j}[t], gathered per source j
@@ -81,7 +111,7 @@ def sideways_step(pipeline: Pipeline, state: PipelineState, x_t, labels, trainin
                 a = unit(inputs, training=training)
                 if i == num_units:
                     logits = pipeline.apply_head(a, training=training)
-                    loss = _masked_loss(pipeline, labels, logits, valid)
+                    loss = _masked_loss(pipeline, target_t, logits, valid)
                     target, upstream = loss, None
                 else:
                     target, upstream = a, state.messages[i - 1]
@@ -114,7 +144,7 @@ def _zeros_like_vars(pipeline):
     return out
 
 
-def sideways_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
+def sideways_gradients(pipeline, state, clip, targets, present, training=True) -> ClipGradients:
     """Sideways / Skip-Sideways: a graph loop of `sideways_step` over the clip's frames.
 
     g_theta_i = sum over valid steps t of g_theta_i[t], divided by the number of
@@ -125,7 +155,9 @@ def sideways_gradients(pipeline, state, clip, labels, training=True) -> ClipGrad
     logits_zero = tf.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
 
     def body(k, state, accum, loss_sum, n_valid, logits_sum):
-        state, step = sideways_step(pipeline, state, clip[:, k], labels, training=training)
+        state, step = sideways_step(
+            pipeline, state, clip[:, k], targets[:, k], present[k], training=training
+        )
         summed = []
         for i, (au, gu) in enumerate(zip(accum, step.grads), start=1):
             with pipeline.unit_scope(i):  # each unit's accumulator stays on its device
@@ -166,25 +198,28 @@ def all_variables(pipeline) -> list:
     return [v for i in range(1, pipeline.num_units + 1) for v in pipeline.unit_variables(i)]
 
 
-def unrolled_forward(pipeline, state, clip, labels=None, training=True):
+def unrolled_forward(pipeline, state, clip, targets=None, present=None, training=True):
     """The pipelined network over a clip, one forward_step per frame (K static).
 
-    Returns (state, mean loss over valid steps (0 without labels), top outputs
-    averaged over valid steps [B, ...], number of valid steps).
+    targets [B, K, ...] and present [K] as in step_targets. Returns (state, mean
+    loss over valid steps (0 without targets), top outputs averaged over valid
+    steps [B, ...], number of valid steps).
     """
     loss_sum, n_valid, logits_sum = 0.0, 0.0, 0.0
-    for x_t in tf.unstack(tf.convert_to_tensor(clip), axis=1):
+    for k, x_t in enumerate(tf.unstack(tf.convert_to_tensor(clip), axis=1)):
         state, logits = pipeline.forward_step(state, x_t, training=training)
         valid = _valid(pipeline, state.t)
-        if labels is not None:
-            loss_sum += _masked_loss(pipeline, labels, logits, valid)
+        if present is not None:
+            valid *= present[k]
+        if targets is not None:
+            loss_sum += _masked_loss(pipeline, targets[:, k], logits, valid)
         n_valid += valid
         logits_sum += logits * valid
     n = tf.maximum(n_valid, 1.0)
     return state, loss_sum / n, logits_sum / n, n_valid
 
 
-def bptt_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
+def bptt_gradients(pipeline, state, clip, targets, present, training=True) -> ClipGradients:
     """The exact gradient of the pipelined network over the clip: one tape over K steps.
 
     loss = mean over valid steps t of l_t. The tape holds every step's activations,
@@ -192,7 +227,9 @@ def bptt_gradients(pipeline, state, clip, labels, training=True) -> ClipGradient
     """
     theta = all_variables(pipeline)
     with tf.GradientTape() as tape:
-        state, loss, logits, n_valid = unrolled_forward(pipeline, state, clip, labels, training)
+        state, loss, logits, n_valid = unrolled_forward(
+            pipeline, state, clip, targets, present, training
+        )
     flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n_valid)
 
@@ -209,21 +246,23 @@ def frame_logits(pipeline, clip, training=True):
     return logits, tf.reduce_mean(per_clip, axis=1)
 
 
-def frame_gradients(pipeline, state, clip, labels, training=True) -> ClipGradients:
+def frame_gradients(pipeline, state, clip, targets, present, training=True) -> ClipGradients:
     """frame_bp: exact BP of the per-frame network (no delays), averaged over frames.
 
     The K frames go through as one batch of B*K frames (the same mean gradient,
-    computed in one pass). Every frame is valid; the buffers are not used.
+    computed in one pass). Every frame with a target counts; the buffers are not used.
     """
     num_frames = tf.shape(clip)[1]
-    frame_labels = tf.repeat(labels, num_frames, axis=0)  # [B*K]
+    frame_targets = tf.reshape(targets, (-1, *targets.shape[2:]))  # [B*K, ...]
+    weights = tf.tile(present, [pipeline.batch_size])  # [B*K], frame k of clip b at b*K + k
+    total = tf.maximum(tf.reduce_sum(weights), 1.0)
     theta = all_variables(pipeline)
     with tf.GradientTape() as tape:
         per_frame, logits = frame_logits(pipeline, clip, training=training)
-        loss = tf.reduce_mean(pipeline.loss_fn(frame_labels, per_frame))
+        loss = tf.reduce_sum(pipeline.loss_fn(frame_targets, per_frame) * weights) / total
     flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     state = state._replace(t=state.t + num_frames)
-    n = tf.cast(num_frames, tf.float32)
+    n = tf.reduce_sum(present)
     return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n)
 
 
@@ -336,6 +375,7 @@ class Engine:
         optimizer.build(self.variables)
         self._update = tf.function(self._update_fn, jit_compile=jit_compile)
         self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
+        self._predict_steps = tf.function(self._predict_steps_fn, jit_compile=jit_compile)
         self._fidelity = tf.function(self._fidelity_fn)
 
     @property
@@ -350,8 +390,11 @@ class Engine:
         self.pipeline.reset_state()
         self.step.assign(0)
 
-    def train_clip(self, clip, labels) -> dict:
+    def train_clip(self, clip, labels=None) -> dict:
         """Trains on a batch of clips [B, K, *frame] with labels [B]; returns metrics.
+
+        Future-frame prediction (the pipeline's loss is a prediction.FrameLoss)
+        takes its targets from the clip: labels are not needed.
 
         With several replicas, clip and labels are either per-replica values (from
         a distributed dataset) or this process's whole batch [R_local * B, ...],
@@ -424,11 +467,13 @@ class Engine:
         (the optimizer sums them over replicas) and whether every replica's loss
         and gradients are finite (all-reduced: every replica decides alike).
         """
+        # Targets come from the whole clip: a chunk's future frames may lie in the next.
+        targets, present = step_targets(self.pipeline, self.mode, clip, labels)
         if chunk != clip.shape[1]:
-            begin = [0, start] + [0] * (clip.shape.rank - 2)
-            clip = tf.slice(clip, begin, [clip.shape[0], chunk, *clip.shape[2:]])
+            clip, targets = (_frames(x, start, chunk) for x in (clip, targets))
+            present = present[start : start + chunk]
         state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.step)
-        out = self.rule(self.pipeline, state, clip, labels)
+        out = self.rule(self.pipeline, state, clip, targets, present)
         grads, norms, finite = [], [], [_all_finite(out.loss)]
         for i, gu in enumerate(out.grads, start=1):
             with self.pipeline.unit_scope(i):
@@ -478,9 +523,52 @@ class Engine:
         state = self.pipeline.zero_state()
         return unrolled_forward(self.pipeline, state, clip, training=False)[2]
 
+    def predict_steps(self, clip) -> dict:
+        """Every step's top output from a fresh state, with its target.
+
+        The per-frame network for frame_bp, the pipelined one otherwise; the
+        training buffers are not touched. clip: [R_local * B, K, *frame]. Returns
+        {"outputs": [R_local * B, K, ...], "weights": [K], 1.0 where step t is
+        scored (pipeline full, and its target present)}, and for future-frame
+        prediction "targets" (as outputs) and "last_seen": x[t - lag], the
+        copy-the-last-seen-frame baseline.
+        """
+        clip, _ = self._distribute(clip, None)
+        return self._predict_steps(clip)
+
+    def _predict_steps_fn(self, clip):
+        out = self.strategy.run(self._replica_predict_steps, args=(clip,))
+        merged = {k: tf.concat(self._local(v), axis=0) for k, v in out.items() if k != "weights"}
+        merged["weights"] = self._local(out["weights"])[0]  # the same on every replica
+        return merged
+
+    def _replica_predict_steps(self, clip):
+        pipeline = self.pipeline
+        if self.mode == "frame_bp":
+            per_frame = frame_logits(pipeline, clip, training=False)[0]
+            outputs = tf.reshape(per_frame, (pipeline.batch_size, -1, *per_frame.shape[1:]))
+            filled = tf.ones([clip.shape[1]], tf.float32)
+        else:
+            state, outputs, filled = pipeline.zero_state(), [], []
+            for x_t in tf.unstack(clip, axis=1):
+                state, y = pipeline.forward_step(state, x_t, training=False)
+                outputs.append(y)
+                filled.append(_valid(pipeline, state.t))
+            outputs, filled = tf.stack(outputs, axis=1), tf.stack(filled)
+        if not prediction.predicts_frames(pipeline):
+            return {"outputs": outputs, "weights": filled}
+        targets, present = step_targets(pipeline, self.mode, clip, None)
+        last_seen = prediction.last_seen_frames(clip, prediction.input_lag(pipeline, self.mode))
+        return {
+            "outputs": outputs,
+            "targets": targets,
+            "last_seen": last_seen,
+            "weights": filled * present,
+        }
+
     # -- Diagnostics -------------------------------------------------------------
 
-    def gradient_fidelity(self, clip, labels) -> dict:
+    def gradient_fidelity(self, clip, labels=None) -> dict:
         """Per unit, how well the sideways gradient matches bptt's on this clip.
 
         Both start from a fresh state with the current parameters; nothing is
@@ -542,14 +630,24 @@ class Engine:
         return {v.path: int(np.prod(v.shape)) for v in self.pipeline.state_variables()}
 
 
+def _frames(x, start, count: int):
+    """x[:, start : start + count] of a [B, K, ...] tensor, with a static count."""
+    begin = [0, start] + [0] * (x.shape.rank - 2)
+    return tf.slice(x, begin, [x.shape[0], count, *x.shape[2:]])
+
+
 def _on_tpu(pipeline) -> bool:
     return isinstance(pipeline.plan, placement.TPUPlan)
 
 
-def gradient_fidelity(pipeline: Pipeline, clip, labels) -> dict:
-    """Cosine similarity and norm ratio, per unit, of sideways vs bptt gradients of one clip."""
-    side = sideways_gradients(pipeline, pipeline.zero_state(), clip, labels)
-    exact = bptt_gradients(pipeline, pipeline.zero_state(), clip, labels)
+def gradient_fidelity(pipeline: Pipeline, clip, labels=None) -> dict:
+    """Cosine similarity and norm ratio, per unit, of sideways vs bptt gradients of one clip.
+
+    labels: [B] for classification, None for future-frame prediction.
+    """
+    targets, present = step_targets(pipeline, "bptt", clip, labels)
+    side = sideways_gradients(pipeline, pipeline.zero_state(), clip, targets, present)
+    exact = bptt_gradients(pipeline, pipeline.zero_state(), clip, targets, present)
     cosine, ratio = [], []
     for gs, ge in zip(side.grads, exact.grads):
         s = tf.concat([tf.reshape(g, [-1]) for g in gs], 0)
@@ -567,6 +665,7 @@ __all__ = [
     "ClipGradients",
     "StepResult",
     "sideways_step",
+    "step_targets",
     "sideways_gradients",
     "bptt_gradients",
     "unrolled_forward",

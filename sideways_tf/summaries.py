@@ -40,6 +40,12 @@ def write_clips(writer, step: int, name: str, clips, max_clips: int = 4):
         tf.summary.image(name, strips, max_outputs=max_clips)
 
 
+def write_images(writer, step: int, name: str, images, max_images: int = 4):
+    """Images [N, H, W, 3] in [0, 1] (e.g. prediction.prediction_strips)."""
+    with writer.as_default(step=step):
+        tf.summary.image(name, np.asarray(images, np.float32), max_outputs=max_images)
+
+
 def write_config(writer, workdir: str):
     """Saves the operative gin config to workdir/config.gin and to TensorBoard text."""
     config = gin.operative_config_str()

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from sideways_tf import checkpointing, distribute, summaries
+from sideways_tf import checkpointing, distribute, prediction, summaries
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.data import contract
 from sideways_tf.engine import MODES, Engine, check_mode
@@ -75,7 +75,7 @@ def build_run(
     *,
     mode: str,
     model_fn: Callable,
-    num_classes: int,
+    num_classes: int | None,
     batch_size: int,
     frame_shape: tuple,
     optimizer_fn: Callable,
@@ -154,9 +154,9 @@ def train(
     # -- Task ----------------------------------------------------------------
     mode: str = gin.REQUIRED,  # frame_bp | bptt | sideways | skip_sideways
     model_fn: Callable = gin.REQUIRED,  # (batch_size, frame_shape, num_classes) -> Pipeline
-    train_data: Callable = gin.REQUIRED,  # () -> unbatched {"frames", "label"} dataset
+    train_data: Callable = gin.REQUIRED,  # () -> unbatched {"frames"[, "label"]} dataset
     eval_data: Callable | None = None,  # () -> finite dataset scored by evaluate()
-    num_classes: int = gin.REQUIRED,  # classes of the task (the head's width)
+    num_classes: int | None = None,  # classes of the task (None: a head="frames" model)
     seed: int = 0,  # parameter initialisation (data seeds are the data's own bindings)
     # -- Schedule ------------------------------------------------------------
     batch_size: int = 16,  # clips per step over all replicas (B = batch_size / replicas)
@@ -261,7 +261,8 @@ def _run(
     # Evaluation never builds (or needs) the training data: shapes come from eval_data.
     data_binding = "train.eval_data" if eval_only else "train.train_data"
     source = (eval_data if eval_only else train_data)()
-    num_frames, frame_shape = contract.check_clip_dataset(source, data_binding)
+    # Labels are checked once the model says its task (future frames need none).
+    num_frames, frame_shape = contract.check_clip_dataset(source, data_binding, labelled=False)
     train_iter, iter_checkpointable = None, False
     if not eval_only:
         train_iter, iter_checkpointable = runtime.batches(
@@ -300,16 +301,23 @@ def _run(
         run.step,
         run.writers,
     )
+    predicts_frames = prediction.predicts_frames(pipeline)
+    if not predicts_frames:
+        contract.check_clip_dataset(source, data_binding)
     _check_clip_length(pipeline, mode, num_frames, data_binding)
+    prediction.check_horizon(pipeline, mode, num_frames, f"the num_frames of {data_binding}")
     eval_ds = eval_data() if eval_data is not None else None  # finite; re-read at each eval
 
     def run_eval(source_name="train"):
         if eval_ds is None:
             return None
         metrics = evaluate(engine, eval_ds, progress=progress and runtime.is_chief)
+        images = metrics.pop("images", None)  # future frames: target / prediction strips
         s = int(step.numpy())
         if runtime.is_chief:
             summaries.write_scalars(writers["eval"], s, metrics)
+            if images is not None:
+                summaries.write_images(writers["eval"], s, "predictions", images)
             extra = {"gin_params": list(eval_params)} if source_name != "train" else {"mode": mode}
             workdir_lib.record_evaluation(workdir, s, metrics, source=source_name, **extra)
         return metrics
@@ -373,10 +381,12 @@ def _run(
     try:
         while int(step.numpy()) < last and not stop.received:
             batch = next(train_iter)
-            labels = runtime.to_host(batch["label"])  # this process's clips, replica order
-            if not window["loss"]:  # first step of each logging window
-                _check_labels(labels, num_classes)
-            metrics = engine.train_clip(batch["frames"], batch["label"])
+            labels = None  # future frames: the targets are in the clip
+            if not predicts_frames:
+                labels = runtime.to_host(batch["label"])  # this process's clips, replica order
+                if not window["loss"]:  # first step of each logging window
+                    _check_labels(labels, num_classes)
+            metrics = engine.train_clip(batch["frames"], batch.get("label"))
             frames = runtime.to_host(batch["frames"])
             step.assign_add(1)
             s = int(step.numpy())
@@ -408,7 +418,9 @@ def _run(
                 continue
             non_finite_in_a_row = 0
             window["loss"].append(float(metrics["loss"]))
-            window["hits"].append(np.mean(np.argmax(metrics["logits"], -1) == labels.numpy()))
+            if not predicts_frames:
+                hits = np.argmax(metrics["logits"], -1) == labels.numpy()
+                window["hits"].append(np.mean(hits))
 
             if s % log_every == 0 or s == last:
                 now = time.time()
@@ -416,11 +428,12 @@ def _run(
                 last_time, last_step = now, s
                 scalars = {
                     "loss": np.mean(window["loss"]),
-                    "accuracy": np.mean(window["hits"]),
                     "learning_rate": float(optimizer.learning_rate),
                     "frames_per_second": fps,
                     "non_finite_steps": non_finite_total,
                 }
+                if window["hits"]:
+                    scalars["accuracy"] = np.mean(window["hits"])
                 reader = sys.modules.get("sideways_tf.data.dmvr")  # (only if records are read)
                 if reader is not None:
                     scalars["data/skipped_records"] = reader.skipped_records()
@@ -433,11 +446,10 @@ def _run(
                     "buffer_norm",
                     [np.linalg.norm(np.array(u.output_buffer)) for u in pipeline.units],
                 )
-                bar.set_postfix(
-                    loss=f"{scalars['loss']:.3f}",
-                    acc=f"{scalars['accuracy']:.3f}",
-                    fps=f"{fps:.0f}",
-                )
+                shown = {"loss": f"{scalars['loss']:.3f}"}
+                if "accuracy" in scalars:
+                    shown["acc"] = f"{scalars['accuracy']:.3f}"
+                bar.set_postfix(**shown, fps=f"{fps:.0f}")
             if fidelity_every and (s % fidelity_every == 0 or s == 1):
                 fid = engine.gradient_fidelity(frames, labels)
                 summaries.write_per_unit(writers["train"], s, "fidelity/cosine", fid["cosine"])
@@ -451,7 +463,7 @@ def _run(
             if s % eval_every == 0 or s == last:
                 eval_metrics = run_eval()
                 if eval_metrics:
-                    bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.3f}")
+                    bar.write(f"step {s}: eval {_headline(eval_metrics)}")
     finally:
         stop.restore()
         bar.close()
@@ -568,6 +580,15 @@ def evaluate_workdir(workdir: str, gin_params: tuple = ()) -> dict:
         )
     gin.parse_config_files_and_bindings([config], list(gin_params), finalize_config=False)
     return train(workdir, eval_only=True, eval_params=tuple(gin_params))
+
+
+def _headline(metrics: dict) -> str:
+    if "psnr" in metrics:
+        return (
+            f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} (copy last frame: "
+            f"{metrics['psnr_copy_last']:.2f} dB, {metrics['ssim_copy_last']:.3f})"
+        )
+    return f"accuracy {metrics['accuracy']:.3f}"
 
 
 def _check_labels(labels, num_classes: int):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from toy import dense_pipeline, flat, random_clip
+from toy import dense_pipeline, flat, random_clip, rule_grads
 
 import sideways_tf as sw
 from sideways_tf import engine
@@ -26,9 +26,9 @@ def test_p1_one_unit_sideways_equals_frame_bp(compiled):
     clip, labels = random_clip(pipeline, 6)
 
     def grads(rule):
-        return run_eagerly_or_not(
-            lambda c, y: rule(pipeline, pipeline.zero_state(), c, y).grads, compiled
-        )(clip, labels)
+        return run_eagerly_or_not(lambda c, y: rule_grads(rule, pipeline, c, y), compiled)(
+            clip, labels
+        )
 
     side, frame = flat(grads(engine.sideways_gradients)), flat(grads(engine.frame_gradients))
     np.testing.assert_allclose(side[0], frame[0], rtol=1e-5, atol=1e-7)
@@ -58,7 +58,7 @@ def test_p2_constant_input_gives_frame_bp_gradient_once_full(topology, compiled)
     labels = np.array([0, 2], "int32")
     steps = per_step_gradients(pipeline, clip, labels, compiled)
     # frame_bp on one frame = BP of the DAG on x (the mean over identical frames).
-    reference = flat(engine.frame_gradients(pipeline, pipeline.zero_state(), frame, labels).grads)
+    reference = flat(rule_grads(engine.frame_gradients, pipeline, frame, labels, "frame_bp"))
     for t in range(2 * fill - 1, num_frames + 1):
         for i, (got, want) in enumerate(zip(steps[t - 1], reference), start=1):
             np.testing.assert_allclose(
@@ -170,7 +170,7 @@ def test_p4_bptt_tape_grows_with_clip_length_and_sideways_does_not():
             tf.TensorSpec((2, num_frames, 5), tf.float32),
             tf.TensorSpec((2,), tf.int32),
         )
-        fn = tf.function(lambda c, y: rule(pipeline, pipeline.zero_state(), c, y).grads)
+        fn = tf.function(lambda c, y: rule_grads(rule, pipeline, c, y))
         return len(fn.get_concrete_function(*spec).graph.get_operations())
 
     bptt = [graph_size(engine.bptt_gradients, k) for k in (8, 64)]

@@ -52,6 +52,16 @@ def random_clip(pipeline, num_frames, seed=0):
     return clip.astype("float32"), labels.astype("int32")
 
 
+def targets(pipeline, clip, labels, mode="bptt"):
+    """The rules' per-step (targets [B, K, ...], present [K]) for a clip and its labels."""
+    return sw.engine.step_targets(pipeline, mode, clip, labels)
+
+
+def rule_grads(rule, pipeline, clip, labels, mode="bptt"):
+    """A gradient rule's per-unit gradients on a clip from a fresh state."""
+    return rule(pipeline, pipeline.zero_state(), clip, *targets(pipeline, clip, labels, mode)).grads
+
+
 def flat(grads):
     """Per-unit gradient lists -> one flat float64 vector per unit."""
     return [np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in gu]) for gu in grads]

@@ -389,8 +389,10 @@ def moving_shapes_future_dataset(
     """Future-frame variant: unlabelled videos of num_frames + horizon frames.
 
     Same videos as moving_shapes_dataset for the same seed, split and index (its
-    first num_frames frames are that clip). A predictor sees frames[:K] and is
-    scored on frames[K:].
+    first num_frames frames are that clip). The future-frame task
+    (sideways_tf.prediction, data/moving_shapes_future.gin) trains on the whole
+    clip, every step predicting x[t - lag + h]: the horizon extra frames give
+    the last steps their targets.
 
     Returns:
       tf.data.Dataset of {"frames": float32 [K + horizon, H, W, 3] in [-1, 1]}.

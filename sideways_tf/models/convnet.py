@@ -1,7 +1,8 @@
 """A VGG-style per-frame convnet cut into Sideways units, one conv block per unit.
 
 Each unit is conv3x3 -> LayerNorm -> ReLU (stride 1 or 2); the last unit pools
-globally and the head is a dense classifier. With topology "skip(2)" each unit
+globally and the head is a dense classifier; with head="frames" the top keeps
+its map and the head decodes a future frame (models.layers.FrameDecoder). With topology "skip(2)" each unit
 also reads the unit two below, one frame newer: the connection across time that
 lets Skip-Sideways see motion (algorithm.md P5).
 """
@@ -14,6 +15,7 @@ import gin
 import keras
 
 from sideways_tf import placement
+from sideways_tf.models.layers import check_arguments, task_head
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.units import Unit
 
@@ -34,36 +36,46 @@ def conv_block(width: int, stride: int, name: str, pool: bool = False) -> keras.
 def conv_pipeline(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
-    num_classes: int = gin.REQUIRED,
+    num_classes: int | None = gin.REQUIRED,
     widths: Sequence[int] = (32, 32, 64, 64, 128, 128),  # one conv block (unit) per width
     strides: Sequence[int] = (1, 2, 1, 2, 1, 2),  # spatial stride of each block
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
 ) -> Pipeline:
-    """Builds the conv pipeline; the last unit pools, the head is Dense(num_classes)."""
+    """Builds the conv pipeline; the last unit pools, the head is Dense(num_classes).
+
+    head="frames": the last unit keeps its map and a FrameDecoder predicts a frame.
+    """
     if len(widths) != len(strides):
         raise ValueError(
             f"conv_pipeline: widths has {len(widths)} entries but strides has {len(strides)}; "
             "give one stride per unit."
         )
-    if num_classes is gin.REQUIRED or batch_size is gin.REQUIRED:
-        raise ValueError("conv_pipeline needs batch_size and num_classes.")
+    check_arguments("conv_pipeline", batch_size, num_classes, 1.0, head)
     unit_devices = placement.round_robin(len(widths), devices) if devices else [None] * len(widths)
     units = [
         Unit(
-            conv_block(w, s, name=f"block{i + 1}", pool=i == len(widths) - 1),
+            conv_block(w, s, name=f"block{i + 1}", pool=head == "classes" and i == len(widths) - 1),
             fusion=fusion,
             device=d,
             name=f"unit{i + 1}",
         )
         for i, (w, s, d) in enumerate(zip(widths, strides, unit_devices))
     ]
-    head = keras.layers.Dense(num_classes, name="head")
+    if head == "classes":
+        head_layer, loss = (
+            keras.layers.Dense(num_classes, name="head"),
+            "sparse_softmax_cross_entropy",
+        )
+    else:
+        head_layer, loss = task_head(head, num_classes, frame_shape, "conv_pipeline")
     return Pipeline(
         units,
         topology=topology,
-        head=head,
+        head=head_layer,
+        loss=loss,
         batch_size=batch_size,
         frame_shape=tuple(frame_shape),
         name="conv_pipeline",

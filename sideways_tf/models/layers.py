@@ -1,4 +1,9 @@
-"""What every model family shares: the norm, the classification head, argument checks.
+"""What every model family shares: the norm, the task heads, argument checks.
+
+Heads (a factory's `head` argument):
+  "classes"  global average pool + Dense logits, softmax cross-entropy per clip;
+  "frames"   FrameDecoder back to the frame size, pixel loss against a future
+             frame (sideways_tf.prediction.frame_loss: norm and horizon in gin).
 
 Normalisation is GroupNorm, per frame and per example, never over the batch: in
 a pipeline each unit holds a different frame at every step, and the VJP of step
@@ -15,6 +20,10 @@ from collections.abc import Sequence
 
 import gin
 import keras
+
+from sideways_tf import prediction
+
+HEADS = ("classes", "frames")
 
 
 def scaled_width(width: int, width_multiplier: float) -> int:
@@ -43,10 +52,79 @@ def classification_head(num_classes: int) -> keras.Sequential:
     )
 
 
-def check_arguments(model: str, batch_size, num_classes, width_multiplier) -> None:
+@keras.saving.register_keras_serializable(package="sideways_tf")
+class FrameDecoder(keras.layers.Layer):
+    """The future-frame head: top unit's map [B, h, w, c] -> a frame [B, H, W, C].
+
+    Stages of nearest x2 upsampling + conv3x3(width) + ReLU until the map is as
+    large as the frame (a bilinear resize when H/h is not a power of two), then
+    a linear conv3x3 to C channels (frames are in [-1, 1]).
+    """
+
+    def __init__(self, frame_shape, width: int = 32, **kwargs):
+        kwargs.setdefault("name", "head")
+        super().__init__(**kwargs)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.width = int(width)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"FrameDecoder needs the top unit's spatial map [B, h, w, c], got "
+                f"{tuple(input_shape)}: the top unit must not pool (head='frames' keeps the map)."
+            )
+        (h, w), (height, width, channels) = input_shape[1:3], self.frame_shape
+        self.stages = []
+        while h < height or w < width:
+            n = len(self.stages) + 1
+            self.stages += [
+                keras.layers.UpSampling2D(2, name=f"up{n}"),
+                keras.layers.Conv2D(self.width, 3, padding="same", name=f"conv{n}"),
+                keras.layers.ReLU(name=f"relu{n}"),
+            ]
+            h, w = 2 * h, 2 * w
+        if (h, w) != (height, width):
+            self.stages.append(keras.layers.Resizing(height, width, name="resize"))
+        self.stages.append(keras.layers.Conv2D(channels, 3, padding="same", name="frame"))
+        shape = tuple(input_shape)
+        for layer in self.stages:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def call(self, x):
+        for layer in self.stages:
+            x = layer(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.frame_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "frame_shape": self.frame_shape, "width": self.width}
+
+
+def task_head(head: str, num_classes, frame_shape, model: str):
+    """(head layer, loss) for head "classes" (logits) or "frames" (future frames)."""
+    if head == "classes":
+        return classification_head(int(num_classes)), "sparse_softmax_cross_entropy"
+    if head == "frames":
+        return FrameDecoder(frame_shape), prediction.frame_loss()
+    raise ValueError(f"{model}: head = {head!r}; choose one of {list(HEADS)}.")
+
+
+def check_arguments(
+    model: str, batch_size, num_classes, width_multiplier, head: str = "classes"
+) -> None:
     """Raises on a missing or non-positive batch size, class count or width multiplier."""
-    if batch_size is gin.REQUIRED or num_classes is gin.REQUIRED:
-        raise ValueError(f"{model} needs batch_size and num_classes (train() passes both).")
+    if head not in HEADS:
+        raise ValueError(f"{model}: head = {head!r}; choose one of {list(HEADS)}.")
+    if head == "frames":
+        num_classes = 1  # (no classes to predict)
+    if batch_size is gin.REQUIRED or num_classes in (gin.REQUIRED, None):
+        raise ValueError(
+            f"{model} needs batch_size and num_classes (train() passes both; set "
+            "train.num_classes), or head='frames' to predict frames."
+        )
     if int(batch_size) < 1 or int(num_classes) < 1:
         raise ValueError(
             f"{model}: batch_size and num_classes must be >= 1, got {batch_size} and {num_classes}."

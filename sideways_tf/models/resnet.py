@@ -32,9 +32,9 @@ from sideways_tf import placement
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
-    classification_head,
     group_norm,
     scaled_width,
+    task_head,
 )
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.units import Unit
@@ -134,10 +134,11 @@ def resnet_pipeline(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
     name: str = "resnet",
 ) -> Pipeline:
     """A ResNet-style pipeline: stem + first block in unit 1, then one block per unit."""
-    check_arguments(name, batch_size, num_classes, width_multiplier)
+    check_arguments(name, batch_size, num_classes, width_multiplier, head)
     blocks, widths = tuple(int(n) for n in blocks), tuple(int(w) for w in widths)
     if len(blocks) != len(widths) or not blocks or min(blocks) < 1:
         raise ValueError(
@@ -167,10 +168,12 @@ def resnet_pipeline(
         )
         for i, module in enumerate(modules, start=1)
     ]
+    head_layer, loss = task_head(head, num_classes, frame_shape, name)
     return Pipeline(
         units,
         topology=topology,
-        head=classification_head(int(num_classes)),
+        head=head_layer,
+        loss=loss,
         batch_size=int(batch_size),
         frame_shape=frame_shape,
         name=name,
@@ -186,6 +189,7 @@ def resnet18(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
 ) -> Pipeline:
     """8 basic blocks (64-512 channels) in 8 units; 1.7 GMACs per 112x112 frame at width 1."""
     return resnet_pipeline(
@@ -199,6 +203,7 @@ def resnet18(
         topology=topology,
         fusion=fusion,
         devices=devices,
+        head=head,
         name="resnet18",
     )
 

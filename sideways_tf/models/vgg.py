@@ -38,9 +38,9 @@ from sideways_tf import placement
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
-    classification_head,
     group_norm,
     scaled_width,
+    task_head,
 )
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.units import Unit
@@ -83,10 +83,11 @@ def vgg_pipeline(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
     name: str = "vgg",
 ) -> Pipeline:
     """A VGG-style pipeline: `stages` of conv layers cut into units by `unit_sizes`."""
-    check_arguments(name, batch_size, num_classes, width_multiplier)
+    check_arguments(name, batch_size, num_classes, width_multiplier, head)
     frame_shape = check_frame_shape(name, frame_shape, 2 ** (len(stages) - 1))
     layers = [
         (
@@ -117,10 +118,12 @@ def vgg_pipeline(
                 name=f"unit{i}",
             )
         )
+    head_layer, loss = task_head(head, num_classes, frame_shape, name)
     return Pipeline(
         units,
         topology=topology,
-        head=classification_head(int(num_classes)),
+        head=head_layer,
+        loss=loss,
         batch_size=int(batch_size),
         frame_shape=frame_shape,
         name=name,
@@ -136,6 +139,7 @@ def vgg8(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
 ) -> Pipeline:
     """8 conv layers (64-512 channels) in 5 units; 1.9 GMACs per 112x112 frame at width 1."""
     return vgg_pipeline(
@@ -148,6 +152,7 @@ def vgg8(
         topology=topology,
         fusion=fusion,
         devices=devices,
+        head=head,
         name="vgg8",
     )
 
@@ -161,6 +166,7 @@ def vgg16(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
+    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
 ) -> Pipeline:
     """16 conv layers (64-512 channels) in 6 units; 4.9 GMACs per 112x112 frame at width 1."""
     return vgg_pipeline(
@@ -173,6 +179,7 @@ def vgg16(
         topology=topology,
         fusion=fusion,
         devices=devices,
+        head=head,
         name="vgg16",
     )
 

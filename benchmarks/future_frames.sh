@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's future-frame table: the four modes predict the next moving_shapes frame,
+# same budget (train.num_steps, 1000 by default here).
+#   bash benchmarks/future_frames.sh [workdir_root] [num_steps] [modes...]
+# then: python benchmarks/plot_future.py --root [workdir_root]   (table + docs/future_frames.png)
+set -euo pipefail
+root=${1:-workdirs/moving_shapes_future}
+steps=${2:-1000}
+shift 2 || shift $# || true
+modes=${*:-frame_bp sideways skip_sideways bptt}
+mkdir -p "$root"
+for mode in $modes; do
+  start=$(date +%s)
+  sideways-train --gin_file="experiments/moving_shapes_future_${mode}" \
+    --workdir="$root/$mode" --gin_param=train.progress=False \
+    --gin_param="train.num_steps=$steps" --gin_param="train.eval_every=$steps" \
+    --gin_param="train.checkpoint_every=$steps"
+  echo "$mode: $(( $(date +%s) - start )) s wall" | tee -a "$root/wall_times.txt"
+done
