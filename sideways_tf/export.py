@@ -14,7 +14,12 @@ between steps at inference (PipelineState without the gradient messages):
     t           [] int32, frames fed since init_state
     output_i    a_i[t-1], the output buffer of unit i      [B, *out_i]
     delay_k     the k-th delay line of the topology        [d, B, *in]
-A client feeds every returned state tensor back into the next step.
+A client feeds every returned state tensor back into the next step. The signature
+leaves the batch axes open so that `step` can check them at run time: a frame batch
+other than B, or a state tensor of another shape (e.g. another export's), is refused
+with an error naming the shapes and the fix. `step_fixed_batch` (a function of the
+SavedModel, not a signature) is the same step with every shape fixed and no check;
+it is what `convert_tflite` converts.
 
 What a deployer needs is in `sideways_export.json` next to the SavedModel, and in
 the SavedModel itself as the signature `metadata() -> {"json"}`:
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import gin
 import numpy as np
@@ -86,13 +92,31 @@ class StreamingModule(tf.Module):
             v.value for v in checkpointing.variables_by_path(pipeline, buffers=False).values()
         ]
         zero = state_to_dict(pipeline.zero_state())
-        self._state_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in zero.items()}
-        # The batch is fixed: the state buffers hold B streams. A loaded signature does
-        # not check shapes when called, so clients must feed exactly B frames (README).
-        frame = tf.TensorSpec((pipeline.batch_size, *pipeline.frame_shape), tf.float32, "frame")
+        self._shapes = {k: v.shape for k, v in zero.items()}
+        self._dtypes = {k: v.dtype for k, v in zero.items()}
         self._metadata_json = json.dumps(metadata, sort_keys=True)
+        self._batch_size = pipeline.batch_size
+        self._frame_shape = tf.TensorShape((pipeline.batch_size, *pipeline.frame_shape))
+        # The signature leaves the batch axes open and the graph checks them (_step): a
+        # loaded signature does not check the shapes it is called with, and Grappler folds
+        # a check of a shape it knows statically (a placeholder's, or one the step's ops
+        # pin) into "true". So the step must not fix B itself (tests/test_export.py).
+        frame = tf.TensorSpec([None, *pipeline.frame_shape], tf.float32, "frame")
+        specs = {
+            k: tf.TensorSpec(_open_batch_axis(k, shape), self._dtypes[k], name=k)
+            for k, shape in self._shapes.items()
+        }
+        # The same step with every shape fixed and no check: what TFLite converts.
+        self.step_fixed_batch = tf.function(
+            self._forward,
+            input_signature=[
+                tf.TensorSpec(self._frame_shape, tf.float32, "frame"),
+                {k: tf.TensorSpec(v, self._dtypes[k], name=k) for k, v in self._shapes.items()},
+            ],
+        )
+        self._outputs = self.step_fixed_batch.get_concrete_function().structured_outputs["outputs"]
         self.init_state = tf.function(self._init_state, input_signature=[])
-        self.step = tf.function(self._step, input_signature=[frame, self._state_specs])
+        self.step = tf.function(self._step, input_signature=[frame, specs])
         self.metadata = tf.function(self._metadata, input_signature=[])
 
     @property
@@ -103,10 +127,65 @@ class StreamingModule(tf.Module):
         return state_to_dict(self.pipeline.zero_state())
 
     def _step(self, frame, state):
+        # Every input with an open batch axis is checked (t, a scalar, would be folded). The
+        # step runs in a branch, not after a control dependency on an assert: Grappler may
+        # run the step's ops first, and a concat of two batches fails before it, unclearly.
+        want = {"frame": self._frame_shape, **self._shapes}
+        got = {k: tf.shape(v) for k, v in {"frame": frame, **state}.items() if k != "t"}
+        ok = {k: _shape_equals(v, want[k]) for k, v in got.items()}
+        return tf.cond(
+            tf.reduce_all(tf.stack(list(ok.values()))),
+            lambda: self._forward(frame, state),
+            lambda: self._refuse(ok, got),
+        )
+
+    def _forward(self, frame, state):
         new_state, outputs = self.pipeline.forward_step(
             dict_to_state(self.pipeline, state), frame, training=False
         )
         return {"outputs": outputs, **state_to_dict(new_state)}
+
+    def _refuse(self, ok: dict, got: dict):
+        """Fails, naming the inputs whose shape is not as exported, and the fix.
+
+        No quote marks in the message: the assert prints them escaped. The zeros it would
+        return only give the branch the step's structure.
+        """
+        b = self._batch_size
+        frame = tf.strings.join(
+            [
+                "step got a frame batch of shape ",
+                _format_shape(got["frame"]),
+                f", but this model was exported for batch_size={b}, frames "
+                f"{self._frame_shape.as_list()} (its state holds {b} streams). Feed exactly "
+                f"{b} frames per step, or re-export for your batch: sideways-export "
+                "--workdir=W --output=DIR --batch_size=N (W: the workdir of the training run). ",
+            ]
+        )
+        names = [k for k in got if k != "frame"]
+        wrong = tf.logical_not(tf.stack([ok[k] for k in names]))
+        each = tf.stack(
+            [
+                tf.strings.join(
+                    [k, " ", _format_shape(got[k]), f" (not {self._shapes[k].as_list()})"]
+                )
+                for k in names
+            ]
+        )
+        state = tf.strings.join(
+            [
+                "State tensors whose shape differs from this model: ",
+                tf.strings.reduce_join(tf.boolean_mask(each, wrong), separator=", "),
+                ". Feed back the state that init_state() or step() of this model returned "
+                f"(exported for batch_size={b}), not the state of another export.",
+            ]
+        )
+        message = tf.strings.strip(
+            tf.where(ok["frame"], "", frame) + tf.where(tf.reduce_any(wrong), state, "")
+        )
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            zeros = {k: tf.zeros(shape, self._dtypes[k]) for k, shape in self._shapes.items()}
+            return {"outputs": tf.zeros(self._outputs.shape, self._outputs.dtype), **zeros}
 
     def _metadata(self):
         return {"json": tf.constant(self._metadata_json)}
@@ -117,6 +196,26 @@ class StreamingModule(tf.Module):
             "step": self.step.get_concrete_function(),
             "metadata": self.metadata.get_concrete_function(),
         }
+
+
+def _open_batch_axis(name: str, shape: tf.TensorShape) -> list:
+    """The signature's shape of a state tensor: its batch axis (delay lines: axis 1) open."""
+    dims = shape.as_list()
+    if name != "t":
+        dims[1 if name.startswith("delay_") else 0] = None
+    return dims
+
+
+def _shape_equals(got, want: tf.TensorShape):
+    """Whether the runtime shape `got` (int32 vector) is `want`, whatever got's length."""
+    want = tf.constant(want.as_list(), tf.int32)
+    padded = tf.concat([got, tf.fill([tf.size(want)], -1)], axis=0)[: tf.size(want)]
+    return tf.logical_and(tf.equal(tf.size(got), tf.size(want)), tf.reduce_all(padded == want))
+
+
+def _format_shape(got):
+    """[1, 16, 16, 4] from an int32 shape vector, at run time."""
+    return "[" + tf.strings.reduce_join(tf.strings.as_string(got), separator=", ") + "]"
 
 
 class _Untracked:
@@ -225,11 +324,21 @@ def export(workdir: str, output: str, batch_size: int = 1) -> dict:
 
 
 def convert_tflite(output: str) -> str:
-    """Converts the `step` signature of an exported SavedModel to output/model.tflite."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(output, signature_keys=["step"])
+    """Converts the step of an exported SavedModel to output/model.tflite (signature "step").
+
+    TFLite gets `step_fixed_batch`, the step with every shape fixed: the converter drops
+    the `step` signature's assert, and its open batch axis would leave a TFLite step that
+    returns zeros for a wrong batch. With fixed shapes the interpreter refuses one itself.
+    """
+    loaded = tf.saved_model.load(output)
+    with tempfile.TemporaryDirectory() as staging:
+        step = loaded.step_fixed_batch.get_concrete_function()
+        tf.saved_model.save(loaded, staging, signatures={"step": step})
+        converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["step"])
+        model = converter.convert()
     path = os.path.join(output, "model.tflite")
     with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(converter.convert())
+        f.write(model)
     return path
 
 

@@ -43,6 +43,42 @@ np.savez(out_path, outputs=np.stack(outputs), t=state["t"].numpy())
 """
 
 
+# Feeds `step` `frames` frames a step from a state of the export `state_dir` (default: its
+# own), in a fresh TensorFlow-only process; prints the error or the state's shapes after.
+TF_ONLY_WRONG_INPUT = """
+import json, sys
+import tensorflow as tf
+
+export_dir, frames, state_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = tf.saved_model.load(export_dir)
+state = tf.saved_model.load(state_dir).signatures["init_state"]()
+frame_shape = json.loads(model.signatures["metadata"]()["json"].numpy())["frame_shape"]
+try:
+    for _ in range(3):  # on a chain, a wrong batch reaches every unit's buffer by step 3
+        state = model.signatures["step"](frame=tf.zeros([frames, *frame_shape]), **state)
+        state.pop("outputs")
+except tf.errors.InvalidArgumentError as e:
+    print("refused:", e.message)
+else:
+    print("accepted:", json.dumps({k: v.shape.as_list() for k, v in state.items()}))
+assert "sideways_tf" not in sys.modules
+"""
+
+
+def run_tensorflow_only(script: str, *args, cwd) -> str:
+    """Runs `script` with args in a fresh interpreter without sideways_tf; its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.fixture(autouse=True)
 def fresh_gin_config():
     gin.clear_config()
@@ -68,6 +104,21 @@ def exported(workdir, tmp_path_factory):
     )
     gin.clear_config()
     return output
+
+
+@pytest.fixture(scope="module")
+def chain_exported(tmp_path_factory):
+    """A chain (no delay lines) exported for BATCH: a wrong batch there gave no error."""
+    path = tmp_path_factory.mktemp("chain")
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([config_files.resolve("tiny")], [])
+    train.train(str(path))
+    gin.clear_config()
+    cli.export_main(
+        ["--workdir", str(path), "--output", str(path / "export"), f"--batch_size={BATCH}"]
+    )
+    gin.clear_config()
+    return path / "export"
 
 
 def clip(num_frames=8):
@@ -98,15 +149,7 @@ def test_exported_step_reproduces_forward_step_in_a_tensorflow_only_process(
 
     np.save(tmp_path / "clip.npy", frames)
     out = tmp_path / "out.npz"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", TF_ONLY, str(exported), str(tmp_path / "clip.npy"), str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_tensorflow_only(TF_ONLY, exported, tmp_path / "clip.npy", out, cwd=tmp_path)
     got = np.load(out)
     assert int(got["t"]) == frames.shape[1]
     assert got["outputs"].shape == expected.shape == (8, BATCH, 12)
@@ -131,6 +174,13 @@ def test_tflite_step_matches_the_saved_model(exported):
     model = tf.saved_model.load(str(exported))
     state = model.signatures["init_state"]()
     runner = tf.lite.Interpreter(str(exported / "model.tflite")).get_signature_runner("step")
+    # Every shape fixed (converted from step_fixed_batch): TFLite itself holds B.
+    frame = runner.get_input_details()["frame"]
+    assert frame["shape_signature"].tolist() == [BATCH, 16, 16, 3]
+    interpreter = tf.lite.Interpreter(str(exported / "model.tflite"))
+    interpreter.allocate_tensors()
+    with pytest.raises(ValueError, match="Dimension mismatch"):
+        interpreter.set_tensor(frame["index"], np.zeros([1, 16, 16, 3], np.float32))
     lite_state = {k: v.numpy() for k, v in state.items()}
     for x_t in clip().transpose(1, 0, 2, 3, 4):
         want = model.signatures["step"](frame=tf.constant(x_t), **state)
@@ -140,14 +190,53 @@ def test_tflite_step_matches_the_saved_model(exported):
         lite_state = {k: v for k, v in got.items() if k != "outputs"}
 
 
-def test_signatures_fix_the_batch_and_frame_shape(exported):
+def test_step_leaves_only_the_batch_open_and_step_fixed_batch_fixes_it(exported):
     model = tf.saved_model.load(str(exported))
     _, inputs = model.signatures["step"].structured_input_signature
-    assert inputs["frame"].shape.as_list() == [BATCH, 16, 16, 3]
+    assert inputs["frame"].shape.as_list() == [None, 16, 16, 3]
     state = model.signatures["init_state"]()
+    fixed = model.step_fixed_batch.get_concrete_function().structured_input_signature[0]
+    assert fixed[0].shape.as_list() == [BATCH, 16, 16, 3]
     for name, value in state.items():  # output_i [B, ...], delay_k [d, B, ...]
+        assert fixed[1][name].shape == value.shape, name
         if name != "t":
-            assert value.shape[1 if name.startswith("delay_") else 0] == BATCH, name
+            axis = 1 if name.startswith("delay_") else 0
+            assert value.shape[axis] == BATCH, name
+            want = value.shape.as_list()
+            want[axis] = None
+            assert inputs[name].shape.as_list() == want, name
+
+
+@pytest.mark.parametrize("frames", [1, BATCH + 1])
+@pytest.mark.parametrize("pipeline", ["chain", "skip_with_delay_lines"])
+def test_a_frame_batch_other_than_the_exported_is_refused_naming_the_fix(
+    exported, chain_exported, tmp_path, pipeline, frames
+):
+    # Before the check: the chain took it silently (its buffers changed batch, step by
+    # step), the delay lines failed on a concat that named neither batch.
+    model = chain_exported if pipeline == "chain" else exported
+    out = run_tensorflow_only(TF_ONLY_WRONG_INPUT, model, frames, model, cwd=tmp_path)
+    assert out.startswith("refused:"), out
+    assert f"step got a frame batch of shape [{frames}, 16, 16, 3]" in out
+    assert f"exported for batch_size={BATCH}, frames [{BATCH}, 16, 16, 3]" in out
+    assert f"Feed exactly {BATCH} frames per step" in out
+    assert "sideways-export --workdir=W --output=DIR --batch_size=N" in out
+    assert "State tensors" not in out  # the state was this model's own
+    # Exactly BATCH frames are accepted: the check does not refuse everything.
+    ok = run_tensorflow_only(TF_ONLY_WRONG_INPUT, model, BATCH, model, cwd=tmp_path)
+    shapes = json.loads(ok.removeprefix("accepted:"))
+    assert shapes["output_1"] == [BATCH, 16, 16, 4], ok
+
+
+def test_a_state_of_another_export_is_refused_naming_each_tensor(workdir, exported, tmp_path):
+    other = tmp_path / "batch1"
+    cli.export_main(["--workdir", str(workdir), "--output", str(other), "--batch_size=1"])
+    out = run_tensorflow_only(TF_ONLY_WRONG_INPUT, exported, BATCH, other, cwd=tmp_path)
+    assert out.startswith("refused:"), out
+    assert "step got a frame batch" not in out  # the frames were right
+    assert f"output_1 [1, 16, 16, 4] (not [{BATCH}, 16, 16, 4])" in out
+    assert f"delay_1 [1, 1, 16, 16, 3] (not [1, {BATCH}, 16, 16, 3])" in out
+    assert "Feed back the state that init_state() or step() of this model returned" in out
 
 
 def test_workdir_without_a_checkpoint_names_sideways_train(workdir, tmp_path):
