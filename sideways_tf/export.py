@@ -44,7 +44,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import checkpointing, placement
+from sideways_tf import checkpointing, placement, prediction
 from sideways_tf.data import contract
 from sideways_tf.pipeline import Pipeline, PipelineState
 
@@ -254,8 +254,8 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     bindings = gin.get_bindings("train")
     data_binding = "train.eval_data" if bindings.get("eval_data") else "train.train_data"
     data_fn = bindings[data_binding.split(".")[1]]
-    _, frame_shape = contract.check_clip_dataset(data_fn(), data_binding)
-    num_classes = bindings["num_classes"]
+    _, frame_shape = contract.check_clip_dataset(data_fn(), data_binding, labelled=False)
+    num_classes = bindings.get("num_classes")
     pipeline = bindings["model_fn"](
         batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes
     )
@@ -268,13 +268,21 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
 
     topology = pipeline.topology
+    frames = prediction.predicts_frames(pipeline)
     metadata = dict(
         format="sideways_tf streaming export 1",
         frame_shape=list(frame_shape),
         frame_dtype="float32",
         batch_size=batch_size,
-        num_classes=int(num_classes),
-        class_names=_class_names(bindings, data_binding, num_classes),
+        task="future_frames" if frames else "classes",
+        outputs=(
+            "frames [B, H, W, C]: step t predicts x[t - newest_lag + horizon]"
+            if frames
+            else "logits [B, num_classes]"
+        ),
+        horizon=pipeline.loss_fn.horizon if frames else None,
+        num_classes=None if frames else int(num_classes),
+        class_names=None if frames else _class_names(bindings, data_binding, num_classes),
         fill_steps=topology.fill_steps,
         newest_lag=topology.newest_lag(topology.num_units),
         oldest_lag=topology.fill_steps - 1,

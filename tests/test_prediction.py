@@ -11,7 +11,7 @@ import tensorflow as tf
 from test_properties import frames_in, tagged_clip
 
 import sideways_tf as sw
-from sideways_tf import config_files, engine, prediction
+from sideways_tf import config_files, engine, export, prediction
 from sideways_tf.evaluate import evaluate
 from sideways_tf.models import convnet, resnet, vgg
 from sideways_tf.models.layers import FrameDecoder
@@ -252,6 +252,21 @@ def test_future_frame_run_reports_psnr_and_writes_prediction_images(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "eval", name)):
             tags |= {v.tag for v in event.summary.value}
     assert {"predictions", "psnr", "ssim_copy_last"} <= tags
+
+    # The streaming export of a future-frame run steps out frames, and says which.
+    out = str(tmp_path / "export")
+    meta = export.export(workdir, out, batch_size=1)
+    assert meta["task"] == "future_frames" and meta["horizon"] == 1
+    assert meta["num_classes"] is None and meta["class_names"] is None
+    pipeline, _ = export.load_pipeline(workdir, batch_size=1)
+    clip = np.random.default_rng(0).uniform(-1, 1, (1, 5, 16, 16, 3)).astype("float32")
+    loaded = tf.saved_model.load(out)
+    state = loaded.signatures["init_state"]()
+    for k, want in enumerate(export.run_clip(pipeline, clip)):
+        named = {n: state[n] for n in meta["state_names"]}
+        state = loaded.signatures["step"](frame=tf.constant(clip[:, k]), **named)
+        assert state["outputs"].shape == (1, 16, 16, 3)
+        np.testing.assert_allclose(state["outputs"].numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_with_a_horizon_past_its_clips_stops_before_training(tmp_path):
