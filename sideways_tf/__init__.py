@@ -5,6 +5,7 @@ Public API:
   SumFusion, ConcatFusion, GatedFusion  skip integrators (fusion.py)
   parse_topology, Topology, Edge     edges between units (topology.py)
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
+  FrameLoss                          future-frame prediction's loss (prediction.py)
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
 """
 
@@ -25,6 +26,7 @@ _EXPORTS = {
     "ConcatFusion": "fusion",
     "GatedFusion": "fusion",
     "SumFusion": "fusion",
+    "FrameLoss": "prediction",
     "Pipeline": "pipeline",
     "PipelineState": "pipeline",
     "Edge": "topology",
@@ -53,6 +55,7 @@ __all__ = [
     "ConcatFusion",
     "Edge",
     "Engine",
+    "FrameLoss",
     "GatedFusion",
     "Pipeline",
     "PipelineState",
