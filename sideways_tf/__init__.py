@@ -6,6 +6,7 @@ Public API:
   parse_topology, Topology, Edge     edges between units (topology.py)
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
+  sideways_tf.precision              mixed precision: policy_scope, loss_scaling
 """
 
 import importlib
