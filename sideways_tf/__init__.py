@@ -7,6 +7,7 @@ Public API:
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
   FrameLoss                          future-frame prediction's loss (prediction.py)
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
+  sideways_tf.precision              mixed precision: policy_scope, loss_scaling
 """
 
 import importlib

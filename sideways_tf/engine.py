@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import placement, prediction
+from sideways_tf import placement, precision, prediction
 from sideways_tf.pipeline import Pipeline, PipelineState
 
 MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
@@ -54,7 +54,9 @@ def _valid(pipeline: Pipeline, t) -> tf.Tensor:
 
 
 def _masked_loss(pipeline, target, logits, valid):
-    return tf.reduce_mean(pipeline.loss_fn(target, logits)) * valid
+    """The loss in float32, times the loss scale S when the engine scales losses (float16)."""
+    logits = tf.cast(logits, tf.float32)
+    return precision.scale_loss(tf.reduce_mean(pipeline.loss_fn(target, logits)) * valid)
 
 
 def step_targets(pipeline: Pipeline, mode: str, clip, labels):
@@ -161,7 +163,8 @@ def sideways_gradients(pipeline, state, clip, targets, present, training=True) -
         summed = []
         for i, (au, gu) in enumerate(zip(accum, step.grads), start=1):
             with pipeline.unit_scope(i):  # each unit's accumulator stays on its device
-                summed.append([a + g for a, g in zip(au, gu)])
+                # float32 like the parameters, whatever dtype a VJP comes out in.
+                summed.append([a + tf.cast(g, a.dtype) for a, g in zip(au, gu)])
         accum = summed
         return (
             k + 1,
@@ -259,7 +262,9 @@ def frame_gradients(pipeline, state, clip, targets, present, training=True) -> C
     theta = all_variables(pipeline)
     with tf.GradientTape() as tape:
         per_frame, logits = frame_logits(pipeline, clip, training=training)
+        per_frame = tf.cast(per_frame, tf.float32)
         loss = tf.reduce_sum(pipeline.loss_fn(frame_targets, per_frame) * weights) / total
+        loss = precision.scale_loss(loss)  # (times S when the engine scales losses)
     flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     state = state._replace(t=state.t + num_frames)
     n = tf.reduce_sum(present)
@@ -319,6 +324,12 @@ class Engine:
     one `strategy.run`; the optimizer all-reduces (sums) the replicas' gradients
     once per parameter update, so each replica's gradient is scaled by
     1 / num_replicas: R replicas of B clips update exactly as one device on R*B.
+
+    Loss scaling (float16, sideways_tf.precision): with a LossScaleOptimizer the
+    rules differentiate S * loss (S its dynamic scale), the optimizer unscales.
+    Gradients that overflow while the loss is finite halve S and skip the update
+    (metrics["overflow"], not a non-finite step); a non-finite loss is the data's
+    or the model's fault and is skipped as without scaling.
     """
 
     def __init__(
@@ -373,6 +384,19 @@ class Engine:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
         optimizer.build(self.variables)
+        self.loss_scaled = precision.is_loss_scaled(optimizer)
+        self.message_scale = None
+        if self.loss_scaled:
+            with pipeline.unit_variable_scope(pipeline.num_units):
+                # S when the buffered messages were formed (rescaled when S changes).
+                self.message_scale = tf.Variable(
+                    float(optimizer.initial_scale),
+                    dtype=tf.float32,
+                    trainable=False,
+                    name="message_loss_scale",
+                    synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
         self._update = tf.function(self._update_fn, jit_compile=jit_compile)
         self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
         self._predict_steps = tf.function(self._predict_steps_fn, jit_compile=jit_compile)
@@ -421,6 +445,7 @@ class Engine:
         merged = dict(results[-1])
         merged["valid_steps"] = tf.reduce_sum(weights)
         merged["applied"] = tf.reduce_all([r["applied"] for r in results])
+        merged["overflow"] = tf.reduce_any([r["overflow"] for r in results])
         for key in ("loss", "logits"):
             merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
         return merged
@@ -435,6 +460,8 @@ class Engine:
         update): a non-finite update is skipped, parameters and optimizer stay as
         they were and metrics["applied"] is False. (The decision sits between the
         two: an optimizer's all-reduce cannot sit in a conditional inside a replica.)
+        Under loss scaling, a skip because the scaled gradients overflowed (the loss
+        is finite) halves the scale: metrics["overflow"], metrics["loss_scale"].
         """
         out = self.strategy.run(
             self._replica_gradients,
@@ -448,8 +475,13 @@ class Engine:
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
-        with tf.control_dependencies([applied]):
+        overflow = self._local(out["overflow"])[0]
+        lowered = tf.constant(False)
+        if self.loss_scaled:
+            lowered = tf.cond(overflow, self._lower_loss_scale, lambda: tf.constant(False))
+        with tf.control_dependencies([applied, lowered]):
             params_finite = tf.reduce_all([_all_finite(v) for v in self.variables])
+            loss_scale = self._loss_scale()
         return {
             "loss": self._local_mean(out["loss"]),
             "logits": tf.concat(self._local(out["logits"]), axis=0),
@@ -457,7 +489,21 @@ class Engine:
             "grad_norms": self._local_mean(out["grad_norms"]),
             "applied": applied,
             "params_finite": params_finite,
+            "overflow": overflow,
+            "loss_scale": loss_scale,
         }
+
+    def _loss_scale(self) -> tf.Tensor:
+        """[] float32: the LossScaleOptimizer's current scale S, or 1."""
+        if not self.loss_scaled:
+            return tf.constant(1.0)
+        return tf.convert_to_tensor(self.optimizer.dynamic_scale)
+
+    def _lower_loss_scale(self):
+        """After an overflow: S / 2 and the growth counter reset (LossScaleOptimizer's rule)."""
+        self.optimizer.step_counter.assign(0)
+        self.optimizer.dynamic_scale.assign(self.optimizer.dynamic_scale * 0.5)
+        return tf.constant(True)
 
     def _replica_gradients(self, clip, labels, start, chunk: int, fresh: bool):
         """One replica's share: frames [start, start + chunk) of its clips [B, K, *frame].
@@ -473,33 +519,52 @@ class Engine:
             clip, targets = (_frames(x, start, chunk) for x in (clip, targets))
             present = present[start : start + chunk]
         state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.step)
-        out = self.rule(self.pipeline, state, clip, targets, present)
-        grads, norms, finite = [], [], [_all_finite(out.loss)]
+        loss_scale = self._loss_scale() if self.loss_scaled else None
+        if loss_scale is not None and not fresh:  # messages formed under an earlier S
+            state = state._replace(messages=self._rescale_messages(state.messages, loss_scale))
+        with precision.scaled_losses(loss_scale):  # (loss and gradients come out times S)
+            out = self.rule(self.pipeline, state, clip, targets, present)
+        unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
+        grads, norms, finite_grads = [], [], []
         for i, gu in enumerate(out.grads, start=1):
             with self.pipeline.unit_scope(i):
-                norms.append(_global_norm(gu))
-                finite += [_all_finite(g) for g in gu]
+                norms.append(_global_norm(gu) * unscale)
+                finite_grads += [_all_finite(g) for g in gu]
                 scale = 1.0 / self.num_replicas
                 grads += [g * scale for g in gu] if self.num_replicas > 1 else list(gu)
-        finite = tf.reduce_all(finite)
+        finite_loss, finite_grads = _all_finite(out.loss), tf.reduce_all(finite_grads)
+        finite = finite_loss & finite_grads
 
         def write():
             self.pipeline.write_state(out.state)
             self.step.assign(out.state.t)
+            if loss_scale is not None:
+                self.message_scale.assign(loss_scale)
             return tf.constant(True)
 
         tf.cond(finite, write, lambda: tf.constant(False))
-        bad = 1.0 - tf.cast(finite, tf.float32)
+        bad = 1.0 - tf.cast(tf.stack([finite_loss, finite_grads]), tf.float32)
         if self.num_replicas > 1:  # every replica must take the same decision
             bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
         return {
             "grads": grads,
-            "finite": bad == 0.0,
-            "loss": out.loss,
+            "finite": tf.reduce_all(bad == 0.0),
+            # Scaled gradients overflowed, the loss did not: S is too large, not the data bad.
+            "overflow": tf.constant(self.loss_scaled) & (bad[0] == 0.0) & (bad[1] > 0.0),
+            "loss": out.loss * unscale,
             "logits": out.logits,
             "valid_steps": out.valid_steps,
             "grad_norms": tf.stack(norms),
         }
+
+    def _rescale_messages(self, messages, loss_scale) -> tuple:
+        """m_i formed under S' = message_scale, brought to S: m_i * S / S' (a power of 2)."""
+        ratio = loss_scale / tf.convert_to_tensor(self.message_scale)
+        out = []
+        for j, m in enumerate(messages, start=1):
+            with self.pipeline.unit_scope(j):
+                out.append(m * tf.cast(ratio, m.dtype))
+        return tuple(out)
 
     # -- Evaluation --------------------------------------------------------------
 
@@ -579,7 +644,13 @@ class Engine:
         return self._fidelity(clip, labels)
 
     def _fidelity_fn(self, clip, labels):
-        out = self.strategy.run(lambda c, y: gradient_fidelity(self.pipeline, c, y), (clip, labels))
+        def fidelity(c, y):
+            # Scaled like training (float16 messages stay in range); cosines and ratios
+            # do not depend on S.
+            with precision.scaled_losses(self._loss_scale() if self.loss_scaled else None):
+                return gradient_fidelity(self.pipeline, c, y)
+
+        out = self.strategy.run(fidelity, (clip, labels))
         return {k: self._local_mean(v) for k, v in out.items()}
 
     # -- Replicas ------------------------------------------------------------------

@@ -31,7 +31,9 @@ the SavedModel itself as the signature `metadata() -> {"json"}`:
     mode, topology, checkpoint, checkpoint_step, state_names.
 
 The export is traced with no device pins (default device) and restores parameters
-only (never buffers or optimizer state), as evaluation does.
+only (never buffers or optimizer state), as evaluation does. It is float32 whatever
+train.precision the run trained in (parameters are float32 in every precision):
+state tensors and outputs are float32; metadata trained_precision names the run's.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import checkpointing, placement, prediction
+from sideways_tf import checkpointing, placement, precision, prediction
 from sideways_tf.data import contract
 from sideways_tf.pipeline import Pipeline, PipelineState
 
@@ -256,9 +258,10 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     data_fn = bindings[data_binding.split(".")[1]]
     _, frame_shape = contract.check_clip_dataset(data_fn(), data_binding, labelled=False)
     num_classes = bindings.get("num_classes")
-    pipeline = bindings["model_fn"](
-        batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes
-    )
+    with precision.policy_scope("float32"):  # (a mixed_* run's float32 parameters load as is)
+        pipeline = bindings["model_fn"](
+            batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes
+        )
     _unpin(pipeline)
 
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -288,6 +291,7 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
         oldest_lag=topology.fill_steps - 1,
         num_units=topology.num_units,
         mode=bindings.get("mode"),
+        trained_precision=bindings.get("precision", "float32"),
         topology=topology.describe(),
         checkpoint=os.path.basename(path),
         checkpoint_step=int(step.numpy()),

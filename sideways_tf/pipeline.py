@@ -236,11 +236,15 @@ class Pipeline(keras.Layer):
                 continue
             line = state.delays[slot[k]]  # [d, B, ...], holds a_j[t-1-d] .. a_j[t-2]
             inputs.append(line[0])
-            new_lines[slot[k]] = tf.concat([line[1:], previous[e.source][None]], axis=0)
+            newest = tf.cast(previous[e.source], line.dtype)  # (frames come in float32)
+            new_lines[slot[k]] = tf.concat([line[1:], newest[None]], axis=0)
         return inputs, new_lines
 
     def apply_head(self, a_top, training=None):
-        return a_top if self.head is None else self.head(a_top, training=training)
+        """The task head on the top unit's output, in float32 (Keras' convention for a
+        model's outputs under mixed precision: losses and metrics are taken in float32)."""
+        out = a_top if self.head is None else self.head(a_top, training=training)
+        return tf.cast(out, tf.float32)
 
     def forward_step(self, state: PipelineState, x_t, training=None):
         """One step of the pipelined network. x_t: [B, *frame]. Returns (state, top output)."""

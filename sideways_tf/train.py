@@ -33,6 +33,7 @@ import tensorflow as tf
 import tqdm
 
 from sideways_tf import checkpointing, distribute, prediction, summaries
+from sideways_tf import precision as precision_lib
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.data import contract
 from sideways_tf.engine import MODES, Engine, check_mode
@@ -87,10 +88,14 @@ def build_run(
     keep_checkpoints: int,
     data_iterator=None,
     repair: bool = True,
+    precision: str = "float32",
 ) -> Run:
     """Builds pipeline, optimizer, engine, checkpoint and writers on the runtime.
 
     batch_size is the global batch; each replica's pipeline holds B = batch_size / R.
+    The pipeline's layers are created under the Keras dtype policy `precision`
+    (the global policy is restored afterwards); "mixed_float16" wraps the optimizer
+    in a LossScaleOptimizer (gin: loss_scaling.initial_scale).
     The checkpoint holds parameters, optimizer, step and (given) the data position;
     buffers only with carry_state (otherwise they are zero at every clip's start).
     """
@@ -99,15 +104,19 @@ def build_run(
     def build():
         return model_fn(batch_size=per_replica, frame_shape=frame_shape, num_classes=num_classes)
 
-    cores = runtime.assign_cores(build)  # 'auto' measures a probe pipeline first
-    keras.utils.set_random_seed(seed)  # the same initial parameters, probe or not
+    with precision_lib.policy_scope(precision):
+        cores = runtime.assign_cores(build)  # 'auto' measures a probe pipeline first
+        keras.utils.set_random_seed(seed)  # the same initial parameters, probe or not
+        with runtime.scope(cores):
+            pipeline = build()
     with runtime.scope(cores):
-        pipeline = build()
         try:
             check_mode(mode, pipeline)
         except ValueError as e:
             raise ValueError(f"{e} (gin: train.mode = '{mode}', and the model's topology.)") from e
         optimizer = optimizer_fn(decay_steps=decay_steps)
+        if precision == "mixed_float16":
+            optimizer = precision_lib.loss_scaling(optimizer)
         engine = Engine(
             pipeline,
             mode,
@@ -126,6 +135,8 @@ def build_run(
     )
     if carry_state:
         state["engine_step"] = engine.step
+        if engine.message_scale is not None:
+            state["message_loss_scale"] = engine.message_scale
     if data_iterator is not None:
         state["data"] = data_iterator
     directory = os.path.join(workdir, "checkpoints")
@@ -166,6 +177,7 @@ def train(
     update_every: int | None = None,  # optimizer step every N frames (None: once per clip)
     carry_state: bool = False,  # keep buffers across consecutive clips (streaming)
     jit_compile: bool = False,  # XLA-compile the update (units of a replica on one device)
+    precision: str = "float32",  # float32 | mixed_bfloat16 | mixed_float16 (loss-scaled)
     max_non_finite_steps: int = 10,  # stop after this many non-finite updates in a row
     # -- Logging and checkpoints ----------------------------------------------
     log_every: int = 50,  # steps between train scalars
@@ -188,6 +200,7 @@ def train(
     """
     _check_settings(
         mode=mode,
+        precision=precision,
         batch_size=batch_size,
         num_steps=num_steps,
         stop_at_step=stop_at_step,
@@ -242,6 +255,7 @@ def _run(
     update_every,
     carry_state,
     jit_compile,
+    precision,
     max_non_finite_steps,
     log_every,
     fidelity_every,
@@ -293,6 +307,7 @@ def _run(
         keep_checkpoints=keep_checkpoints,
         data_iterator=train_iter if iter_checkpointable else None,
         repair=runtime.is_chief and not eval_only,
+        precision=precision,
     )
     pipeline, optimizer, engine, step, writers = (
         run.pipeline,
@@ -374,7 +389,7 @@ def _run(
     )
     window = {"loss": [], "hits": []}
     last_time, last_step = time.time(), s
-    non_finite_in_a_row, non_finite_total = 0, 0
+    non_finite_in_a_row, non_finite_total, overflow_total = 0, 0, 0
     # Ctrl-C and SIGTERM (preemption, `kill`) set a flag the loop reads between steps:
     # the step in flight completes, a checkpoint is written, the run exits 130 / 143.
     stop = _StopSignals(sigterm=preemption is None)
@@ -400,6 +415,16 @@ def _run(
                     f"(adam.learning_rate = {float(optimizer.learning_rate):g} now). Nothing "
                     f"was saved; the last checkpoint, {run.checkpointer.latest}, is intact."
                 )
+            if bool(metrics["overflow"]):
+                # float16 loss scaling: the scaled gradients overflowed and the engine halved
+                # the scale. Expected (mostly at the start); not the data's fault.
+                overflow_total += 1
+                summaries.write_scalars(
+                    writers["train"],
+                    s,
+                    {"loss_scale": float(metrics["loss_scale"]), "overflow_steps": overflow_total},
+                )
+                continue
             if not bool(metrics["applied"]):
                 non_finite_in_a_row += 1
                 non_finite_total += 1
@@ -434,6 +459,9 @@ def _run(
                 }
                 if window["hits"]:
                     scalars["accuracy"] = np.mean(window["hits"])
+                if engine.loss_scaled:
+                    scalars["loss_scale"] = float(metrics["loss_scale"])
+                    scalars["overflow_steps"] = overflow_total
                 reader = sys.modules.get("sideways_tf.data.dmvr")  # (only if records are read)
                 if reader is not None:
                     scalars["data/skipped_records"] = reader.skipped_records()
@@ -444,7 +472,10 @@ def _run(
                     writers["train"],
                     s,
                     "buffer_norm",
-                    [np.linalg.norm(np.array(u.output_buffer)) for u in pipeline.units],
+                    [
+                        np.linalg.norm(np.asarray(u.output_buffer, np.float32))
+                        for u in pipeline.units
+                    ],
                 )
                 shown = {"loss": f"{scalars['loss']:.3f}"}
                 if "accuracy" in scalars:
@@ -533,6 +564,7 @@ def _check_settings(**settings):
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"train.{name} must be a positive integer or None, got {value!r}.")
+    precision_lib.check_precision(settings["precision"], "train.precision")
     if settings["mode"] not in MODES:
         raise ValueError(f"train.mode = {settings['mode']!r}; choose one of {list(MODES)}.")
     if settings["data_checkpoint"] not in ("full", "symbolic"):

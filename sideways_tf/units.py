@@ -12,6 +12,8 @@ build() (the static-batch pattern of Keras' stateful RNNs):
     message   m_i[t], the gradient w.r.t. a_i        [B, *out]   (not on the top unit)
     delay_k   a_j[t-1-d], ..., a_j[t-2] for edge k   [d, B, *in_k] (edges with d > 0)
 Nothing else: no per-frame history, so the state does not grow with clip length.
+Buffers are stored in the unit's compute dtype (bfloat16 / float16 under a
+mixed Keras dtype policy, see sideways_tf.precision); parameters stay float32.
 """
 
 from __future__ import annotations
@@ -108,12 +110,23 @@ class Unit(keras.Layer):
         self.source_shapes = shapes
 
     def _buffer(self, shape, name):
-        return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
+        return self.add_weight(
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name=name,
+            dtype=self.compute_dtype,
+            autocast=False,
+        )
 
     def call(self, inputs, training=None):
-        """inputs: list of source activations, primary first. Returns a_i = H_i(C_i(inputs))."""
+        """inputs: list of source activations, primary first. Returns a_i = H_i(C_i(inputs)).
+
+        Inputs are cast to the compute dtype (Keras autocast: float32 frames too), and so
+        is the output, whatever the module's own policy, to match the output buffer.
+        """
         u = self.fusion(inputs) if self.fusion is not None else inputs[0]
-        return self.module(u, training=training)
+        return ops.cast(self.module(u, training=training), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return self.output_shape_
