@@ -77,7 +77,8 @@ def test_buffers_in_compute_dtype_parameters_slots_and_accumulators_in_float32(p
     slots = [v for v in eng.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
     assert len(slots) == 2 * len(eng.variables)
     clip, labels = random_clip(pipeline, 2 * pipeline.fill_steps + 3)
-    grads = engine.sideways_gradients(pipeline, pipeline.zero_state(), clip, labels)
+    targets, present = engine.step_targets(pipeline, "skip_sideways", clip, labels)
+    grads = engine.sideways_gradients(pipeline, pipeline.zero_state(), clip, targets, present)
     assert all(g.dtype == tf.float32 for gu in grads.grads for g in gu)
     assert grads.loss.dtype == tf.float32 and grads.logits.dtype == tf.float32
     metrics = eng.train_clip(clip, labels)

@@ -287,3 +287,20 @@ def test_a_run_with_a_horizon_past_its_clips_stops_before_training(tmp_path):
     finally:
         gin.clear_config()
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint")
+
+
+def test_frame_heads_train_in_bfloat16_with_float32_predictions_and_loss():
+    from sideways_tf import precision
+
+    keras.utils.set_random_seed(0)
+    with precision.policy_scope("mixed_bfloat16"):
+        pipeline = convnet.tiny_conv_pipeline(
+            batch_size=2, frame_shape=(8, 8, 2), num_classes=None, topology="skip(2)", head="frames"
+        )
+    assert pipeline.units[0].output_buffer.dtype == "bfloat16"
+    eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1))
+    clip = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 8, 2)).astype("float32")
+    losses = [float(eng.train_clip(clip)["loss"]) for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    out = eng.predict_steps(clip)
+    assert out["outputs"].dtype == tf.float32 and out["outputs"].shape == (2, 8, 8, 8, 2)
