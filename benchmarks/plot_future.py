@@ -75,7 +75,7 @@ def main():
     shown = [(mode, image) for mode, image in zip(rows, images) if image is not None]
     if not shown:
         return
-    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 1.6 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.2 * len(shown)), squeeze=False)
     for ax, (mode, image) in zip(axes[:, 0], shown):
         ax.imshow(image, interpolation="nearest")
         ax.set_ylabel(f"{mode}\ntarget / pred", rotation=0, ha="right", va="center", fontsize=9)

@@ -7,16 +7,15 @@ import socket
 import subprocess
 import sys
 
-import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from test_train import ROOT, TINY, parameters
-from toy import dense_pipeline, random_clip
+from toy import dense_pipeline, random_clip, train_config
 
 import sideways_tf as sw
-from sideways_tf import costs, distribute, placement, train
+from sideways_tf import costs, distribute, placement
 from sideways_tf.models import convnet
 
 CPUS = ["CPU:0", "CPU:1", "CPU:2", "CPU:3"]
@@ -299,13 +298,7 @@ def test_engine_outside_the_pipelines_strategy_is_refused():
 # -- Training runs on a runtime ----------------------------------------------------------
 
 
-def run_tiny(workdir, *params):
-    gin.clear_config()
-    gin.parse_config_files_and_bindings([TINY], list(params))
-    try:
-        return train.train(str(workdir))
-    finally:
-        gin.clear_config()
+run_tiny = train_config
 
 
 MIRRORED = (

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from toy import conv_pipeline, dense_pipeline, random_clip
+from toy import conv_pipeline, dense_pipeline, random_clip, train_config
 
 import sideways_tf as sw
-from sideways_tf import config_files, distribute, engine, export, precision, train
+from sideways_tf import config_files, distribute, engine, export, precision
 
 MODE_TOPOLOGY = [
     ("frame_bp", "skip(2)"),
@@ -210,13 +210,7 @@ def fresh_gin_config():
     gin.clear_config()
 
 
-def run(workdir, *params):
-    gin.clear_config()
-    gin.parse_config_files_and_bindings([TINY], list(params))
-    try:
-        return train.train(str(workdir))
-    finally:
-        gin.clear_config()
+run = train_config
 
 
 def scalars(directory, tag):

@@ -3,15 +3,15 @@
 import json
 import os
 
-import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from test_properties import frames_in, tagged_clip
+from toy import event_tags, train_config
 
 import sideways_tf as sw
-from sideways_tf import config_files, engine, export, prediction
+from sideways_tf import engine, export, prediction
 from sideways_tf.evaluate import evaluate
 from sideways_tf.models import convnet, resnet, vgg
 from sideways_tf.models.layers import FrameDecoder
@@ -222,36 +222,26 @@ def test_classification_without_labels_says_what_is_missing():
 
 def test_future_frame_run_reports_psnr_and_writes_prediction_images(tmp_path):
     workdir = str(tmp_path / "run")
-    gin.clear_config()
-    gin.parse_config_files_and_bindings(
-        [config_files.resolve("experiments/moving_shapes_future_skip_sideways")],
-        [
-            "train.num_steps = 3",
-            "train.batch_size = 2",
-            "train.eval_every = 3",
-            "train.progress = False",
-            "train.fidelity_every = 2",
-            "moving_shapes_future_dataset.num_frames = 8",
-            "moving_shapes_future_dataset.frame_size = 16",
-            "eval/moving_shapes_future_dataset.num_examples = 3",
-            "conv_pipeline.widths = (4, 4, 4, 4)",
-        ],
+    result = train_config(
+        workdir,
+        "train.num_steps = 3",
+        "train.batch_size = 2",
+        "train.eval_every = 3",
+        "train.progress = False",
+        "train.fidelity_every = 2",
+        "moving_shapes_future_dataset.num_frames = 8",
+        "moving_shapes_future_dataset.frame_size = 16",
+        "eval/moving_shapes_future_dataset.num_examples = 3",
+        "conv_pipeline.widths = (4, 4, 4, 4)",
+        config="experiments/moving_shapes_future_skip_sideways",
     )
-    try:
-        result = sw.train.train(workdir)
-    finally:
-        gin.clear_config()
     metrics = result["eval"]
     for key in ("psnr", "ssim", "psnr_copy_last", "ssim_copy_last", "loss"):
         assert np.isfinite(metrics[key]), key
     assert metrics["num_clips"] == 3 and "images" not in metrics
     with open(os.path.join(workdir, "eval_metrics.json")) as f:
         assert json.load(f)["history"][-1]["psnr"] == pytest.approx(metrics["psnr"])
-    tags = set()
-    for name in os.listdir(os.path.join(workdir, "eval")):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "eval", name)):
-            tags |= {v.tag for v in event.summary.value}
-    assert {"predictions", "psnr", "ssim_copy_last"} <= tags
+    assert {"predictions", "psnr", "ssim_copy_last"} <= event_tags(os.path.join(workdir, "eval"))
 
     # The streaming export of a future-frame run steps out frames, and says which.
     out = str(tmp_path / "export")
@@ -270,22 +260,16 @@ def test_future_frame_run_reports_psnr_and_writes_prediction_images(tmp_path):
 
 
 def test_a_run_with_a_horizon_past_its_clips_stops_before_training(tmp_path):
-    gin.clear_config()
-    gin.parse_config_files_and_bindings(
-        [config_files.resolve("experiments/moving_shapes_future_sideways")],
-        [
+    with pytest.raises(ValueError, match="frame_loss.horizon = 12 is too far ahead"):
+        train_config(
+            tmp_path / "run",
             "HORIZON = 12",
             "moving_shapes_future_dataset.horizon = 1",
             "moving_shapes_future_dataset.num_frames = 8",
             "moving_shapes_future_dataset.frame_size = 16",
             "train.progress = False",
-        ],
-    )
-    try:
-        with pytest.raises(ValueError, match="frame_loss.horizon = 12 is too far ahead"):
-            sw.train.train(str(tmp_path / "run"))
-    finally:
-        gin.clear_config()
+            config="experiments/moving_shapes_future_sideways",
+        )
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "checkpoint")
 
 

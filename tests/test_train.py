@@ -7,6 +7,7 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+from toy import event_tags, train_config
 
 from sideways_tf import checkpointing, cli, config_files, train
 
@@ -30,18 +31,7 @@ def fresh_gin_config():
     gin.clear_config()
 
 
-def run(workdir, *params, **kwargs):
-    gin.clear_config()
-    gin.parse_config_files_and_bindings([TINY], list(params))
-    return train.train(str(workdir), **kwargs)
-
-
-def event_tags(directory):
-    tags = set()
-    for name in tf.io.gfile.listdir(directory):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
-            tags.update(v.tag for v in event.summary.value)
-    return tags
+run = train_config
 
 
 def parameters(workdir):

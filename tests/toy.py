@@ -1,9 +1,14 @@
 """Tiny pipelines shared by the tests."""
 
+import os
+
+import gin
 import keras
 import numpy as np
+import tensorflow as tf
 
 import sideways_tf as sw
+from sideways_tf import config_files, train
 
 
 def dense_pipeline(
@@ -65,3 +70,22 @@ def rule_grads(rule, pipeline, clip, labels, mode="bptt"):
 def flat(grads):
     """Per-unit gradient lists -> one flat float64 vector per unit."""
     return [np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in gu]) for gu in grads]
+
+
+def train_config(workdir, *params, config="tiny", **kwargs):
+    """train() under a shipped gin config (default: tiny) and bindings; gin cleared after."""
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([config_files.resolve(config)], list(params))
+    try:
+        return train.train(str(workdir), **kwargs)
+    finally:
+        gin.clear_config()
+
+
+def event_tags(directory):
+    """Every summary tag in a TensorBoard event directory."""
+    tags = set()
+    for name in tf.io.gfile.listdir(directory):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
