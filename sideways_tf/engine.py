@@ -309,7 +309,8 @@ class Engine:
     Args:
       pipeline: a built Pipeline.
       mode: "frame_bp", "bptt", "sideways" or "skip_sideways".
-      optimizer: a Keras optimizer (built here, before the first trace).
+      optimizer: a Keras optimizer (built here, before the first trace); None for
+        an engine that only predicts and measures gradient fidelity.
       update_every: None for one optimizer step per clip (default); N for a step
         every N computation steps (streaming / online learning). K must be a
         multiple of N; the state carries over between the chunks of a clip.
@@ -336,7 +337,7 @@ class Engine:
         self,
         pipeline: Pipeline,
         mode: str,
-        optimizer: keras.optimizers.Optimizer,
+        optimizer: keras.optimizers.Optimizer | None = None,
         update_every: int | None = None,
         carry_state: bool = False,
         jit_compile: bool = False,
@@ -383,8 +384,9 @@ class Engine:
                 synchronization=tf.VariableSynchronization.ON_READ,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        optimizer.build(self.variables)
-        self.loss_scaled = precision.is_loss_scaled(optimizer)
+        if optimizer is not None:
+            optimizer.build(self.variables)
+        self.loss_scaled = optimizer is not None and precision.is_loss_scaled(optimizer)
         self.message_scale = None
         if self.loss_scaled:
             with pipeline.unit_variable_scope(pipeline.num_units):
@@ -426,6 +428,11 @@ class Engine:
         and local replicas), logits [R_local * B, ...] (averaged over valid steps),
         valid_steps, grad_norms [L] (one per unit, mean over local replicas).
         """
+        if self.optimizer is None:
+            raise ValueError(
+                "This Engine has no optimizer: it predicts and measures gradient fidelity "
+                "only. Give one to train: Engine(pipeline, mode, keras.optimizers.Adam(...))."
+            )
         clip, labels = self._distribute(clip, labels)
         num_frames = self._local(clip)[0].shape[1]
         chunk = self.update_every or num_frames

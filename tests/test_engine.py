@@ -150,3 +150,15 @@ def test_mode_must_fit_topology():
         sw.Engine(dense_pipeline("chain"), "skip_sideways", keras.optimizers.SGD(0.1))
     with pytest.raises(ValueError, match="Unknown mode 'backprop'"):
         sw.Engine(dense_pipeline("chain"), "backprop", keras.optimizers.SGD(0.1))
+
+
+def test_an_engine_without_optimizer_measures_fidelity_and_refuses_to_train():
+    pipeline = dense_pipeline("skip(2)", num_units=3)
+    eng = sw.Engine(pipeline, "skip_sideways")
+    clip, labels = random_clip(pipeline, 10)
+    fidelity = eng.gradient_fidelity(clip, labels)
+    assert fidelity["cosine"].shape == (3,) and float(fidelity["cosine"][-1]) > 0.999
+    before = [np.array(v) for v in eng.variables]
+    with pytest.raises(ValueError, match="no optimizer"):
+        eng.train_clip(clip, labels)
+    assert all(np.array_equal(np.array(v), b) for v, b in zip(eng.variables, before))
