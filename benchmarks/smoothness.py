@@ -234,11 +234,7 @@ def load_engines(mode: str, workdir: str, batch_size: int) -> tuple[dict, dict]:
         num_classes=meta["num_classes"],
     )
     gin.clear_config()  # the clips below pass every option explicitly
-    optimizer = keras.optimizers.SGD  # Engine needs one; fidelity never updates
-    engines = {
-        "trained": Engine(trained, mode, optimizer()),
-        "init": Engine(init, mode, optimizer()),
-    }
+    engines = {"trained": Engine(trained, mode), "init": Engine(init, mode)}  # no optimizer
     evaluation = workdir_lib.read_evaluations(workdir)
     with tf.io.gfile.GFile(os.path.join(workdir, "config.gin")) as f:
         saved = workdir_lib.bindings(f.read())
