@@ -2,297 +2,47 @@
 
     update(clip, labels):  state -> gradients by the mode's rule -> one optimizer step
 
-The gradient rules (algorithm.md section 5), each a pure function
-    rule(pipeline, state, clip [B, K, *frame], targets [B, K, ...], present [K]) -> ClipGradients
-where targets[:, t] is what the top output of step t is scored against (the
-clip's label at every step, or a future frame: sideways_tf.prediction) and
-present[t] is 0.0 where step t has no target (it carries no loss, like a step
-that is still filling the pipeline).
-  frame_bp       exact BP of the per-frame network, averaged over the clip's frames;
-  bptt           exact gradient of the pipelined network over the clip (one tape, O(K));
-  sideways /     section 3, a graph loop over frames of `sideways_step`: every unit
-  skip_sideways  does a forward and a local VJP per step, with O(1) state in K.
-`sideways` and `skip_sideways` are the same rule on a chain or a skip topology.
+What differs between modes is a Mode value (sideways_tf.modes: its gradient rule
+from sideways_tf.rules, its input lag, its clip-length and topology checks, how
+it predicts); what differs between tasks is a Task value the pipeline carries
+(sideways_tf.tasks: step targets, loss, metrics, evaluation). The engine asks
+both and branches on neither.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import placement, precision, prediction
-from sideways_tf.pipeline import Pipeline, PipelineState
-
-MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
-
-
-class StepResult(NamedTuple):
-    """What one sideways step yields besides the new state."""
-
-    grads: tuple  # g_theta_i[t], one list per unit, aligned with pipeline.unit_variables(i)
-    loss: tf.Tensor  # [] l_t, zero while masked
-    logits: tf.Tensor  # [B, *out] top output
-    valid: tf.Tensor  # [] 1.0 once t >= T_fill, else 0.0
-
-
-class ClipGradients(NamedTuple):
-    """A rule's result for one clip (or one chunk of a stream)."""
-
-    grads: tuple  # per unit, averaged over valid steps
-    state: PipelineState  # state after the clip
-    loss: tf.Tensor  # [] mean loss over valid steps
-    logits: tf.Tensor  # [B, *out] top outputs averaged over valid steps
-    valid_steps: tf.Tensor  # [] number of valid steps
+from sideways_tf import modes, placement, precision
+from sideways_tf.modes import MODES, Mode
+from sideways_tf.pipeline import Pipeline
+from sideways_tf.rules import (
+    ClipGradients,
+    StepResult,
+    all_variables,
+    bptt_gradients,
+    frame_gradients,
+    frame_outputs,
+    pipelined_forward,
+    sideways_gradients,
+    sideways_step,
+)
+from sideways_tf.rules import gradient_fidelity as _rule_fidelity
 
 
-def _valid(pipeline: Pipeline, t) -> tf.Tensor:
-    """1.0 when the top output of step t (1-based) is built from real frames only."""
-    return tf.cast(t >= pipeline.fill_steps, tf.float32)
+def step_targets(pipeline: Pipeline, mode: str | Mode, clip, labels):
+    """(targets [B, K, ...], present [K]) of the pipeline's task for `mode`'s input lag."""
+    lag = modes.get(mode).input_lag(pipeline)
+    return pipeline.task.step_targets(tf.convert_to_tensor(clip), labels, lag)
 
 
-def _masked_loss(pipeline, target, logits, valid):
-    """The loss in float32, times the loss scale S when the engine scales losses (float16)."""
-    logits = tf.cast(logits, tf.float32)
-    return precision.scale_loss(tf.reduce_mean(pipeline.loss_fn(target, logits)) * valid)
-
-
-def step_targets(pipeline: Pipeline, mode: str, clip, labels):
-    """What the top output of every step is scored against, and where it exists.
-
-    Classification: the clip's label at every step. Future frames (the pipeline's
-    loss is a prediction.FrameLoss): x[t - lag + h], lag being the mode's
-    (prediction.input_lag). clip: [B, K, *frame]; labels: [B] or None.
-    Returns (targets [B, K, ...], present [K] float32).
-    """
-    clip = tf.convert_to_tensor(clip)
-    if prediction.predicts_frames(pipeline):
-        lag = prediction.input_lag(pipeline, mode)
-        return prediction.frame_targets(clip, lag, pipeline.loss_fn.horizon)
-    if labels is None:
-        raise ValueError(
-            "This pipeline classifies clips, so training and fidelity need labels [B]; "
-            "the data must yield 'label' (or give the model head='frames' to predict frames)."
-        )
-    num_frames = tf.shape(clip)[1]
-    labels = tf.convert_to_tensor(labels)
-    targets = tf.tile(labels[:, None], tf.stack([1, num_frames]))
-    return targets, tf.ones([num_frames], tf.float32)
-
-
-def sideways_step(
-    pipeline: Pipeline, state: PipelineState, x_t, target_t, present_t=1.0, training=True
-):
-    """One computation step t of algorithm.md section 3, for every unit at once.
-
-        u_i[t] = C_i({a_j[t-1-d_ji]}),  a_i[t] = H_i(u_i[t]),  a_0[t-1] := x[t]
-        m_L[t] = d l_t / d a_L[t]                     (the top's fresh loss gradient)
-        (g_theta_i[t], r_{i->j}[t]) = VJP of C_i, H_i at u_i[t] applied to m_i[t]
-        m_j[t+1] = sum_i r_{i->j}[t]
-
-    Units read only the previous step's buffers, so no unit waits on another.
-    x_t: [B, *frame]; target_t: [B, ...] (a label per clip, or a frame); present_t:
-    [] 0.0 when step t has no target. Returns (state at t, StepResult).
-    """
-    num_units = pipeline.num_units
-    x_t = tf.convert_to_tensor(x_t)
-    t = state.t + 1
-    valid = _valid(pipeline, t) * tf.cast(present_t, tf.float32)
-    previous = (x_t, *state.outputs)  # a_j[t-1], j = 0..L
-    outputs, lines, grads = [], list(state.delays), []
-    replies = [[] for _ in range(num_units + 1)]  # r_{i->j}[t], gathered per source j
-    for i, unit in enumerate(pipeline.units, start=1):
-        edges = pipeline.topology.sources[i - 1]
-        with pipeline.unit_scope(i):
-            inputs, new_lines = pipeline.gather(i, previous, state)
-            theta = pipeline.unit_variables(i)
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                a = unit(inputs, training=training)
-                if i == num_units:
-                    logits = pipeline.apply_head(a, training=training)
-                    loss = _masked_loss(pipeline, target_t, logits, valid)
-                    target, upstream = loss, None
-                else:
-                    target, upstream = a, state.messages[i - 1]
-            senders = [k for k, e in enumerate(edges) if e.source > 0]
-            vjp = tape.gradient(
-                target,
-                [inputs[k] for k in senders] + theta,
-                output_gradients=upstream,
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-            for k, r in zip(senders, vjp):
-                replies[edges[k].source].append(r)
-            grads.append(vjp[len(senders) :])
-            outputs.append(a)
-            for k, line in new_lines.items():
-                lines[k] = line
-    messages = []
-    for j in range(1, num_units):
-        with pipeline.unit_scope(j):
-            messages.append(tf.add_n(replies[j]))
-    new_state = PipelineState(t, tuple(outputs), tuple(messages), tuple(lines))
-    return new_state, StepResult(tuple(grads), loss, logits, valid)
-
-
-def _zeros_like_vars(pipeline):
-    out = []
-    for i in range(1, pipeline.num_units + 1):
-        with pipeline.unit_scope(i):
-            out.append([tf.zeros(v.shape, v.dtype) for v in pipeline.unit_variables(i)])
-    return out
-
-
-def sideways_gradients(pipeline, state, clip, targets, present, training=True) -> ClipGradients:
-    """Sideways / Skip-Sideways: a graph loop of `sideways_step` over the clip's frames.
-
-    g_theta_i = sum over valid steps t of g_theta_i[t], divided by the number of
-    valid steps. Memory: the state and one accumulator per parameter, whatever K.
-    """
-    clip = tf.convert_to_tensor(clip)
-    num_frames = tf.shape(clip)[1]
-    logits_zero = tf.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
-
-    def body(k, state, accum, loss_sum, n_valid, logits_sum):
-        state, step = sideways_step(
-            pipeline, state, clip[:, k], targets[:, k], present[k], training=training
-        )
-        summed = []
-        for i, (au, gu) in enumerate(zip(accum, step.grads), start=1):
-            with pipeline.unit_scope(i):  # each unit's accumulator stays on its device
-                # float32 like the parameters, whatever dtype a VJP comes out in.
-                summed.append([a + tf.cast(g, a.dtype) for a, g in zip(au, gu)])
-        accum = summed
-        return (
-            k + 1,
-            state,
-            accum,
-            loss_sum + step.loss,
-            n_valid + step.valid,
-            logits_sum + step.logits * step.valid,
-        )
-
-    init = (tf.constant(0), state, _zeros_like_vars(pipeline), 0.0, 0.0, logits_zero)
-    _, state, accum, loss_sum, n_valid, logits_sum = tf.while_loop(
-        lambda k, *_: k < num_frames, body, init, parallel_iterations=1
-    )
-    n = tf.maximum(n_valid, 1.0)
-    grads = []
-    for i, gu in enumerate(accum, start=1):
-        with pipeline.unit_scope(i):
-            grads.append([g / n for g in gu])
-    return ClipGradients(tuple(grads), state, loss_sum / n, logits_sum / n, n_valid)
-
-
-def _split_per_unit(pipeline, flat):
-    out, start = [], 0
-    for i in range(1, pipeline.num_units + 1):
-        n = len(pipeline.unit_variables(i))
-        out.append(list(flat[start : start + n]))
-        start += n
-    return tuple(out)
-
-
-def all_variables(pipeline) -> list:
-    """theta_1, ..., theta_L flattened in unit order (the head with the top unit)."""
-    return [v for i in range(1, pipeline.num_units + 1) for v in pipeline.unit_variables(i)]
-
-
-def unrolled_forward(pipeline, state, clip, targets=None, present=None, training=True):
-    """The pipelined network over a clip, one forward_step per frame (K static).
-
-    targets [B, K, ...] and present [K] as in step_targets. Returns (state, mean
-    loss over valid steps (0 without targets), top outputs averaged over valid
-    steps [B, ...], number of valid steps).
-    """
-    loss_sum, n_valid, logits_sum = 0.0, 0.0, 0.0
-    for k, x_t in enumerate(tf.unstack(tf.convert_to_tensor(clip), axis=1)):
-        state, logits = pipeline.forward_step(state, x_t, training=training)
-        valid = _valid(pipeline, state.t)
-        if present is not None:
-            valid *= present[k]
-        if targets is not None:
-            loss_sum += _masked_loss(pipeline, targets[:, k], logits, valid)
-        n_valid += valid
-        logits_sum += logits * valid
-    n = tf.maximum(n_valid, 1.0)
-    return state, loss_sum / n, logits_sum / n, n_valid
-
-
-def bptt_gradients(pipeline, state, clip, targets, present, training=True) -> ClipGradients:
-    """The exact gradient of the pipelined network over the clip: one tape over K steps.
-
-    loss = mean over valid steps t of l_t. The tape holds every step's activations,
-    so memory grows with K (the frame loop is unrolled: K must be static).
-    """
-    theta = all_variables(pipeline)
-    with tf.GradientTape() as tape:
-        state, loss, logits, n_valid = unrolled_forward(
-            pipeline, state, clip, targets, present, training
-        )
-    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n_valid)
-
-
-def frame_logits(pipeline, clip, training=True):
-    """The per-frame network on a clip's K frames as one batch of B*K frames.
-
-    Returns (per-frame outputs [B*K, ...], outputs averaged over the clip [B, ...]).
-    """
-    clip = tf.convert_to_tensor(clip)
-    frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
-    logits = pipeline.frame_forward(frames, training=training)
-    per_clip = tf.reshape(logits, (pipeline.batch_size, -1, *logits.shape[1:]))  # [B, K, ...]
-    return logits, tf.reduce_mean(per_clip, axis=1)
-
-
-def frame_gradients(pipeline, state, clip, targets, present, training=True) -> ClipGradients:
-    """frame_bp: exact BP of the per-frame network (no delays), averaged over frames.
-
-    The K frames go through as one batch of B*K frames (the same mean gradient,
-    computed in one pass). Every frame with a target counts; the buffers are not used.
-    """
-    num_frames = tf.shape(clip)[1]
-    frame_targets = tf.reshape(targets, (-1, *targets.shape[2:]))  # [B*K, ...]
-    weights = tf.tile(present, [pipeline.batch_size])  # [B*K], frame k of clip b at b*K + k
-    total = tf.maximum(tf.reduce_sum(weights), 1.0)
-    theta = all_variables(pipeline)
-    with tf.GradientTape() as tape:
-        per_frame, logits = frame_logits(pipeline, clip, training=training)
-        per_frame = tf.cast(per_frame, tf.float32)
-        loss = tf.reduce_sum(pipeline.loss_fn(frame_targets, per_frame) * weights) / total
-        loss = precision.scale_loss(loss)  # (times S when the engine scales losses)
-    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    state = state._replace(t=state.t + num_frames)
-    n = tf.reduce_sum(present)
-    return ClipGradients(_split_per_unit(pipeline, flat), state, loss, logits, n)
-
-
-RULES = {
-    "frame_bp": frame_gradients,
-    "bptt": bptt_gradients,
-    "sideways": sideways_gradients,
-    "skip_sideways": sideways_gradients,
-}
-
-
-def check_mode(mode: str, pipeline: Pipeline):
-    """Raises unless `mode` exists and fits the pipeline's topology."""
-    if mode not in RULES:
-        raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
-    if mode == "sideways" and not pipeline.topology.is_chain:
-        raise ValueError(
-            "mode='sideways' is plain Sideways on the chain, but this pipeline has skip or "
-            "delayed edges; use mode='skip_sideways', or topology='chain'."
-        )
-    if mode == "skip_sideways" and pipeline.topology.is_chain:
-        raise ValueError(
-            "mode='skip_sideways' needs skip edges, but this pipeline is a chain; use "
-            "topology='skip(2)' (or another), or mode='sideways'."
-        )
+def check_mode(mode: str | Mode, pipeline: Pipeline) -> Mode:
+    """The Mode, once it is known to exist and to fit the pipeline's topology."""
+    mode = modes.get(mode)
+    mode.check(pipeline)
+    return mode
 
 
 def _all_finite(x) -> tf.Tensor:
@@ -308,9 +58,11 @@ class Engine:
 
     Args:
       pipeline: a built Pipeline.
-      mode: "frame_bp", "bptt", "sideways" or "skip_sideways".
-      optimizer: a Keras optimizer (built here, before the first trace); None for
-        an engine that only predicts and measures gradient fidelity.
+      mode: a name of sideways_tf.modes.MODES ("frame_bp", "bptt", "sideways",
+        "skip_sideways") or a Mode.
+      optimizer: a Keras optimizer, or its name ("adam", "sgd": keras.optimizers.get),
+        built here before the first trace; None for an engine that only predicts
+        and measures gradient fidelity.
       update_every: None for one optimizer step per clip (default); N for a step
         every N computation steps (streaming / online learning). K must be a
         multiple of N; the state carries over between the chunks of a clip.
@@ -336,8 +88,8 @@ class Engine:
     def __init__(
         self,
         pipeline: Pipeline,
-        mode: str,
-        optimizer: keras.optimizers.Optimizer | None = None,
+        mode: str | Mode,
+        optimizer: keras.optimizers.Optimizer | str | None = None,
         update_every: int | None = None,
         carry_state: bool = False,
         jit_compile: bool = False,
@@ -346,7 +98,9 @@ class Engine:
             raise ValueError(
                 "Build the pipeline first: Pipeline(..., batch_size=B, frame_shape=...)."
             )
-        check_mode(mode, pipeline)
+        mode = check_mode(mode, pipeline)
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
         if update_every is not None and update_every < 1:
             raise ValueError(
                 f"update_every must be a positive number of steps, got {update_every}."
@@ -368,15 +122,16 @@ class Engine:
                 "the same scope: `with runtime.scope(): ...`."
             )
         self.pipeline, self.mode, self.optimizer = pipeline, mode, optimizer
-        self.rule = RULES[mode]
+        self.task = pipeline.task
         self.update_every, self.carry_state = update_every, carry_state
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.local_replicas = (
             len(self.strategy.extended.worker_devices) if tf.distribute.has_strategy() else 1
         )
         with pipeline.unit_variable_scope(pipeline.num_units):
-            # Steps since the last reset (per replica): decides which top losses are masked.
-            self.step = tf.Variable(
+            # Computation steps t (frames) since the last reset, per replica: decides which
+            # top losses are masked (t < T_fill).
+            self.frames_seen = tf.Variable(
                 0,
                 dtype=tf.int32,
                 trainable=False,
@@ -405,27 +160,39 @@ class Engine:
         self._fidelity = tf.function(self._fidelity_fn)
 
     @property
-    def global_batch_size(self) -> int:
-        """Clips per step in this process: B per replica times its local replicas."""
+    def batch_per_replica(self) -> int:
+        """B: clips each replica trains on per update (the buffers' static batch)."""
+        return self.pipeline.batch_size
+
+    @property
+    def batch_per_process(self) -> int:
+        """Clips this process feeds per update: B times its local replicas."""
         return self.pipeline.batch_size * self.local_replicas
+
+    @property
+    def global_batch(self) -> int:
+        """Clips per update over every replica of every process: B * R."""
+        return self.pipeline.batch_size * self.num_replicas
 
     # -- Training --------------------------------------------------------------
 
     def reset_state(self):
         """Zeroes the buffers: the next clip starts a new batch of videos."""
         self.pipeline.reset_state()
-        self.step.assign(0)
+        self.frames_seen.assign(0)
 
     def train_clip(self, clip, labels=None) -> dict:
         """Trains on a batch of clips [B, K, *frame] with labels [B]; returns metrics.
 
-        Future-frame prediction (the pipeline's loss is a prediction.FrameLoss)
-        takes its targets from the clip: labels are not needed.
+        Labels are what the pipeline's task scores against (tasks.Classification:
+        an integer class per clip); a task whose targets are the frames themselves
+        (tasks.FutureFrames) takes none.
 
         With several replicas, clip and labels are either per-replica values (from
         a distributed dataset) or this process's whole batch [R_local * B, ...],
         split here in replica order. Metrics (tensors): loss (mean over valid steps
-        and local replicas), logits [R_local * B, ...] (averaged over valid steps),
+        and local replicas), outputs [R_local * B, ...] (top outputs averaged over
+        valid steps), task: the task's figures of this batch (e.g. accuracy; given labels),
         valid_steps, grad_norms [L] (one per unit, mean over local replicas).
         """
         if self.optimizer is None:
@@ -446,16 +213,23 @@ class Engine:
             for s in range(0, num_frames, chunk)
         ]
         if len(results) == 1:
-            return results[0]
+            return self._with_task_metrics(results[0], labels)
         weights = tf.stack([r["valid_steps"] for r in results])
         total = tf.maximum(tf.reduce_sum(weights), 1.0)
         merged = dict(results[-1])
         merged["valid_steps"] = tf.reduce_sum(weights)
         merged["applied"] = tf.reduce_all([r["applied"] for r in results])
         merged["overflow"] = tf.reduce_any([r["overflow"] for r in results])
-        for key in ("loss", "logits"):
+        for key in ("loss", "outputs"):
             merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
-        return merged
+        return self._with_task_metrics(merged, labels)
+
+    def _with_task_metrics(self, metrics: dict, labels) -> dict:
+        """Adds the task's figures of this batch (eagerly; e.g. accuracy of the outputs)."""
+        if labels is not None:
+            host = tf.concat(self._local(labels), axis=0)
+            metrics["task"] = self.task.train_metrics(metrics["outputs"], host)
+        return metrics
 
     def _update_fn(self, clip, labels, start, chunk: int, fresh: bool):
         """THE update function: read state, take gradients by the mode's rule, apply.
@@ -491,7 +265,7 @@ class Engine:
             loss_scale = self._loss_scale()
         return {
             "loss": self._local_mean(out["loss"]),
-            "logits": tf.concat(self._local(out["logits"]), axis=0),
+            "outputs": tf.concat(self._local(out["outputs"]), axis=0),
             "valid_steps": self._local_mean(out["valid_steps"]),
             "grad_norms": self._local_mean(out["grad_norms"]),
             "applied": applied,
@@ -521,16 +295,19 @@ class Engine:
         and gradients are finite (all-reduced: every replica decides alike).
         """
         # Targets come from the whole clip: a chunk's future frames may lie in the next.
-        targets, present = step_targets(self.pipeline, self.mode, clip, labels)
+        lag = self.mode.input_lag(self.pipeline)
+        targets, present = self.task.step_targets(clip, labels, lag)
         if chunk != clip.shape[1]:
             clip, targets = (_frames(x, start, chunk) for x in (clip, targets))
             present = present[start : start + chunk]
-        state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.step)
+        state = (
+            self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.frames_seen)
+        )
         loss_scale = self._loss_scale() if self.loss_scaled else None
         if loss_scale is not None and not fresh:  # messages formed under an earlier S
             state = state._replace(messages=self._rescale_messages(state.messages, loss_scale))
-        with precision.scaled_losses(loss_scale):  # (loss and gradients come out times S)
-            out = self.rule(self.pipeline, state, clip, targets, present)
+        # (loss and gradients come out times S)
+        out = self.mode.rule(self.pipeline, state, clip, targets, present, loss_scale=loss_scale)
         unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
         grads, norms, finite_grads = [], [], []
         for i, gu in enumerate(out.grads, start=1):
@@ -544,7 +321,7 @@ class Engine:
 
         def write():
             self.pipeline.write_state(out.state)
-            self.step.assign(out.state.t)
+            self.frames_seen.assign(out.state.t)
             if loss_scale is not None:
                 self.message_scale.assign(loss_scale)
             return tf.constant(True)
@@ -559,7 +336,7 @@ class Engine:
             # Scaled gradients overflowed, the loss did not: S is too large, not the data bad.
             "overflow": tf.constant(self.loss_scaled) & (bad[0] == 0.0) & (bad[1] > 0.0),
             "loss": out.loss * unscale,
-            "logits": out.logits,
+            "outputs": out.outputs,
             "valid_steps": out.valid_steps,
             "grad_norms": tf.stack(norms),
         }
@@ -590,10 +367,7 @@ class Engine:
         return tf.concat(self._local(out), axis=0)
 
     def _replica_predict(self, clip):
-        if self.mode == "frame_bp":
-            return frame_logits(self.pipeline, clip, training=False)[1]
-        state = self.pipeline.zero_state()
-        return unrolled_forward(self.pipeline, state, clip, training=False)[2]
+        return self.mode.predict_clip(self.pipeline, clip, training=False)
 
     def predict_steps(self, clip) -> dict:
         """Every step's top output from a fresh state, with its target.
@@ -601,9 +375,9 @@ class Engine:
         The per-frame network for frame_bp, the pipelined one otherwise; the
         training buffers are not touched. clip: [R_local * B, K, *frame]. Returns
         {"outputs": [R_local * B, K, ...], "weights": [K], 1.0 where step t is
-        scored (pipeline full, and its target present)}, and for future-frame
-        prediction "targets" (as outputs) and "last_seen": x[t - lag], the
-        copy-the-last-seen-frame baseline.
+        scored (pipeline full, and its target present)}, plus the task's references
+        (Task.prediction_targets; future frames: "targets" and "last_seen", x[t - lag],
+        the copy-the-last-seen-frame baseline).
         """
         clip, _ = self._distribute(clip, None)
         return self._predict_steps(clip)
@@ -615,28 +389,9 @@ class Engine:
         return merged
 
     def _replica_predict_steps(self, clip):
-        pipeline = self.pipeline
-        if self.mode == "frame_bp":
-            per_frame = frame_logits(pipeline, clip, training=False)[0]
-            outputs = tf.reshape(per_frame, (pipeline.batch_size, -1, *per_frame.shape[1:]))
-            filled = tf.ones([clip.shape[1]], tf.float32)
-        else:
-            state, outputs, filled = pipeline.zero_state(), [], []
-            for x_t in tf.unstack(clip, axis=1):
-                state, y = pipeline.forward_step(state, x_t, training=False)
-                outputs.append(y)
-                filled.append(_valid(pipeline, state.t))
-            outputs, filled = tf.stack(outputs, axis=1), tf.stack(filled)
-        if not prediction.predicts_frames(pipeline):
-            return {"outputs": outputs, "weights": filled}
-        targets, present = step_targets(pipeline, self.mode, clip, None)
-        last_seen = prediction.last_seen_frames(clip, prediction.input_lag(pipeline, self.mode))
-        return {
-            "outputs": outputs,
-            "targets": targets,
-            "last_seen": last_seen,
-            "weights": filled * present,
-        }
+        outputs, filled = self.mode.predict(self.pipeline, clip, training=False)
+        references, present = self.task.prediction_targets(clip, self.mode.input_lag(self.pipeline))
+        return {"outputs": outputs, "weights": filled * present, **references}
 
     # -- Diagnostics -------------------------------------------------------------
 
@@ -654,8 +409,8 @@ class Engine:
         def fidelity(c, y):
             # Scaled like training (float16 messages stay in range); cosines and ratios
             # do not depend on S.
-            with precision.scaled_losses(self._loss_scale() if self.loss_scaled else None):
-                return gradient_fidelity(self.pipeline, c, y)
+            loss_scale = self._loss_scale() if self.loss_scaled else None
+            return gradient_fidelity(self.pipeline, c, y, loss_scale=loss_scale)
 
         out = self.strategy.run(fidelity, (clip, labels))
         return {k: self._local_mean(v) for k, v in out.items()}
@@ -679,11 +434,11 @@ class Engine:
                 for y in self._local(labels):
                     self._check_labels(y)
             return clip, labels
-        self.pipeline.check_clip(clip, batch_size=self.global_batch_size)
+        self.pipeline.check_clip(clip, batch_size=self.batch_per_process)
         clip = tf.convert_to_tensor(clip)
         if labels is not None:
             labels = tf.convert_to_tensor(labels)
-            self._check_labels(labels, self.global_batch_size)
+            self._check_labels(labels, self.batch_per_process)
         if self.local_replicas == 1:
             return clip, labels
         b, n = self.pipeline.batch_size, self.local_replicas
@@ -696,12 +451,11 @@ class Engine:
         return split(clip), None if labels is None else split(labels)
 
     def _check_labels(self, labels, batch_size=None):
-        batch_size = batch_size or self.pipeline.batch_size
-        if tuple(labels.shape[:1]) != (batch_size,):
-            raise ValueError(
-                f"labels have shape {tuple(labels.shape)}; expected [B] = "
-                f"[{batch_size}], one label per clip."
-            )
+        self.task.check_labels(
+            labels,
+            batch_size or self.pipeline.batch_size,
+            num_outputs=int(self.pipeline.top_output_shape[-1]),
+        )
 
     def state_sizes(self) -> dict:
         """{buffer name: number of elements}: what the engine holds besides parameters."""
@@ -718,27 +472,20 @@ def _on_tpu(pipeline) -> bool:
     return isinstance(pipeline.plan, placement.TPUPlan)
 
 
-def gradient_fidelity(pipeline: Pipeline, clip, labels=None) -> dict:
+def gradient_fidelity(pipeline: Pipeline, clip, labels=None, loss_scale=None) -> dict:
     """Cosine similarity and norm ratio, per unit, of sideways vs bptt gradients of one clip.
 
-    labels: [B] for classification, None for future-frame prediction.
+    labels: what the pipeline's task scores against ([B] for classification, None
+    for future frames). Targets at the pipelined network's input lag. Returns
+    {"cosine": [L], "norm_ratio": [L]}.
     """
-    targets, present = step_targets(pipeline, "bptt", clip, labels)
-    side = sideways_gradients(pipeline, pipeline.zero_state(), clip, targets, present)
-    exact = bptt_gradients(pipeline, pipeline.zero_state(), clip, targets, present)
-    cosine, ratio = [], []
-    for gs, ge in zip(side.grads, exact.grads):
-        s = tf.concat([tf.reshape(g, [-1]) for g in gs], 0)
-        e = tf.concat([tf.reshape(g, [-1]) for g in ge], 0)
-        ns, ne = tf.norm(s), tf.norm(e)
-        cosine.append(tf.reduce_sum(s * e) / tf.maximum(ns * ne, 1e-30))
-        ratio.append(ns / tf.maximum(ne, 1e-30))
-    return {"cosine": tf.stack(cosine), "norm_ratio": tf.stack(ratio)}
+    lag = pipeline.topology.newest_lag(pipeline.num_units)
+    targets, present = pipeline.task.step_targets(tf.convert_to_tensor(clip), labels, lag)
+    return _rule_fidelity(pipeline, clip, targets, present, loss_scale=loss_scale)
 
 
 __all__ = [
     "MODES",
-    "RULES",
     "Engine",
     "ClipGradients",
     "StepResult",
@@ -746,9 +493,9 @@ __all__ = [
     "step_targets",
     "sideways_gradients",
     "bptt_gradients",
-    "unrolled_forward",
+    "pipelined_forward",
     "frame_gradients",
-    "frame_logits",
+    "frame_outputs",
     "gradient_fidelity",
     "all_variables",
     "check_mode",

@@ -46,7 +46,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import checkpointing, placement, precision, prediction
+from sideways_tf import checkpointing, placement, precision
 from sideways_tf.data import contract
 from sideways_tf.pipeline import Pipeline, PipelineState
 
@@ -271,21 +271,13 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
 
     topology = pipeline.topology
-    frames = prediction.predicts_frames(pipeline)
+    class_names = contract.class_names(data_fn())
     metadata = dict(
         format="sideways_tf streaming export 1",
         frame_shape=list(frame_shape),
         frame_dtype="float32",
         batch_size=batch_size,
-        task="future_frames" if frames else "classes",
-        outputs=(
-            "frames [B, H, W, C]: step t predicts x[t - newest_lag + horizon]"
-            if frames
-            else "logits [B, num_classes]"
-        ),
-        horizon=pipeline.loss_fn.horizon if frames else None,
-        num_classes=None if frames else int(num_classes),
-        class_names=None if frames else _class_names(bindings, data_binding, num_classes),
+        **pipeline.task.export_metadata(pipeline, class_names),
         fill_steps=topology.fill_steps,
         newest_lag=topology.newest_lag(topology.num_units),
         oldest_lag=topology.fill_steps - 1,
@@ -306,20 +298,6 @@ def _unpin(pipeline: Pipeline):
         unit.device = None
     pipeline.plan = placement.DevicePlan.single([None])
     pipeline.cores = [0] * pipeline.num_units
-
-
-def _class_names(bindings: dict, data_binding: str, num_classes: int) -> list[str] | None:
-    """Class names when the data is moving_shapes (their labels have names); else None."""
-    ref = gin.get_bindings("train", resolve_references=False).get(data_binding.split(".")[1])
-    if ref is None or not getattr(ref, "selector", "").endswith("moving_shapes_dataset"):
-        return None
-    from sideways_tf.data import moving_shapes
-
-    options = gin.get_bindings(ref.scoped_selector)
-    names = moving_shapes.class_names(
-        options.get("num_shapes", 3), options.get("num_directions", 4)
-    )
-    return names if len(names) == num_classes else None
 
 
 def export(workdir: str, output: str, batch_size: int = 1) -> dict:

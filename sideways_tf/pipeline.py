@@ -18,8 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import placement
+from sideways_tf import placement, tasks
 from sideways_tf import topology as topology_lib
+from sideways_tf.steps import unroll
 from sideways_tf.units import Unit
 
 
@@ -38,17 +39,9 @@ class PipelineState(NamedTuple):
     delays: tuple
 
 
-def sparse_softmax_cross_entropy(labels, logits):
-    """Per-example loss [B] of integer labels [B] against logits [B, C]."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
-
-
-LOSSES = {"sparse_softmax_cross_entropy": sparse_softmax_cross_entropy}
-
-
 @keras.saving.register_keras_serializable(package="sideways_tf")
 class Pipeline(keras.Layer):
-    """Units 1..L over a topology, plus a head and a loss on the top unit.
+    """Units 1..L over a topology, plus a head and a task on the top unit.
 
     Args:
       units: the L units, bottom first.
@@ -56,8 +49,12 @@ class Pipeline(keras.Layer):
         (see sideways_tf.topology).
       head: Keras layer applied to the top unit's output (logits); it lives on the
         top unit's device and its parameters count as the top unit's. None: identity.
-      loss: per-example loss(labels [B], outputs) -> [B]; a name from LOSSES or a
-        callable.
+      task: what the top output is trained to be (sideways_tf.tasks): a Task
+        (tasks.Classification(), tasks.FutureFrames(horizon=h)), or, for
+        classification, a loss name of tasks.LOSSES or a per-example loss callable
+        (labels [B], logits [B, C]) -> [B]. Default: classification with softmax
+        cross-entropy.
+      loss: the older name of `task` (give one of the two).
       batch_size: static batch size B of the state buffers (per replica).
       frame_shape: shape of one frame, e.g. (H, W, C).
 
@@ -71,9 +68,10 @@ class Pipeline(keras.Layer):
         units: Sequence[Unit],
         topology: str | Sequence = "chain",
         head: keras.Layer | None = None,
-        loss: str | Callable = "sparse_softmax_cross_entropy",
+        task: tasks.Task | str | Callable | None = None,
         batch_size: int | None = None,
         frame_shape: Sequence[int] | None = None,
+        loss: str | Callable | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -88,13 +86,9 @@ class Pipeline(keras.Layer):
         self.topology = topology_lib.parse_topology(topology, len(units))
         self._topology_arg = topology
         self.head = head
-        if isinstance(loss, str):
-            if loss not in LOSSES:
-                raise ValueError(f"Unknown loss {loss!r}; choose one of {sorted(LOSSES)}.")
-            self.loss_fn = LOSSES[loss]
-        else:
-            self.loss_fn = loss
-        self._loss_arg = loss
+        if task is not None and loss is not None:
+            raise ValueError("Give the pipeline a task or a loss (the older name), not both.")
+        self.task = tasks.as_task(task if task is not None else loss or tasks.Classification())
         for i, (unit, into) in enumerate(zip(units, self.topology.sources), start=1):
             unit.delays = tuple(e.delay for e in into)
             unit.has_message = i < len(units)
@@ -110,6 +104,11 @@ class Pipeline(keras.Layer):
             raise ValueError("Give both batch_size and frame_shape to build now, or neither.")
         if batch_size is not None:
             self.build((batch_size, *frame_shape))
+
+    @property
+    def loss_fn(self) -> Callable:
+        """The task's per-example loss (targets, outputs) -> [B]."""
+        return self.task.loss
 
     @property
     def num_units(self) -> int:
@@ -177,7 +176,8 @@ class Pipeline(keras.Layer):
 
     # -- State -----------------------------------------------------------------
 
-    def _delay_buffers(self) -> list:
+    def delay_buffers(self) -> list:
+        """The delay lines of every delayed edge, in PipelineState.delays order."""
         return [b for u in self.units for b in u.delay_buffers if b is not None]
 
     def state_variables(self) -> list:
@@ -189,7 +189,7 @@ class Pipeline(keras.Layer):
             t=tf.convert_to_tensor(t, tf.int32),
             outputs=tuple(tf.convert_to_tensor(u.output_buffer) for u in self.units),
             messages=tuple(tf.convert_to_tensor(u.message_buffer) for u in self.units[:-1]),
-            delays=tuple(tf.convert_to_tensor(b) for b in self._delay_buffers()),
+            delays=tuple(tf.convert_to_tensor(b) for b in self.delay_buffers()),
         )
 
     def write_state(self, state: PipelineState):
@@ -197,7 +197,7 @@ class Pipeline(keras.Layer):
             u.output_buffer.assign(a)
         for u, m in zip(self.units, state.messages):
             u.message_buffer.assign(m)
-        for b, line in zip(self._delay_buffers(), state.delays):
+        for b, line in zip(self.delay_buffers(), state.delays):
             b.assign(line)
 
     def zero_state(self) -> PipelineState:
@@ -274,12 +274,11 @@ class Pipeline(keras.Layer):
         clip = tf.convert_to_tensor(clip)
         if clip.shape[1] is None:
             raise ValueError("Pipeline.call needs a static clip length K.")
-        state, outs = self.zero_state(), []
-        frames = tf.unstack(clip, axis=1)
-        for x_t in frames:
-            state, logits = self.forward_step(state, x_t, training=training)
-            outs.append(logits)
-        return tf.stack(outs, axis=1)
+
+        def step(state, k):
+            return self.forward_step(state, clip[:, k], training=training)
+
+        return unroll(step, self.zero_state(), clip.shape[1], static=True)[1]
 
     # -- Input checks --------------------------------------------------------------
 
@@ -328,8 +327,6 @@ class Pipeline(keras.Layer):
 
     def get_config(self):
         config = super().get_config()
-        if not isinstance(self._loss_arg, str):
-            raise ValueError("Only pipelines with a named loss (see LOSSES) serialise.")
         config.update(
             units=[keras.saving.serialize_keras_object(u) for u in self.units],
             topology=(
@@ -338,7 +335,7 @@ class Pipeline(keras.Layer):
                 else [tuple(e) for e in self._topology_arg]
             ),
             head=keras.saving.serialize_keras_object(self.head) if self.head else None,
-            loss=self._loss_arg,
+            task=keras.saving.serialize_keras_object(self.task),
             batch_size=getattr(self, "batch_size", None),
             frame_shape=getattr(self, "frame_shape", None),
         )
@@ -350,6 +347,8 @@ class Pipeline(keras.Layer):
         config["units"] = [keras.saving.deserialize_keras_object(u) for u in config["units"]]
         if config["head"] is not None:
             config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        if isinstance(config.get("task"), dict):
+            config["task"] = keras.saving.deserialize_keras_object(config["task"])
         return cls(**config)
 
 

@@ -13,8 +13,9 @@ the previous one afterwards). Under a mixed policy:
   head outputs and losses                              float32 (Pipeline.apply_head casts).
 
 float16 needs loss scaling (its smallest normal number is 6e-5, where gradient
-messages live): the engine multiplies every loss it differentiates by the
-LossScaleOptimizer's dynamic scale S, so messages m_i carry S * dl/da_i, and the
+messages live): the engine passes the LossScaleOptimizer's dynamic scale S to
+the gradient rules (their `loss_scale` argument), which multiply every loss
+they differentiate by it, so messages m_i carry S * dl/da_i, and the
 optimizer divides the gradients by S before applying them. A step whose
 gradients overflow halves S and is skipped (engine metrics["overflow"]); it is
 not counted as a non-finite step (see Engine).
@@ -23,11 +24,9 @@ not counted as a non-finite step (see Engine).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 
 import gin
 import keras
-import tensorflow as tf
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -76,32 +75,10 @@ def is_loss_scaled(optimizer) -> bool:
     return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
 
-# The scale S that losses are multiplied by while gradients are being traced (None: 1).
-_LOSS_SCALE = contextvars.ContextVar("sideways_tf_loss_scale", default=None)
-
-
-@contextlib.contextmanager
-def scaled_losses(scale):
-    """Inside, `scale_loss` multiplies losses by `scale` (a float32 tensor or None)."""
-    token = _LOSS_SCALE.set(scale)
-    try:
-        yield
-    finally:
-        _LOSS_SCALE.reset(token)
-
-
-def scale_loss(loss):
-    """loss * S inside `scaled_losses(S)`, else loss unchanged."""
-    scale = _LOSS_SCALE.get()
-    return loss if scale is None else loss * tf.cast(scale, loss.dtype)
-
-
 __all__ = [
     "POLICIES",
     "check_precision",
     "policy_scope",
     "loss_scaling",
     "is_loss_scaled",
-    "scaled_losses",
-    "scale_loss",
 ]

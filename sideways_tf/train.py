@@ -17,6 +17,7 @@ evaluation and checkpoints. Everything a run writes goes under `workdir`
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -32,11 +33,11 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from sideways_tf import checkpointing, distribute, prediction, summaries
+from sideways_tf import checkpointing, distribute, modes, summaries
 from sideways_tf import precision as precision_lib
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.data import contract
-from sideways_tf.engine import MODES, Engine, check_mode
+from sideways_tf.engine import Engine, check_mode
 from sideways_tf.evaluate import evaluate
 from sideways_tf.pipeline import Pipeline
 
@@ -135,7 +136,7 @@ def build_run(
         step=step,
     )
     if carry_state:
-        state["engine_step"] = engine.step
+        state["engine_step"] = engine.frames_seen
         if engine.message_scale is not None:
             state["message_loss_scale"] = engine.message_scale
     if data_iterator is not None:
@@ -317,11 +318,9 @@ def _run(
         run.step,
         run.writers,
     )
-    predicts_frames = prediction.predicts_frames(pipeline)
-    if not predicts_frames:
-        contract.check_clip_dataset(source, data_binding)
-    _check_clip_length(pipeline, mode, num_frames, data_binding)
-    prediction.check_horizon(pipeline, mode, num_frames, f"the num_frames of {data_binding}")
+    task = pipeline.task
+    task.check_data(source, data_binding)
+    modes.get(mode).check_clip_length(pipeline, num_frames, f"the num_frames of {data_binding}")
     eval_ds = eval_data() if eval_data is not None else None  # finite; re-read at each eval
 
     def run_eval(source_name="train"):
@@ -388,7 +387,7 @@ def _run(
         disable=not (progress and runtime.is_chief),
         dynamic_ncols=True,
     )
-    window = {"loss": [], "hits": []}
+    window = collections.defaultdict(list)  # figures of the steps since the last log
     last_time, last_step = time.time(), s
     non_finite_in_a_row, non_finite_total, overflow_total = 0, 0, 0
     # Ctrl-C and SIGTERM (preemption, `kill`) set a flag the loop reads between steps:
@@ -397,13 +396,10 @@ def _run(
     try:
         while int(step.numpy()) < last and not stop.received:
             batch = next(train_iter)
-            labels = None  # future frames: the targets are in the clip
-            if not predicts_frames:
-                labels = runtime.to_host(batch["label"])  # this process's clips, replica order
-                if not window["loss"]:  # first step of each logging window
-                    _check_labels(labels, num_classes)
-            metrics = engine.train_clip(batch["frames"], batch.get("label"))
-            frames = runtime.to_host(batch["frames"])
+            labels = batch[task.label_key] if task.label_key else None  # (None: frames only)
+            metrics = engine.train_clip(batch["frames"], labels)
+            frames = runtime.to_host(batch["frames"])  # this process's clips, replica order
+            host_labels = None if labels is None else runtime.to_host(labels)
             step.assign_add(1)
             s = int(step.numpy())
             bar.update(1)
@@ -444,9 +440,8 @@ def _run(
                 continue
             non_finite_in_a_row = 0
             window["loss"].append(float(metrics["loss"]))
-            if not predicts_frames:
-                hits = np.argmax(metrics["logits"], -1) == labels.numpy()
-                window["hits"].append(np.mean(hits))
+            for name, value in metrics.get("task", {}).items():
+                window[name].append(value)
 
             if s % log_every == 0 or s == last:
                 now = time.time()
@@ -458,15 +453,15 @@ def _run(
                     "frames_per_second": fps,
                     "non_finite_steps": non_finite_total,
                 }
-                if window["hits"]:
-                    scalars["accuracy"] = np.mean(window["hits"])
+                task_scalars = {k: np.mean(v) for k, v in window.items() if k != "loss"}
+                scalars.update(task_scalars)
                 if engine.loss_scaled:
                     scalars["loss_scale"] = float(metrics["loss_scale"])
                     scalars["overflow_steps"] = overflow_total
                 reader = sys.modules.get("sideways_tf.data.dmvr")  # (only if records are read)
                 if reader is not None:
                     scalars["data/skipped_records"] = reader.skipped_records()
-                window = {"loss": [], "hits": []}
+                window = collections.defaultdict(list)
                 summaries.write_scalars(writers["train"], s, scalars)
                 summaries.write_per_unit(writers["train"], s, "grad_norm", metrics["grad_norms"])
                 summaries.write_per_unit(
@@ -478,12 +473,10 @@ def _run(
                         for u in pipeline.units
                     ],
                 )
-                shown = {"loss": f"{scalars['loss']:.3f}"}
-                if "accuracy" in scalars:
-                    shown["acc"] = f"{scalars['accuracy']:.3f}"
+                shown = {k[:3]: f"{v:.3f}" for k, v in {"loss": scalars["loss"], **task_scalars}.items()}
                 bar.set_postfix(**shown, fps=f"{fps:.0f}")
             if fidelity_every and (s % fidelity_every == 0 or s == 1):
-                fid = engine.gradient_fidelity(frames, labels)
+                fid = engine.gradient_fidelity(frames, host_labels)
                 summaries.write_per_unit(writers["train"], s, "fidelity/cosine", fid["cosine"])
                 summaries.write_per_unit(
                     writers["train"], s, "fidelity/norm_ratio", fid["norm_ratio"]
@@ -495,7 +488,7 @@ def _run(
             if s % eval_every == 0 or s == last:
                 eval_metrics = run_eval()
                 if eval_metrics:
-                    bar.write(f"step {s}: eval {_headline(eval_metrics)}")
+                    bar.write(f"step {s}: eval {task.headline(eval_metrics)}")
     finally:
         stop.restore()
         bar.close()
@@ -566,32 +559,12 @@ def _check_settings(**settings):
         ):
             raise ValueError(f"train.{name} must be a positive integer or None, got {value!r}.")
     precision_lib.check_precision(settings["precision"], "train.precision")
-    if settings["mode"] not in MODES:
-        raise ValueError(f"train.mode = {settings['mode']!r}; choose one of {list(MODES)}.")
+    modes.get(settings["mode"], "train.mode")
     if settings["data_checkpoint"] not in ("full", "symbolic"):
         raise ValueError(
             f"train.data_checkpoint = {settings['data_checkpoint']!r}; use 'full' (the input "
             "pipeline's whole state, shuffle buffers included) or 'symbolic' (positions only: "
             "for pipelines that do not reorder, e.g. moving_shapes)."
-        )
-
-
-def _check_clip_length(pipeline, mode: str, num_frames: int, binding: str):
-    """Clips must be long enough for the top to see real frames, and for gradients to land."""
-    if mode == "frame_bp":
-        return
-    fill = pipeline.fill_steps
-    need = fill if mode == "bptt" else 2 * fill - 1
-    if num_frames < need:
-        why = (
-            "the top output is built from real frames only from step T_fill"
-            if mode == "bptt"
-            else "a loss needs 2*T_fill - 1 steps to reach the bottom unit (algorithm.md s.4)"
-        )
-        raise ValueError(
-            f"Clips of K={num_frames} frames ({binding}) are too short for mode '{mode}' on "
-            f"this pipeline (T_fill = {fill}): {why}, so K must be at least {need}; far more "
-            "is better. Lengthen the clips (the data's num_frames binding) or use fewer units."
         )
 
 
@@ -613,21 +586,3 @@ def evaluate_workdir(workdir: str, gin_params: tuple = ()) -> dict:
         )
     gin.parse_config_files_and_bindings([config], list(gin_params), finalize_config=False)
     return train(workdir, eval_only=True, eval_params=tuple(gin_params))
-
-
-def _headline(metrics: dict) -> str:
-    if "psnr" in metrics:
-        return (
-            f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} (copy last frame: "
-            f"{metrics['psnr_copy_last']:.2f} dB, {metrics['ssim_copy_last']:.3f})"
-        )
-    return f"accuracy {metrics['accuracy']:.3f}"
-
-
-def _check_labels(labels, num_classes: int):
-    top = int(tf.reduce_max(labels))
-    if top >= num_classes or int(tf.reduce_min(labels)) < 0:
-        raise ValueError(
-            f"The training data has label {top}, outside [0, train.num_classes={num_classes}); "
-            "set train.num_classes (NUM_CLASSES in the data gin file) to the dataset's class count."
-        )

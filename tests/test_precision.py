@@ -80,9 +80,9 @@ def test_buffers_in_compute_dtype_parameters_slots_and_accumulators_in_float32(p
     targets, present = engine.step_targets(pipeline, "skip_sideways", clip, labels)
     grads = engine.sideways_gradients(pipeline, pipeline.zero_state(), clip, targets, present)
     assert all(g.dtype == tf.float32 for gu in grads.grads for g in gu)
-    assert grads.loss.dtype == tf.float32 and grads.logits.dtype == tf.float32
+    assert grads.loss.dtype == tf.float32 and grads.outputs.dtype == tf.float32
     metrics = eng.train_clip(clip, labels)
-    assert bool(metrics["applied"]) and metrics["logits"].dtype == tf.float32
+    assert bool(metrics["applied"]) and metrics["outputs"].dtype == tf.float32
     for v in buffers:  # written back in the compute dtype, and carrying something
         assert v.dtype == COMPUTE[policy] and np.any(np.asarray(v, np.float32) != 0), v.path
 

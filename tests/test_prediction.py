@@ -11,7 +11,8 @@ from test_properties import frames_in, tagged_clip
 from toy import event_tags, train_config
 
 import sideways_tf as sw
-from sideways_tf import engine, export, prediction
+from sideways_tf import engine, export, modes
+from sideways_tf.tasks import future_frames as prediction
 from sideways_tf.evaluate import evaluate
 from sideways_tf.models import convnet, resnet, vgg
 from sideways_tf.models.layers import FrameDecoder
@@ -85,7 +86,7 @@ def test_only_steps_with_a_full_pipeline_and_a_target_count(mode):
     clip = np.random.default_rng(0).uniform(-1, 1, (2, num_frames, 4, 4, 1)).astype("float32")
     eng = sw.Engine(pipeline, mode, keras.optimizers.SGD(0.0))
     got = float(eng.train_clip(clip)["valid_steps"])
-    lag = prediction.input_lag(pipeline, mode)  # 2 on the chain of 3, 0 per frame
+    lag = modes.get(mode).input_lag(pipeline)  # 2 on the chain of 3, 0 per frame
     first = 1 if mode == "frame_bp" else pipeline.fill_steps
     want = sum(1 for t in range(first, num_frames + 1) if t - lag + horizon <= num_frames)
     assert got == want == (num_frames - horizon if mode == "frame_bp" else 5)
@@ -114,7 +115,7 @@ def test_psnr_and_ssim_equal_closed_form_values_averaged_over_steps_and_clips(mo
     metrics = evaluate(eng, ds)
     # The identity network's prediction is the newest frame it has seen, x[t - lag]:
     # the target x[t - lag + h] differs by h * offset everywhere.
-    lag = prediction.input_lag(pipeline, mode)
+    lag = modes.get(mode).input_lag(pipeline)
     first = 1 if mode == "frame_bp" else pipeline.fill_steps
     steps = [t for t in range(first, num_frames + 1) if t - lag + horizon <= num_frames]
     c1 = (0.01 * 2.0) ** 2  # SSIM of constant images a, b: (2ab + C1) / (a^2 + b^2 + C1)
@@ -198,10 +199,10 @@ def test_a_horizon_past_the_clip_names_the_binding_and_the_limit():
     pipeline = identity_pipeline("chain", 4, (5,), horizon=9)
     # sideways: T_fill = 4, lag = 3, K = 8: the longest horizon is 8 + 3 - 4 = 7.
     with pytest.raises(ValueError, match=r"frame_loss.horizon = 9 .*frame_loss.horizon <= 7"):
-        prediction.check_horizon(pipeline, "sideways", 8)
-    prediction.check_horizon(identity_pipeline("chain", 4, (5,), horizon=7), "sideways", 8)
+        modes.get("sideways").check_clip_length(pipeline, 8, "num_frames")
+    modes.get("sideways").check_clip_length(identity_pipeline("chain", 4, (5,), horizon=7), 8, "num_frames")
     with pytest.raises(ValueError, match=r"horizon <= 7"):
-        prediction.check_horizon(pipeline, "frame_bp", 8)
+        modes.get("frame_bp").check_clip_length(pipeline, 8, "num_frames")
     with pytest.raises(ValueError, match="an integer >= 1"):
         prediction.FrameLoss(horizon=0)
     with pytest.raises(ValueError, match="'l2' .* or 'l1'"):

@@ -10,6 +10,8 @@ with K, H, W, C static. The frames-only datasets (future-frame prediction) yield
 
 from __future__ import annotations
 
+import weakref
+
 import tensorflow as tf
 
 LABEL_SPEC = tf.TensorSpec([], tf.int32)
@@ -86,3 +88,21 @@ def _shape(spec: tf.TensorSpec) -> str:
 
 def _describe(spec: dict[str, tf.TensorSpec]) -> str:
     return "{" + ", ".join(f"{k!r}: {v.dtype.name} {_shape(v)}" for k, v in spec.items()) + "}"
+
+
+# Class names a reader attached to the datasets it returned (label i is names[i]).
+_CLASS_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def with_class_names(ds: tf.data.Dataset, names) -> tf.data.Dataset:
+    """Records the names of the labels `ds` yields (a reader calls this on what it returns)."""
+    _CLASS_NAMES[ds] = [str(n) for n in names]
+    return ds
+
+
+def class_names(ds) -> list[str] | None:
+    """The class names a reader recorded for this dataset object, or None."""
+    try:
+        return _CLASS_NAMES.get(ds)
+    except TypeError:  # (not weakly referenceable: an element_spec)
+        return None

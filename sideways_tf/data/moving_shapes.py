@@ -35,6 +35,8 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf.data import contract
+
 SHAPES = ("square", "circle", "triangle", "cross", "diamond")
 DIRECTIONS = ("right", "left", "down", "up")
 # (dy, dx) in pixels per frame per unit of speed; rows grow downwards.
@@ -375,7 +377,8 @@ def moving_shapes_dataset(
     ds = _indices(split, num_examples).map(
         make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    return ds if c == 1 else ds.unbatch()
+    ds = ds if c == 1 else ds.unbatch()
+    return contract.with_class_names(ds, class_names(opts.num_shapes, opts.num_directions))
 
 
 @gin.configurable(module="sideways_tf.data")

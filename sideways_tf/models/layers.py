@@ -3,7 +3,7 @@
 Heads (a factory's `head` argument):
   "classes"  global average pool + Dense logits, softmax cross-entropy per clip;
   "frames"   FrameDecoder back to the frame size, pixel loss against a future
-             frame (sideways_tf.prediction.frame_loss: norm and horizon in gin).
+             frame (sideways_tf.tasks.frame_loss: norm and horizon in gin).
 
 Normalisation is GroupNorm, per frame and per example, never over the batch: in
 a pipeline each unit holds a different frame at every step, and the VJP of step
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf import prediction
+from sideways_tf import tasks
 
 HEADS = ("classes", "frames")
 
@@ -108,7 +108,7 @@ def task_head(head: str, num_classes, frame_shape, model: str):
     if head == "classes":
         return classification_head(int(num_classes)), "sparse_softmax_cross_entropy"
     if head == "frames":
-        return FrameDecoder(frame_shape), prediction.frame_loss()
+        return FrameDecoder(frame_shape), tasks.frame_loss()
     raise ValueError(f"{model}: head = {head!r}; choose one of {list(HEADS)}.")
 
 

@@ -1,0 +1,294 @@
+"""The gradient rules (algorithm.md section 5), each a pure function of explicit state:
+
+    rule(pipeline, state, clip [B, K, *frame], targets [B, K, ...], present [K],
+         training=True, loss_scale=None) -> ClipGradients
+
+targets[:, t] is what the top output of step t is scored against (the task's
+step_targets: the clip's label, or a future frame) and present[t] is 0.0 where
+step t has no target (it carries no loss, like a step still filling the pipeline).
+loss_scale S (a float32 scalar, or None for 1): every loss differentiated is
+S * l_t, so gradients and messages come out times S (float16 loss scaling; the
+optimizer unscales).
+  frame_gradients     frame_bp: exact BP of the per-frame network, averaged over frames;
+  bptt_gradients      exact gradient of the pipelined network over the clip (one tape, O(K));
+  sideways_gradients  sideways and skip_sideways (section 3): a graph loop of
+                      `sideways_step`, every unit a forward and a local VJP per step,
+                      with O(1) state in K.
+Which rule a mode uses, and what else a mode decides, is sideways_tf.modes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from sideways_tf.pipeline import Pipeline, PipelineState
+from sideways_tf.steps import unit_step, unroll
+
+
+class StepResult(NamedTuple):
+    """What one sideways step yields besides the new state."""
+
+    grads: tuple  # g_theta_i[t], one list per unit, aligned with pipeline.unit_variables(i)
+    loss: tf.Tensor  # [] l_t (times S), zero while masked
+    outputs: tf.Tensor  # [B, *out] top output y[t]
+    valid: tf.Tensor  # [] 1.0 once t >= T_fill and step t has a target, else 0.0
+
+
+class ClipGradients(NamedTuple):
+    """A rule's result for one clip (or one chunk of a stream)."""
+
+    grads: tuple  # per unit, averaged over valid steps (times S)
+    state: PipelineState  # state after the clip
+    loss: tf.Tensor  # [] mean loss over valid steps (times S)
+    outputs: tf.Tensor  # [B, *out] top outputs averaged over valid steps
+    valid_steps: tf.Tensor  # [] number of valid steps
+
+
+def masked_loss(pipeline: Pipeline, target, outputs, valid, loss_scale=None) -> tf.Tensor:
+    """S * mean over the batch of the task's loss, times valid; in float32."""
+    outputs = tf.cast(outputs, tf.float32)
+    loss = tf.reduce_mean(pipeline.task.loss(target, outputs)) * valid
+    return loss if loss_scale is None else loss * tf.cast(loss_scale, loss.dtype)
+
+
+def valid_step(pipeline: Pipeline, t) -> tf.Tensor:
+    """1.0 when the top output of step t (1-based) is built from real frames only."""
+    return tf.cast(t >= pipeline.fill_steps, tf.float32)
+
+
+def sideways_step(
+    pipeline: Pipeline,
+    state: PipelineState,
+    x_t,
+    target_t,
+    present_t=1.0,
+    training=True,
+    loss_scale=None,
+):
+    """One computation step t of algorithm.md section 3, for every unit at once.
+
+        u_i[t] = C_i({a_j[t-1-d_ji]}),  a_i[t] = H_i(u_i[t]),  a_0[t-1] := x[t]
+        m_L[t] = d l_t / d a_L[t]                     (the top's fresh loss gradient)
+        (g_theta_i[t], r_{i->j}[t]) = VJP of C_i, H_i at u_i[t] applied to m_i[t]
+        m_j[t+1] = sum_i r_{i->j}[t]
+
+    Units read only the previous step's buffers, so no unit waits on another; each
+    unit's share is one `steps.unit_step`. x_t: [B, *frame]; target_t: [B, ...] (a
+    label per clip, or a frame); present_t: [] 0.0 when step t has no target.
+    Returns (state at t, StepResult).
+    """
+    num_units = pipeline.num_units
+    x_t = tf.convert_to_tensor(x_t)
+    t = state.t + 1
+    valid = valid_step(pipeline, t) * tf.cast(present_t, tf.float32)
+    previous = (x_t, *state.outputs)  # a_j[t-1], j = 0..L
+    outputs, lines, grads = [], list(state.delays), []
+    replies = [[] for _ in range(num_units + 1)]  # r_{i->j}[t], gathered per source j
+    loss = y = None
+    for i, unit in enumerate(pipeline.units, start=1):
+        edges = pipeline.topology.sources[i - 1]
+        senders = [k for k, e in enumerate(edges) if e.source > 0]
+        with pipeline.unit_scope(i):
+            inputs, new_lines = pipeline.gather(i, previous, state)
+            if i == num_units:
+                out = unit_step(
+                    unit,
+                    inputs,
+                    pipeline.unit_variables(i),
+                    senders,
+                    head=lambda a: pipeline.apply_head(a, training=training),
+                    loss=lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
+                    training=training,
+                )
+                loss, y = out.loss, out.output
+            else:
+                out = unit_step(
+                    unit,
+                    inputs,
+                    pipeline.unit_variables(i),
+                    senders,
+                    message=state.messages[i - 1],
+                    training=training,
+                )
+            outputs.append(out.activation)
+            for k, r in zip(senders, out.replies):
+                replies[edges[k].source].append(r)
+            grads.append(out.grads)
+            for k, line in new_lines.items():
+                lines[k] = line
+    messages = []
+    for j in range(1, num_units):
+        with pipeline.unit_scope(j):
+            messages.append(tf.add_n(replies[j]))
+    new_state = PipelineState(t, tuple(outputs), tuple(messages), tuple(lines))
+    return new_state, StepResult(tuple(grads), loss, y, valid)
+
+
+def zero_gradients(pipeline: Pipeline) -> list:
+    """One zero tensor per parameter, per unit, on the unit's core (accumulators)."""
+    out = []
+    for i in range(1, pipeline.num_units + 1):
+        with pipeline.unit_scope(i):
+            out.append([tf.zeros(v.shape, v.dtype) for v in pipeline.unit_variables(i)])
+    return out
+
+
+def sideways_gradients(
+    pipeline, state, clip, targets, present, training=True, loss_scale=None
+) -> ClipGradients:
+    """Sideways / Skip-Sideways: `sideways_step` over the clip's frames, in a graph loop.
+
+    g_theta_i = sum over valid steps t of g_theta_i[t], divided by the number of
+    valid steps. Memory: the state and one accumulator per parameter, whatever K.
+    """
+    clip = tf.convert_to_tensor(clip)
+    outputs_zero = tf.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
+
+    def step(carry, k):
+        state, accum, loss_sum, n_valid, outputs_sum = carry
+        state, out = sideways_step(
+            pipeline, state, clip[:, k], targets[:, k], present[k], training, loss_scale
+        )
+        summed = []
+        for i, (au, gu) in enumerate(zip(accum, out.grads), start=1):
+            with pipeline.unit_scope(i):  # each unit's accumulator stays on its device
+                # float32 like the parameters, whatever dtype a VJP comes out in.
+                summed.append([a + tf.cast(g, a.dtype) for a, g in zip(au, gu)])
+        carry = (
+            state,
+            summed,
+            loss_sum + out.loss,
+            n_valid + out.valid,
+            outputs_sum + out.outputs * out.valid,
+        )
+        return carry, None
+
+    init = (state, zero_gradients(pipeline), 0.0, 0.0, outputs_zero)
+    (state, accum, loss_sum, n_valid, outputs_sum), _ = unroll(step, init, tf.shape(clip)[1])
+    n = tf.maximum(n_valid, 1.0)
+    grads = []
+    for i, gu in enumerate(accum, start=1):
+        with pipeline.unit_scope(i):
+            grads.append([g / n for g in gu])
+    return ClipGradients(tuple(grads), state, loss_sum / n, outputs_sum / n, n_valid)
+
+
+def split_per_unit(pipeline: Pipeline, flat) -> tuple:
+    """A flat list aligned with all_variables -> one list per unit."""
+    out, start = [], 0
+    for i in range(1, pipeline.num_units + 1):
+        n = len(pipeline.unit_variables(i))
+        out.append(list(flat[start : start + n]))
+        start += n
+    return tuple(out)
+
+
+def all_variables(pipeline: Pipeline) -> list:
+    """theta_1, ..., theta_L flattened in unit order (the head with the top unit)."""
+    return [v for i in range(1, pipeline.num_units + 1) for v in pipeline.unit_variables(i)]
+
+
+def pipelined_forward(
+    pipeline, state, clip, targets=None, present=None, training=True, loss_scale=None
+):
+    """The pipelined network over a clip, one forward_step per frame (K static, unrolled).
+
+    targets [B, K, ...] and present [K] as the task's step_targets. Returns (state,
+    mean loss over valid steps (0 without targets), top outputs averaged over valid
+    steps [B, ...], number of valid steps).
+    """
+    clip = tf.convert_to_tensor(clip)
+
+    def step(carry, k):
+        state, loss_sum, n_valid, outputs_sum = carry
+        state, y = pipeline.forward_step(state, clip[:, k], training=training)
+        valid = valid_step(pipeline, state.t)
+        if present is not None:
+            valid *= present[k]
+        if targets is not None:
+            loss_sum += masked_loss(pipeline, targets[:, k], y, valid, loss_scale)
+        return (state, loss_sum, n_valid + valid, outputs_sum + y * valid), None
+
+    (state, loss_sum, n_valid, outputs_sum), _ = unroll(
+        step, (state, 0.0, 0.0, 0.0), clip.shape[1], static=True
+    )
+    n = tf.maximum(n_valid, 1.0)
+    return state, loss_sum / n, outputs_sum / n, n_valid
+
+
+def bptt_gradients(
+    pipeline, state, clip, targets, present, training=True, loss_scale=None
+) -> ClipGradients:
+    """The exact gradient of the pipelined network over the clip: one tape over K steps.
+
+    loss = mean over valid steps t of l_t. The tape holds every step's activations,
+    so memory grows with K (the frame loop is unrolled: K must be static).
+    """
+    theta = all_variables(pipeline)
+    with tf.GradientTape() as tape:
+        state, loss, outputs, n_valid = pipelined_forward(
+            pipeline, state, clip, targets, present, training, loss_scale
+        )
+    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return ClipGradients(split_per_unit(pipeline, flat), state, loss, outputs, n_valid)
+
+
+def frame_outputs(pipeline: Pipeline, clip, training=True):
+    """The per-frame network on a clip's K frames as one batch of B*K frames.
+
+    Returns (per-frame outputs [B, K, ...], outputs averaged over the clip [B, ...]).
+    """
+    clip = tf.convert_to_tensor(clip)
+    frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
+    outputs = pipeline.frame_forward(frames, training=training)  # [B*K, ...]
+    per_step = tf.reshape(outputs, (pipeline.batch_size, -1, *outputs.shape[1:]))  # [B, K, ...]
+    return per_step, tf.reduce_mean(per_step, axis=1)
+
+
+def frame_gradients(
+    pipeline, state, clip, targets, present, training=True, loss_scale=None
+) -> ClipGradients:
+    """frame_bp: exact BP of the per-frame network (no delays), averaged over frames.
+
+    The K frames go through as one batch of B*K frames (the same mean gradient,
+    computed in one pass). Every frame with a target counts; the buffers are not used.
+    """
+    num_frames = tf.shape(clip)[1]
+    frame_targets = tf.reshape(targets, (-1, *targets.shape[2:]))  # [B*K, ...]
+    weights = tf.tile(present, [pipeline.batch_size])  # [B*K], frame k of clip b at b*K + k
+    total = tf.maximum(tf.reduce_sum(weights), 1.0)
+    theta = all_variables(pipeline)
+    with tf.GradientTape() as tape:
+        per_step, outputs = frame_outputs(pipeline, clip, training=training)
+        per_frame = tf.cast(tf.reshape(per_step, (-1, *per_step.shape[2:])), tf.float32)
+        loss = tf.reduce_sum(pipeline.task.loss(frame_targets, per_frame) * weights) / total
+        if loss_scale is not None:
+            loss *= tf.cast(loss_scale, loss.dtype)
+    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    state = state._replace(t=state.t + num_frames)
+    n = tf.reduce_sum(present)
+    return ClipGradients(split_per_unit(pipeline, flat), state, loss, outputs, n)
+
+
+def gradient_fidelity(pipeline: Pipeline, clip, targets, present, loss_scale=None) -> dict:
+    """Cosine similarity and norm ratio, per unit, of sideways vs bptt gradients of one clip.
+
+    Both rules from a fresh state, on the pipelined network's targets (the task's
+    step_targets at the pipelined input lag). Returns {"cosine": [L], "norm_ratio": [L]}.
+    """
+    side = sideways_gradients(
+        pipeline, pipeline.zero_state(), clip, targets, present, loss_scale=loss_scale
+    )
+    exact = bptt_gradients(
+        pipeline, pipeline.zero_state(), clip, targets, present, loss_scale=loss_scale
+    )
+    cosine, ratio = [], []
+    for gs, ge in zip(side.grads, exact.grads):
+        s = tf.concat([tf.reshape(g, [-1]) for g in gs], 0)
+        e = tf.concat([tf.reshape(g, [-1]) for g in ge], 0)
+        ns, ne = tf.norm(s), tf.norm(e)
+        cosine.append(tf.reduce_sum(s * e) / tf.maximum(ns * ne, 1e-30))
+        ratio.append(ns / tf.maximum(ne, 1e-30))
+    return {"cosine": tf.stack(cosine), "norm_ratio": tf.stack(ratio)}

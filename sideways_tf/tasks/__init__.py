@@ -1,0 +1,37 @@
+"""Tasks: what a pipeline is trained to output, and how it is scored (tasks/base.py).
+
+    Classification   a label per clip, logits at every step (classification.py)
+    FutureFrames     the frame h steps ahead of the newest seen (future_frames.py)
+
+`as_task` turns what a Pipeline accepts as `task` (or the older `loss`) into a Task.
+"""
+
+from __future__ import annotations
+
+from sideways_tf.tasks.base import Task, pad_batch
+from sideways_tf.tasks.classification import LOSSES, Classification
+from sideways_tf.tasks.future_frames import FrameLoss, FutureFrames, frame_loss
+
+
+def as_task(task) -> Task:
+    """A Task from a Task, a loss name of LOSSES, or a per-example loss callable."""
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, str) or callable(task):
+        return Classification(loss=task)
+    raise TypeError(
+        f"task = {task!r}: give a sideways_tf.tasks.Task (Classification(), FutureFrames()), "
+        f"a loss name from {sorted(LOSSES)}, or a loss callable (labels, logits) -> [B]."
+    )
+
+
+__all__ = [
+    "LOSSES",
+    "Classification",
+    "FrameLoss",
+    "FutureFrames",
+    "Task",
+    "as_task",
+    "frame_loss",
+    "pad_batch",
+]
