@@ -143,9 +143,9 @@ def eval_main(argv: list[str] | None = None):
     parser = _parser("Evaluate the latest checkpoint of a sideways-train workdir.")
     args = parser.parse_args(argv)
     _import_tensorflow(args.verbosity)
-    from sideways_tf import train
+    from sideways_tf import evaluate
 
-    result = train.evaluate_workdir(args.workdir, tuple(args.gin_param + _runtime_params(args)))
+    result = evaluate.evaluate_workdir(args.workdir, tuple(args.gin_param + _runtime_params(args)))
     print(f"step {result['step']}: {result['eval']}")
 
 

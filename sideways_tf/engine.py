@@ -300,9 +300,7 @@ class Engine:
         if chunk != clip.shape[1]:
             clip, targets = (_frames(x, start, chunk) for x in (clip, targets))
             present = present[start : start + chunk]
-        state = (
-            self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.frames_seen)
-        )
+        state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.frames_seen)
         loss_scale = self._loss_scale() if self.loss_scaled else None
         if loss_scale is not None and not fresh:  # messages formed under an earlier S
             state = state._replace(messages=self._rescale_messages(state.messages, loss_scale))

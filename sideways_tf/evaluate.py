@@ -13,9 +13,41 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from sideways_tf import summaries
+from sideways_tf import workdir as workdir_lib
 from sideways_tf.engine import Engine
+from sideways_tf.runs import load_run
 
 
 def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -> dict:
     """Scores a finite dataset of unbatched clips with the task of engine's pipeline."""
     return engine.task.evaluate(engine, dataset, progress=progress)
+
+
+def evaluate_workdir(workdir, gin_params=(), progress: bool = True) -> dict:
+    """Evaluates the newest readable checkpoint of a run with the config it saved.
+
+    The run is rebuilt by runs.load_run (parameters only; the training data is
+    never read; config.gin is never rewritten); gin_params apply over the saved
+    config (e.g. another eval split). The result is appended to the workdir's
+    eval_metrics.json as its own entry (source "sideways-eval", with gin_params).
+    Returns {"step", "eval"}.
+    """
+    run = load_run(workdir, gin_params=tuple(gin_params))
+    if run.eval_data is None:
+        raise ValueError(
+            f"{run.workdir.config} sets no train.eval_data: there is nothing to evaluate. Give "
+            "one: --gin_param=train.eval_data=@eval/moving_shapes_dataset (or your reader)."
+        )
+    metrics = evaluate(run.engine, run.eval_data(), progress=progress and run.runtime.is_chief)
+    images = metrics.pop("images", None)
+    if run.runtime.is_chief:
+        writer = tf.summary.create_file_writer(run.workdir.summaries("eval"))
+        summaries.write_scalars(writer, run.step, metrics)
+        if images is not None:
+            summaries.write_images(writer, run.step, "predictions", images)
+        writer.flush()
+        workdir_lib.record_evaluation(
+            run.workdir, run.step, metrics, source="sideways-eval", gin_params=list(gin_params)
+        )
+    return {"step": run.step, "eval": metrics}

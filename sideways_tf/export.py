@@ -42,20 +42,18 @@ import json
 import os
 import tempfile
 
-import gin
-import numpy as np
 import tensorflow as tf
 
-from sideways_tf import checkpointing, placement, precision
-from sideways_tf.data import contract
+from sideways_tf import checkpointing, distribute, placement
 from sideways_tf.pipeline import Pipeline, PipelineState
+from sideways_tf.runs import load_run
 
 METADATA_FILE = "sideways_export.json"
 
 
 def state_names(pipeline: Pipeline) -> list[str]:
     """Names of the exported state tensors, in PipelineState order (messages left out)."""
-    num_delays = len(pipeline._delay_buffers())
+    num_delays = len(pipeline.delay_buffers())
     return (
         ["t"]
         + [f"output_{i}" for i in range(1, pipeline.num_units + 1)]
@@ -73,7 +71,7 @@ def state_to_dict(state: PipelineState) -> dict:
 
 def dict_to_state(pipeline: Pipeline, named: dict) -> PipelineState:
     """{t, output_i, delay_k} -> PipelineState, with no messages."""
-    num_delays = len(pipeline._delay_buffers())
+    num_delays = len(pipeline.delay_buffers())
     return PipelineState(
         t=named["t"],
         outputs=tuple(named[f"output_{i}"] for i in range(1, pipeline.num_units + 1)),
@@ -228,7 +226,7 @@ class _Untracked:
 
 
 def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
-    """Rebuilds a run's pipeline from workdir/config.gin with `batch_size`, parameters restored.
+    """A run's pipeline (runs.load_run) with `batch_size` streams, and the export metadata.
 
     No runtime and no device pins: every unit runs on the default device.
     Returns (pipeline, metadata).
@@ -236,57 +234,29 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
             f"batch_size must be a positive integer (the streams served at once), got "
-            f"{batch_size!r}; e.g. --batch_size=1."
+            f"{batch_size!r}; e.g. --batch_size=1 (Python: export(..., batch_size=1))."
         )
-    config = os.path.join(workdir, "config.gin")
-    if not tf.io.gfile.exists(config):
-        raise FileNotFoundError(
-            f"{config} not found: is {workdir} the workdir of a sideways-train run? "
-            f"Train first: sideways-train --workdir={workdir}."
-        )
-    directory = os.path.join(workdir, "checkpoints")
-    path = tf.train.latest_checkpoint(directory) if tf.io.gfile.isdir(directory) else None
-    if path is None:
-        raise FileNotFoundError(
-            f"No checkpoint in {directory}: there are no trained parameters to export. Train "
-            f"first (sideways-train --workdir={workdir}), or point --workdir at a run that "
-            "has saved one."
-        )
-    gin.parse_config_files_and_bindings([config], [], finalize_config=False)
-    bindings = gin.get_bindings("train")
-    data_binding = "train.eval_data" if bindings.get("eval_data") else "train.train_data"
-    data_fn = bindings[data_binding.split(".")[1]]
-    _, frame_shape = contract.check_clip_dataset(data_fn(), data_binding, labelled=False)
-    num_classes = bindings.get("num_classes")
-    with precision.policy_scope("float32"):  # (a mixed_* run's float32 parameters load as is)
-        pipeline = bindings["model_fn"](
-            batch_size=batch_size, frame_shape=frame_shape, num_classes=num_classes
-        )
+    single = distribute.Runtime(None, placement.DevicePlan.single([None]))
+    # Built in float32 whatever the run's precision (its parameters are float32 anyway).
+    run = load_run(workdir, batch_size=batch_size, runtime=single, precision="float32")
+    pipeline = run.pipeline
     _unpin(pipeline)
-
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(
-        pipeline=checkpointing.variables_by_path(pipeline, buffers=False), step=step
-    )
-    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
-
     topology = pipeline.topology
-    class_names = contract.class_names(data_fn())
     metadata = dict(
         format="sideways_tf streaming export 1",
-        frame_shape=list(frame_shape),
+        frame_shape=list(run.frame_shape),
         frame_dtype="float32",
         batch_size=batch_size,
-        **pipeline.task.export_metadata(pipeline, class_names),
+        **pipeline.task.export_metadata(pipeline, run.class_names),
         fill_steps=topology.fill_steps,
         newest_lag=topology.newest_lag(topology.num_units),
         oldest_lag=topology.fill_steps - 1,
         num_units=topology.num_units,
-        mode=bindings.get("mode"),
-        trained_precision=bindings.get("precision", "float32"),
+        mode=run.settings.mode,
+        trained_precision=run.settings.precision,
         topology=topology.describe(),
-        checkpoint=os.path.basename(path),
-        checkpoint_step=int(step.numpy()),
+        checkpoint=os.path.basename(run.checkpoint),
+        checkpoint_step=run.step,
         state_names=state_names(pipeline),
     )
     return pipeline, metadata
@@ -330,12 +300,3 @@ def convert_tflite(output: str) -> str:
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(model)
     return path
-
-
-def run_clip(pipeline: Pipeline, clip) -> np.ndarray:
-    """The pipeline's own forward_step over a clip [B, K, *frame] -> outputs [K, B, C]."""
-    state, outs = pipeline.zero_state(), []
-    for x_t in tf.unstack(tf.convert_to_tensor(clip, tf.float32), axis=1):
-        state, logits = pipeline.forward_step(state, x_t, training=False)
-        outs.append(logits)
-    return np.stack([o.numpy() for o in outs])

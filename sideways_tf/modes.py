@@ -84,12 +84,12 @@ class Mode:
         if self.topology == "chain" and not chain:
             raise ValueError(
                 f"mode='{self.name}' runs on a chain, but this pipeline has skip or delayed "
-                f"edges; use a mode for skips ({_names('skips')}), or topology='chain'."
+                f"edges; use {_names('skips')}, or topology='chain'."
             )
         if self.topology == "skips" and chain:
             raise ValueError(
                 f"mode='{self.name}' needs skip edges, but this pipeline is a chain; use "
-                f"topology='skip(2)' (or another), or a mode for chains ({_names('chain')})."
+                f"topology='skip(2)' (or another), or {_names('chain')}."
             )
 
     def check_clip_length(self, pipeline, num_frames: int, binding: str) -> None:
@@ -159,7 +159,9 @@ def get(mode: str | Mode, binding: str = "mode") -> Mode:
 
 
 def _names(topology: str) -> str:
-    return ", ".join(repr(m.name) for m in MODES.values() if m.topology == topology)
+    """'mode=...' for each registered mode made for this topology, or-joined."""
+    names = [f"mode='{m.name}'" for m in MODES.values() if m.topology == topology]
+    return " or ".join(names) or "another mode"
 
 
 register(

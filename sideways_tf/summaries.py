@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import gin
 import numpy as np
@@ -46,10 +45,9 @@ def write_images(writer, step: int, name: str, images, max_images: int = 4):
         tf.summary.image(name, np.asarray(images, np.float32), max_outputs=max_images)
 
 
-def write_config(writer, workdir: str):
-    """Saves the operative gin config to workdir/config.gin and to TensorBoard text."""
+def write_config(writer, path: str):
+    """Saves the operative gin config to `path` (the workdir's config.gin) and to TensorBoard."""
     config = gin.operative_config_str()
-    path = os.path.join(workdir, "config.gin")
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(config)

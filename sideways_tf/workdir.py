@@ -1,12 +1,14 @@
-"""A run's workdir: who may write it, the config it was started with, its evaluations.
+"""A run's workdir: every path of a run, who may write it, its config and evaluations.
 
     workdir/
       LOCK                 {"pid", "host", "started"} of the training run writing here
       config.gin           the operative gin config of the run (written once per run)
       eval_metrics.json    the latest training evaluation, and every evaluation so far
-      checkpoints/ train/ eval/   (checkpointing.py, summaries.py)
+      checkpoints/         ckpt-N.* (sideways_tf.checkpointing)
+      train/ eval/         TensorBoard event files (sideways_tf.summaries)
 
-Everything here goes through tf.io.gfile, so a workdir may be local or gs://.
+`Workdir` owns these names: no other module spells them. Everything here goes
+through tf.io.gfile, so a workdir may be local or gs://.
 """
 
 from __future__ import annotations
@@ -37,6 +39,54 @@ RESUMABLE_CHANGES = (
 )
 
 
+class Workdir:
+    """The paths of a run's workdir (see the module docstring)."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
+
+    @classmethod
+    def of(cls, workdir: str | Workdir) -> Workdir:
+        return workdir if isinstance(workdir, Workdir) else cls(workdir)
+
+    def __fspath__(self) -> str:
+        return self.root
+
+    def __str__(self) -> str:
+        return self.root
+
+    def __repr__(self) -> str:
+        return f"Workdir({self.root!r})"
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.root, "config.gin")
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.root, "checkpoints")
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.root, "LOCK")
+
+    @property
+    def eval_metrics(self) -> str:
+        return os.path.join(self.root, "eval_metrics.json")
+
+    def summaries(self, split: str) -> str:
+        """TensorBoard event directory of a split ("train" or "eval")."""
+        return os.path.join(self.root, split)
+
+    def require_run(self):
+        """Raises unless this is the workdir of a sideways-train run (it has config.gin)."""
+        if not tf.io.gfile.exists(self.config):
+            raise FileNotFoundError(
+                f"{self.config} not found: is {self.root} the workdir of a sideways-train run? "
+                f"Train first: sideways-train --workdir={self.root}."
+            )
+
+
 class WorkdirLockedError(RuntimeError):
     """Another training run is writing this workdir."""
 
@@ -45,12 +95,13 @@ class ConfigChangedError(ValueError):
     """A resumed run's config differs from the one the workdir was started with."""
 
 
-def check_writable(workdir: str):
+def check_writable(workdir: str | Workdir):
     """Creates workdir if needed; raises naming --workdir if it is a file or read-only."""
     if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
         raise ValueError(
             f"--workdir={workdir} is a file, not a directory; pick a directory for the run."
         )
+    workdir = str(workdir)
     probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
     try:
         tf.io.gfile.makedirs(workdir)
@@ -75,14 +126,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def lock(workdir: str):
+def lock(workdir: str | Workdir):
     """Holds workdir/LOCK while a training run writes the workdir.
 
     A second run on the same workdir refuses to start. A lock left by a process
     that no longer exists on this host is stale: it is taken over with a warning.
     A lock from another host cannot be checked: the error says how to clear it.
     """
-    path = os.path.join(workdir, "LOCK")
+    path = Workdir.of(workdir).lock_file
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -145,13 +196,13 @@ def config_changes(saved: str, current: str, allowed=RESUMABLE_CHANGES) -> list[
     return changes
 
 
-def check_config(workdir: str, current: str, allow_change: bool):
+def check_config(workdir: str | Workdir, current: str, allow_change: bool):
     """Raises ConfigChangedError when resuming with a config that differs in substance.
 
     Run length, logging and the runtime (strategy, devices) may change; anything
     else (mode, model, data, optimizer) would silently turn the run into another.
     """
-    path = os.path.join(workdir, "config.gin")
+    path = Workdir.of(workdir).config
     if allow_change or not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
@@ -169,19 +220,15 @@ def check_config(workdir: str, current: str, allow_change: bool):
 # -- Evaluations ------------------------------------------------------------------------
 
 
-def eval_path(workdir: str) -> str:
-    return os.path.join(workdir, "eval_metrics.json")
-
-
-def read_evaluations(workdir: str) -> dict:
-    path = eval_path(workdir)
+def read_evaluations(workdir: str | Workdir) -> dict:
+    path = Workdir.of(workdir).eval_metrics
     if not tf.io.gfile.exists(path):
         return {"history": []}
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
 
 
-def evaluated_steps(workdir: str) -> set[int]:
+def evaluated_steps(workdir: str | Workdir) -> set[int]:
     """Steps the training run has an evaluation recorded for."""
     return {
         h["step"]
@@ -190,7 +237,9 @@ def evaluated_steps(workdir: str) -> set[int]:
     }
 
 
-def record_evaluation(workdir: str, step: int, metrics: dict, source: str = "train", **extra):
+def record_evaluation(
+    workdir: str | Workdir, step: int, metrics: dict, source: str = "train", **extra
+):
     """Appends an evaluation to eval_metrics.json.
 
     A training evaluation replaces any later-step entries (a resumed run redoes
@@ -205,4 +254,4 @@ def record_evaluation(workdir: str, step: int, metrics: dict, source: str = "tra
         top = {k: v for k, v in record.items() if k != "source"}
         data = {**data, **top}
     data["history"] = history + [record]
-    summaries.write_json(eval_path(workdir), data)
+    summaries.write_json(Workdir.of(workdir).eval_metrics, data)

@@ -72,7 +72,9 @@ def test_two_replicas_of_two_units_match_one_device_on_the_whole_batch(
         m1 = reference.train_clip(clip, labels)
         m2 = engine.train_clip(clip, labels)  # split: clips 0-1 to replica 0, 2-3 to 1
     np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-5)
-    np.testing.assert_allclose(np.array(m2["outputs"]), np.array(m1["outputs"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(m2["outputs"]), np.array(m1["outputs"]), rtol=1e-5, atol=1e-6
+    )
     for v, w in zip(engine.variables, reference.variables):
         for part in components(v, runtime.strategy):
             np.testing.assert_allclose(np.array(part), np.array(w), rtol=1e-5, atol=1e-7)

@@ -63,7 +63,7 @@ def test_streaming_updates_every_n_steps_and_carries_state():
     eng = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1), update_every=4)
     eng.train_clip(*random_clip(pipeline, 12))
     assert int(eng.optimizer.iterations) == 3
-    assert int(eng.step) == 12  # the state ran on across the three chunks
+    assert int(eng.frames_seen) == 12  # the state ran on across the three chunks
     with pytest.raises(ValueError, match="not a multiple of update_every=4"):
         eng.train_clip(*random_clip(pipeline, 10))
 
@@ -77,7 +77,7 @@ def test_carry_state_between_clips_skips_refill():
         m_fresh, m_carried = fresh.train_clip(clip, labels), carried.train_clip(clip, labels)
     assert float(m_fresh["valid_steps"]) == 8 - pipeline.fill_steps + 1
     assert float(m_carried["valid_steps"]) == 8  # full from its first step
-    assert int(carried.step) == 16 and int(fresh.step) == 8
+    assert int(carried.frames_seen) == 16 and int(fresh.frames_seen) == 8
 
 
 def test_prediction_leaves_training_state_alone():

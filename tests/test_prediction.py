@@ -12,10 +12,10 @@ from toy import event_tags, train_config
 
 import sideways_tf as sw
 from sideways_tf import engine, export, modes
-from sideways_tf.tasks import future_frames as prediction
 from sideways_tf.evaluate import evaluate
 from sideways_tf.models import convnet, resnet, vgg
 from sideways_tf.models.layers import FrameDecoder
+from sideways_tf.tasks import future_frames as prediction
 
 
 def identity_pipeline(topology, num_units, frame_shape, horizon=1, batch_size=1):
@@ -200,7 +200,9 @@ def test_a_horizon_past_the_clip_names_the_binding_and_the_limit():
     # sideways: T_fill = 4, lag = 3, K = 8: the longest horizon is 8 + 3 - 4 = 7.
     with pytest.raises(ValueError, match=r"frame_loss.horizon = 9 .*frame_loss.horizon <= 7"):
         modes.get("sideways").check_clip_length(pipeline, 8, "num_frames")
-    modes.get("sideways").check_clip_length(identity_pipeline("chain", 4, (5,), horizon=7), 8, "num_frames")
+    modes.get("sideways").check_clip_length(
+        identity_pipeline("chain", 4, (5,), horizon=7), 8, "num_frames"
+    )
     with pytest.raises(ValueError, match=r"horizon <= 7"):
         modes.get("frame_bp").check_clip_length(pipeline, 8, "num_frames")
     with pytest.raises(ValueError, match="an integer >= 1"):
@@ -253,7 +255,7 @@ def test_future_frame_run_reports_psnr_and_writes_prediction_images(tmp_path):
     clip = np.random.default_rng(0).uniform(-1, 1, (1, 5, 16, 16, 3)).astype("float32")
     loaded = tf.saved_model.load(out)
     state = loaded.signatures["init_state"]()
-    for k, want in enumerate(export.run_clip(pipeline, clip)):
+    for k, want in enumerate(np.swapaxes(pipeline(clip, training=False).numpy(), 0, 1)):
         named = {n: state[n] for n in meta["state_names"]}
         state = loaded.signatures["step"](frame=tf.constant(clip[:, k]), **named)
         assert state["outputs"].shape == (1, 16, 16, 3)

@@ -16,6 +16,7 @@ from test_train import TINY, event_tags, parameters, run
 
 from sideways_tf import checkpointing, cli, workdir
 from sideways_tf.data.moving_shapes import moving_shapes_dataset
+from sideways_tf.evaluate import evaluate_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -213,9 +214,8 @@ def test_evaluation_appends_its_own_entry_and_never_rewrites_the_config(tmp_path
     run(tmp_path)
     config = (tmp_path / "config.gin").read_text()
     gin.clear_config()
-    from sideways_tf import train
 
-    train.evaluate_workdir(str(tmp_path), ("eval/moving_shapes_dataset.num_examples = 4",))
+    evaluate_workdir(str(tmp_path), ("eval/moving_shapes_dataset.num_examples = 4",))
     assert (tmp_path / "config.gin").read_text() == config
     data = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert data["num_videos"] == 10 and data["step"] == 6  # the training run's record

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from toy import event_tags, train_config
 
-from sideways_tf import checkpointing, cli, config_files, train
+from sideways_tf import checkpointing, cli, config_files
+from sideways_tf.evaluate import evaluate_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_stopped_run_resumes_at_the_saved_step_with_the_same_parameters(tmp_path
 def test_eval_on_a_saved_checkpoint_reproduces_the_metrics(tmp_path):
     trained = run(tmp_path)
     gin.clear_config()
-    again = train.evaluate_workdir(str(tmp_path))
+    again = evaluate_workdir(str(tmp_path))
     assert again["step"] == trained["step"]
     for key in ("accuracy", "clip_accuracy", "loss", "num_videos"):
         assert again["eval"][key] == pytest.approx(trained["eval"][key], rel=1e-5), key

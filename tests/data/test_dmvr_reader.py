@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from sideways_tf.data import contract, dmvr, sampling
 from sideways_tf.data.sampling import ClipSampling
+from sideways_tf.evaluate import evaluate_workdir
 
 SIZE = 8  # output frames are SIZE x SIZE
 
@@ -392,7 +393,7 @@ def test_evaluation_of_a_run_whose_training_shards_are_gone(tmp_path):
         gin.clear_config()
         for f in tf.io.gfile.glob(str(tmp_path / "train" / "*")):
             tf.io.gfile.remove(f)
-        again = train.evaluate_workdir(str(tmp_path / "run"))
+        again = evaluate_workdir(str(tmp_path / "run"))
     finally:
         gin.clear_config()
     assert again["step"] == 4 and again["eval"]["num_videos"] == 3
