@@ -94,6 +94,7 @@ def test_unknown_gin_binding_is_named(tmp_path):
     with pytest.raises(ValueError, match="num_stepz"):
         cli.train_main(
             ["--workdir", str(tmp_path), "--gin_file", TINY, "--gin_param", "train.num_stepz=3"]
+            + ["--verbosity=1"]  # (the exception itself; tests/test_cli.py: the message alone)
         )
 
 
@@ -107,6 +108,7 @@ def test_missing_required_binding_is_named(tmp_path):
                 TINY,
                 "--gin_param",
                 "train.mode=%gin.REQUIRED",
+                "--verbosity=1",
             ]
         )
 
