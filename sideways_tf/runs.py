@@ -149,20 +149,22 @@ class Settings:
                 "process); use carry_state = False with runtime.strategy = 'multi_worker'."
             )
 
-    def check_clips(self, pipeline: Pipeline, num_frames: int, binding: str):
-        """Cross-checks with the data's clip length K and the model."""
+    def check_model(self, pipeline: Pipeline, dataset, binding: str):
+        """Cross-checks with the model and the data: mode vs topology, task vs data, K."""
+        mode = modes.get(self.mode)
+        try:
+            mode.check(pipeline)
+        except ValueError as e:
+            raise ValueError(
+                f"{e} (gin: train.mode = '{self.mode}', and the model's topology.)"
+            ) from e
+        num_frames, _ = pipeline.task.check_data(dataset, binding)
         if self.update_every and num_frames % self.update_every:
             raise ValueError(
                 f"Clips have K={num_frames} frames, not a multiple of train.update_every="
                 f"{self.update_every}; pick an update_every that divides K."
             )
-        try:
-            modes.get(self.mode).check(pipeline)
-        except ValueError as e:
-            raise ValueError(
-                f"{e} (gin: train.mode = '{self.mode}', and the model's topology.)"
-            ) from e
-        modes.get(self.mode).check_clip_length(pipeline, num_frames, f"the num_frames of {binding}")
+        mode.check_clip_length(pipeline, num_frames, f"the num_frames of {binding}")
 
 
 class Run(NamedTuple):
@@ -204,12 +206,16 @@ def build_run(
     workdir: Workdir,
     runtime: distribute.Runtime,
     settings: Settings,
-    frame_shape: tuple,
-    num_frames: int,
+    dataset: tf.data.Dataset,
+    binding: str = "train.train_data",
     data_iterator=None,
     repair: bool = True,
 ) -> Run:
     """Builds pipeline, optimizer, engine, checkpoint and writers on the runtime.
+
+    dataset: the unbatched training data (only its element spec is read), made by
+    the gin binding `binding`; the model is checked against it (mode, task, K)
+    before anything is written.
 
     Each replica's pipeline holds B = settings.batch_size / R clips.
     "mixed_float16" wraps the optimizer in a LossScaleOptimizer (gin:
@@ -217,8 +223,10 @@ def build_run(
     and (given) the data position; buffers only with carry_state (otherwise they
     are zero at every clip's start).
     """
+    num_frames, frame_shape = contract.check_clip_dataset(dataset, binding, labelled=False)
     batch_per_replica = settings.batch_size // runtime.num_replicas
     pipeline = build_pipeline(runtime, settings, frame_shape, batch_per_replica)
+    settings.check_model(pipeline, dataset, binding)
     with runtime.scope():
         optimizer = settings.optimizer_fn(decay_steps=settings.updates(num_frames))
         if settings.precision == "mixed_float16":

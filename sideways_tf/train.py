@@ -68,7 +68,7 @@ def _train(
     data_binding = "train.train_data"
     source = settings.train_data()
     # Labels are checked by the task once the model says which task it is.
-    num_frames, frame_shape = contract.check_clip_dataset(source, data_binding, labelled=False)
+    num_frames, _ = contract.check_clip_dataset(source, data_binding, labelled=False)
     train_iter, iter_checkpointable = runtime.batches(
         lambda: source, settings.batch_size, symbolic=settings.data_checkpoint == "symbolic"
     )
@@ -78,8 +78,8 @@ def _train(
         workdir,
         runtime,
         settings,
-        frame_shape,
-        num_frames,
+        source,
+        data_binding,
         data_iterator=train_iter if iter_checkpointable else None,
         repair=runtime.is_chief,
     )
@@ -91,8 +91,6 @@ def _train(
         run.writers,
     )
     task = pipeline.task
-    task.check_data(source, data_binding)
-    settings.check_clips(pipeline, num_frames, data_binding)
     eval_ds = (
         settings.eval_data() if settings.eval_data is not None else None
     )  # finite; re-read each time
