@@ -202,7 +202,7 @@ class Checkpointer:
                 tried.append(self._set_aside(path, e))
                 continue
             try:
-                self.check_matches(path)
+                self.check_matches(path, partial=partial)
                 status = self.checkpoint.restore(path)
                 if partial:
                     status.expect_partial().assert_existing_objects_matched()
@@ -249,12 +249,18 @@ class Checkpointer:
                 )
         return os.path.join(target, base)
 
-    def check_matches(self, path: str):
-        """Raises ModelMismatchError unless `path` holds exactly this model's variables."""
+    def check_matches(self, path: str, partial: bool = False):
+        """Raises ModelMismatchError unless `path` holds exactly this model's variables.
+
+        partial: the checkpoint may hold more (an optimizer, a data position) than this
+        checkpoint object restores; what it restores must be there, with its shapes.
+        """
         have, want = _variable_shapes(path), _expected_shapes(self.checkpoint)
         problems = []
         for key in sorted(set(have) | set(want)):
             if key not in want:
+                if partial:
+                    continue
                 problems.append(f"  {key}: in the checkpoint, not in this model")
             elif key not in have:
                 problems.append(f"  {key}: in this model, not in the checkpoint")
