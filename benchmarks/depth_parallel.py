@@ -51,15 +51,18 @@ MIN_RATIO_SHARE, MAX_ENGINE_COST = 0.9, 1.10
 def bare_units(pipeline, num_frames: int, seed: int = 0):
     """The units' own work over K steps, as sideways_step does it but without the engine.
 
-    Per step t, every unit i independently: a_i = H_i(C_i(u_i)) on a fixed u_i, then
-    the VJP applied to a fixed message m_i [B, *out_i] (the top: d l / d a_L through the
-    head and loss), w.r.t. theta_i and the inputs that come from units (as the engine:
-    not the frame). Gradients accumulate over the K steps of a tf.while_loop with
-    parallel_iterations=1; every one is summed into the result so none is pruned.
-    Returns a tf.function () -> [].
+    Per step t, every unit i independently runs its `steps.unit_step` (the engine's):
+    a_i = H_i(C_i(u_i)) on a fixed u_i, then the VJP applied to a fixed message m_i
+    [B, *out_i] (the top: d l / d a_L through the head and the task's loss), w.r.t.
+    theta_i and the inputs that come from units (not the frame). Replies and gradients
+    accumulate over the K steps of `steps.unroll` (a tf.while_loop, as the engine's);
+    every one is summed into the result so none is pruned. Returns a tf.function () -> [].
     """
     import numpy as np
     import tensorflow as tf
+
+    from sideways_tf.rules import masked_loss
+    from sideways_tf.steps import unit_step, unroll
 
     rng = np.random.default_rng(seed)
     units, num_units = pipeline.units, pipeline.num_units
@@ -70,33 +73,30 @@ def bare_units(pipeline, num_frames: int, seed: int = 0):
     inputs = [[normal(s) for s in u.source_shapes] for u in units]  # u_i: [B, *in] per source
     messages = [normal(u.output_shape_) for u in units[:-1]]  # m_i: [B, *out_i]
     labels = tf.constant(rng.integers(0, NUM_CLASSES, pipeline.batch_size), tf.int32)
-    senders = [
-        [k for k, e in enumerate(into) if e.source > 0] for into in pipeline.topology.sources
-    ]
+    senders = [pipeline.topology.senders(i) for i in range(1, num_units + 1)]
 
-    def unit_vjp(i):
+    def unit_vjp(i) -> list:
+        """The replies r_{i->j}, then g_theta_i, of one unit_step of unit i."""
         unit, x, theta = units[i - 1], inputs[i - 1], pipeline.unit_variables(i)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            a = unit(x, training=True)
-            if i == num_units:
-                logits = pipeline.apply_head(a, training=True)
-                target, upstream = tf.reduce_mean(pipeline.loss_fn(labels, logits)), None
-            else:
-                target, upstream = a, messages[i - 1]
-        return tape.gradient(
-            target,
-            [x[k] for k in senders[i - 1]] + theta,
-            output_gradients=upstream,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
+        if i == num_units:
+            out = unit_step(
+                unit,
+                x,
+                theta,
+                senders[i - 1],
+                head=lambda a: pipeline.apply_head(a, training=True),
+                loss=lambda y: masked_loss(pipeline, labels, y, 1.0),
+            )
+        else:
+            out = unit_step(unit, x, theta, senders[i - 1], message=messages[i - 1])
+        return out.replies + out.grads
 
-    def body(k, accum):
+    def step(accum, k):
         new = []
         for i in range(1, num_units + 1):
             with pipeline.unit_scope(i):
                 new.append([acc + g for acc, g in zip(accum[i - 1], unit_vjp(i))])
-        return k + 1, new
+        return new, None
 
     @tf.function
     def run():
@@ -106,9 +106,7 @@ def bare_units(pipeline, num_frames: int, seed: int = 0):
                 shapes = [inputs[i - 1][k].shape for k in senders[i - 1]]
                 shapes += [v.shape for v in pipeline.unit_variables(i)]
                 init.append([tf.zeros(s) for s in shapes])
-        _, accum = tf.while_loop(
-            lambda k, _: k < num_frames, body, (tf.constant(0), init), parallel_iterations=1
-        )
+        accum, _ = unroll(step, init, num_frames)
         return tf.add_n([tf.reduce_sum(g) for gu in accum for g in gu])
 
     return run

@@ -111,13 +111,18 @@ def _build(args, devices=None):
 def _unit_probes(pipeline):
     """Per unit: (forward, forward + VJP) tf.functions on fixed inputs and messages.
 
-    As the engine's step: the top unit's target is the loss through the head, the
-    others' the output a_i with message m_i; the VJP is taken w.r.t. theta_i and the
-    inputs that come from units (not the frame). forward returns sum(a_i); the VJP
-    returns the L1 norm of every gradient, so TF computes them all (checked > 0).
+    forward + VJP is the unit's `steps.unit_step`, as in the engine's step: the top
+    unit differentiates the task's loss through the head, the others take a message
+    m_i; the VJP is w.r.t. theta_i and the inputs that come from units (not the
+    frame). forward is the same a_i (and the top's loss) without the tape and returns
+    their sum; forward + VJP returns the L1 norm of every reply and gradient, so TF
+    computes them all (checked > 0).
     """
     import numpy as np
     import tensorflow as tf
+
+    from sideways_tf.rules import masked_loss
+    from sideways_tf.steps import unit_step
 
     rng = np.random.default_rng(1)
     labels = tf.constant(rng.integers(0, NUM_CLASSES, pipeline.batch_size), tf.int32)
@@ -127,29 +132,24 @@ def _unit_probes(pipeline):
         unit, top = pipeline.units[i - 1], i == pipeline.num_units
         x = [tf.constant(rng.normal(size=s).astype("float32")) for s in unit.source_shapes]
         m = None if top else tf.constant(rng.normal(size=unit.output_shape_).astype("float32"))
-        senders = [k for k, e in enumerate(pipeline.topology.sources[i - 1]) if e.source > 0]
-        theta = pipeline.unit_variables(i)
 
-        def target():
-            a = unit(x, training=True)
-            if not top:
-                return a
-            return tf.reduce_mean(pipeline.loss_fn(labels, pipeline.apply_head(a, training=True)))
+        def head(a):
+            return pipeline.apply_head(a, training=True)
+
+        def loss(y):
+            return masked_loss(pipeline, labels, y, 1.0)
 
         def forward():
-            return tf.reduce_sum(target())
+            a = unit(x, training=True)
+            return tf.reduce_sum(loss(head(a)) if top else a)
 
         def step():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                out = target()
-            grads = tape.gradient(
-                out,
-                [x[k] for k in senders] + theta,
-                output_gradients=m,
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-            return tf.stack([tf.reduce_sum(tf.abs(g)) for g in grads])
+            theta, senders = pipeline.unit_variables(i), pipeline.topology.senders(i)
+            if top:
+                out = unit_step(unit, x, theta, senders, head=head, loss=loss)
+            else:
+                out = unit_step(unit, x, theta, senders, message=m)
+            return tf.stack([tf.reduce_sum(tf.abs(g)) for g in out.replies + out.grads])
 
         return tf.function(forward), tf.function(step)
 

@@ -5,20 +5,24 @@ One Sideways step of unit i is a forward pass and a local VJP (algorithm.md s.3)
     a_i[t] = H_i(C_i(u_i[t]))                     forward
     (g_theta_i[t], r_{i->j}[t]) = VJP at u_i[t]   backward, applied to m_i[t]
 
-`unit_costs` counts the floating-point operations of both, as TensorFlow's graph
-profiler does (registered op statistics: Conv2D and its two backprops, MatMul,
-BiasAdd, ...), on the pipeline's own batch, so the numbers are per step of the
-whole batch. These are what placement balances (placement.balance) and what the
-schedule simulator (sideways_tf.simulator) turns into step times.
+`unit_costs` counts the floating-point operations of both in the unit's own
+`steps.unit_step` (the step the engine runs), as TensorFlow's graph profiler does
+(registered op statistics: Conv2D and its two backprops, MatMul, BiasAdd, ...), on
+the pipeline's own batch, so the numbers are per step of the whole batch. These are
+what placement balances (placement.balance) and what the schedule simulator
+(sideways_tf.simulator) turns into step times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import numpy as np
 import tensorflow as tf
+
+from sideways_tf.steps import unit_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,43 +60,51 @@ def _graph_flops(graph) -> float:
         logger.setLevel(level)
 
 
+def _traced_unit_step(pipeline, i: int):
+    """Unit i's `steps.unit_step` traced into a graph on float32 inputs [B, ...] per source.
+
+    Below the top the message m_i is ones [B, *out_i]; the top unit goes through the
+    head to l = sum(y), so its VJP also starts from ones (on y).
+    """
+    unit, theta = pipeline.units[i - 1], pipeline.unit_variables(i)
+    senders = pipeline.topology.senders(i)
+
+    def step(*inputs):
+        if i == pipeline.num_units:
+            head = functools.partial(pipeline.apply_head, training=True)
+            return unit_step(unit, list(inputs), theta, senders, head=head, loss=tf.reduce_sum)
+        ones = tf.ones(unit.output_shape_, unit.compute_dtype)  # m_i [B, *out_i]
+        return unit_step(unit, list(inputs), theta, senders, message=ones)
+
+    specs = [tf.TensorSpec(s, tf.float32) for s in unit.source_shapes]
+    return tf.compat.v1.wrap_function(step, specs)
+
+
 def unit_costs(pipeline) -> list[UnitCost]:
     """FLOPs of forward and VJP, parameters and output bytes of each unit (bottom first).
 
-    Traces each unit alone on its source shapes [B, ...]; nothing runs and no
-    variable changes. The pipeline must be built.
+    Traces each unit's `steps.unit_step` alone (_traced_unit_step) on its source
+    shapes; forward + VJP counts the whole traced step, forward the part of that same
+    graph that a_i (and the top's l) depend on. Nothing runs and no variable changes.
+    The pipeline must be built.
     """
     if not pipeline.built:
         raise ValueError("Build the pipeline first: Pipeline(..., batch_size=B, frame_shape=...).")
     costs = []
     for i, unit in enumerate(pipeline.units, start=1):
-        top = i == pipeline.num_units
-        theta = pipeline.unit_variables(i)
-        specs = [tf.TensorSpec(s, tf.float32) for s in unit.source_shapes]
-
-        def forward(inputs, unit=unit, top=top):
-            a = unit(list(inputs), training=True)
-            return pipeline.apply_head(a, training=True) if top else a
-
-        def step(inputs, forward=forward, theta=theta):
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                out = forward(inputs)
-            return tape.gradient(
-                out,
-                list(inputs) + theta,
-                output_gradients=tf.ones_like(out),
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-
-        fwd = _graph_flops(tf.function(forward).get_concrete_function(specs).graph)
-        both = _graph_flops(tf.function(step).get_concrete_function(specs).graph)
+        traced = _traced_unit_step(pipeline, i)
+        out = traced.structured_outputs
+        fetches = [out.activation] + ([out.loss] if out.loss is not None else [])
+        # Fed the sources only (the graph's first inputs; the rest are captured variables).
+        forward = traced.prune(traced.inputs[: len(unit.source_shapes)], fetches)
+        fwd = _graph_flops(forward.graph)
+        both = _graph_flops(traced.graph)
         out_shape = unit.output_shape_
         costs.append(
             UnitCost(
                 forward_flops=fwd,
                 backward_flops=max(both - fwd, 0.0),
-                params=int(sum(np.prod(v.shape) for v in theta)),
+                params=int(sum(np.prod(v.shape) for v in pipeline.unit_variables(i))),
                 output_bytes=int(np.prod(out_shape)) * tf.as_dtype(unit.output_buffer.dtype).size,
             )
         )

@@ -49,6 +49,11 @@ class Topology(NamedTuple):
             for i, into in enumerate(self.sources, start=1)
         )
 
+    def senders(self, i: int) -> list[int]:
+        """Positions in sources[i - 1] of the edges from units (not the frame, j = 0):
+        the inputs of unit i whose VJP goes back as a reply r_{i->j}."""
+        return [k for k, e in enumerate(self.sources[i - 1]) if e.source > 0]
+
     def receivers(self, j: int) -> tuple[Edge, ...]:
         """Edges out of unit j (or the input, j = 0)."""
         return tuple(e for e in self.edges if e.source == j)

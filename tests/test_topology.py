@@ -23,6 +23,11 @@ def test_skip_adds_edges_from_i_minus_k():
     assert [top.newest_lag(i) for i in range(1, 5)] == [0, 0, 1, 1]
 
 
+def test_senders_are_the_edges_from_units_not_the_frame():
+    top = parse_topology("skip(2)", 4)  # sources [[0], [1, 0], [2, 1], [3, 2]]
+    assert [top.senders(i) for i in range(1, 5)] == [[], [0], [0, 1], [0, 1]]
+
+
 def test_skip_delay_lengthens_fill():
     top = parse_topology("skip(2, 3)", 3)
     assert Edge(0, 2, 3) in top.edges
