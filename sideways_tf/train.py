@@ -102,16 +102,19 @@ def build_run(
     """
     per_replica = batch_size // runtime.num_replicas
 
-    def build():
+    def build(placement=None):  # None: the probe, each unit on its own device
         with precision_lib.policy_scope(precision):  # (restores the global policy)
             return model_fn(
-                batch_size=per_replica, frame_shape=frame_shape, num_classes=num_classes
+                batch_size=per_replica,
+                frame_shape=frame_shape,
+                num_classes=num_classes,
+                placement=placement,
             )
 
     cores = runtime.assign_cores(build)  # 'auto' measures a probe pipeline first
     keras.utils.set_random_seed(seed)  # the same initial parameters, probe or not
-    with runtime.scope(cores):
-        pipeline = build()
+    with runtime.scope():
+        pipeline = build(runtime.placement(cores))
         try:
             check_mode(mode, pipeline)
         except ValueError as e:
