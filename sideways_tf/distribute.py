@@ -17,9 +17,12 @@ Usage (what train() does; gin binds make_runtime as `runtime`):
 
     runtime = make_runtime(strategy="mirrored", cores_per_replica=2, placement="auto")
     cores = runtime.assign_cores(lambda: model_fn(...))   # 'auto' measures the units
-    with runtime.scope(cores):
-        pipeline = model_fn(...); optimizer = ...; engine = Engine(pipeline, ...)
-    engine.train_clip(*runtime.split(next(batches)))
+    with runtime.scope():
+        pipeline = model_fn(..., placement=runtime.placement(cores))
+        optimizer = ...; engine = Engine(pipeline, mode, optimizer)
+    batches, _ = runtime.batches(make_dataset, batch_size)  # R_local * B clips a batch
+    batch = next(batches)
+    engine.train_clip(batch["frames"], batch["label"])  # each local replica gets its B
 
 Input: each process reads its own shard (`shard_dataset`) and batches R_local * B
 clips; the engine hands each local replica its B. (A plain iterator, unlike
@@ -58,7 +61,7 @@ class Runtime:
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.plan = plan
-        self.placement = placement_arg
+        self.placement_setting = placement_arg  # gin runtime.placement: see assign_cores
         self.cluster_resolver = cluster_resolver
         self.is_distributed = strategy is not None
         self.distributed_input = distributed_input and self.is_distributed
@@ -117,8 +120,8 @@ class Runtime:
         each unit's forward + VJP FLOPs (sideways_tf.costs) and balances them.
         A sequence: used as given (checked when the pipeline is built).
         """
-        if isinstance(self.placement, str):
-            if self.placement == "contiguous":
+        if isinstance(self.placement_setting, str):
+            if self.placement_setting == "contiguous":
                 return None
             if build_probe is None:
                 raise ValueError("runtime.placement='auto' needs a pipeline to measure.")
@@ -127,17 +130,33 @@ class Runtime:
             probe = build_probe()
             flops = [c.flops for c in costs.unit_costs(probe)]
             return placement_lib.balance(flops, self.cores_per_replica)
-        return [int(k) for k in self.placement]
+        return [int(k) for k in self.placement_setting]
+
+    def placement(self, cores: Sequence[int] | None = None) -> placement_lib.Placement:
+        """The Placement to build a pipeline with: this runtime's plan and these cores.
+
+        cores: a logical core k_i per unit, e.g. from assign_cores(); None: equal
+        contiguous blocks. Checked against the units when the pipeline is built.
+        Build inside scope(), so that variables land on their cores:
+
+            with runtime.scope():
+                pipeline = model_fn(..., placement=runtime.placement(cores))
+        """
+        return placement_lib.Placement(self.plan, None if cores is None else tuple(cores))
 
     @contextlib.contextmanager
-    def scope(self, cores: Sequence[int] | None = None):
-        """Build pipelines, optimizers and engines inside: variables land on their cores."""
+    def scope(self):
+        """Build pipelines, optimizers and engines inside (pipelines given `placement()`).
+
+        Enters the strategy's scope and, for a replica spanning several devices,
+        remap_variables, which moves each replica's copy of a unit's variables to the
+        unit's core while the pipeline builds it.
+        """
         with contextlib.ExitStack() as stack:
             if isinstance(self.plan, placement_lib.DevicePlan) and len(self.plan.devices) > 1:
                 stack.enter_context(placement_lib.remap_variables(self.plan))
             if self.is_distributed:
                 stack.enter_context(self.strategy.scope())
-            stack.enter_context(placement_lib.using_plan(self.plan, cores))
             yield self
 
     # -- Input ---------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
         )
     single = distribute.Runtime(None, placement.DevicePlan.single([None]))
     # Built in float32 whatever the run's precision (its parameters are float32 anyway).
-    run = load_run(workdir, batch_size=batch_size, runtime=single, precision="float32")
+    run = load_run(workdir, batch_size=batch_size, runtime=single, precision="float32", place=False)
     pipeline = run.pipeline
     _unpin(pipeline)
     topology = pipeline.topology

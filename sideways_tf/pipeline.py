@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sideways_tf import placement, tasks
+from sideways_tf import placement as placement_lib
+from sideways_tf import tasks
 from sideways_tf import topology as topology_lib
 from sideways_tf.steps import unroll
 from sideways_tf.units import Unit
@@ -57,10 +58,13 @@ class Pipeline(keras.Layer):
       loss: the older name of `task` (give one of the two).
       batch_size: static batch size B of the state buffers (per replica).
       frame_shape: shape of one frame, e.g. (H, W, C).
+      placement: a sideways_tf.placement.Placement, e.g. `runtime.placement(cores)`
+        (build the pipeline inside that runtime's `scope()`): unit i goes to logical
+        core k_i = placement.cores[i-1] (contiguous blocks if cores is None) of its
+        plan, and the units must leave device=None. None: each unit stays on its own
+        `device` (one core per distinct device, in order). Not part of get_config.
 
-    Placement: built inside a Runtime's scope (sideways_tf.distribute), unit i
-    goes to logical core `cores[i-1]` of the runtime's plan; otherwise each unit
-    stays on its own `device` (one core per distinct device, in order).
+    `plan` and `cores` (k_i of unit i at index i-1) record the outcome.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Pipeline(keras.Layer):
         batch_size: int | None = None,
         frame_shape: Sequence[int] | None = None,
         loss: str | Callable | None = None,
+        placement: placement_lib.Placement | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,7 +104,7 @@ class Pipeline(keras.Layer):
             for k, e in enumerate(into):
                 if e.delay > 0:
                     self._slots[i][k], n = n, n + 1
-        self.plan, self.cores = _plan_for(units)
+        self.plan, self.cores = _plan_for(units, placement)
         if (batch_size is None) != (frame_shape is None):
             raise ValueError("Give both batch_size and frame_shape to build now, or neither.")
         if batch_size is not None:
@@ -352,22 +357,31 @@ class Pipeline(keras.Layer):
         return cls(**config)
 
 
-def _plan_for(units) -> tuple[placement.Plan, list[int]]:
-    """The plan and per-unit core indices: the active Runtime's, or the units' devices."""
-    plan = placement.current_plan()
-    if plan is None:
+def _plan_for(
+    units, placement: placement_lib.Placement | None
+) -> tuple[placement_lib.Plan, list[int]]:
+    """The plan and per-unit core indices: the placement's, or the units' own devices."""
+    if placement is None:
         devices = list(dict.fromkeys(u.device for u in units))  # distinct, in order
-        return placement.DevicePlan.single(devices), [devices.index(u.device) for u in units]
+        return placement_lib.DevicePlan.single(devices), [devices.index(u.device) for u in units]
+    if not isinstance(placement, placement_lib.Placement):
+        raise TypeError(
+            f"Pipeline placement is a {type(placement).__name__}; give a "
+            "sideways_tf.placement.Placement, e.g. runtime.placement([0, 0, 1]), or None."
+        )
     pinned = [u.name for u in units if u.device is not None]
     if pinned:
         raise ValueError(
-            f"Units {pinned} have a device= of their own, but the pipeline is built inside a "
-            "Runtime, which places units by logical core. Leave Unit(device=None) and set "
-            "runtime.placement (core indices per unit, or 'auto')."
+            f"Units {pinned} have a device= of their own, but the pipeline is given a "
+            "runtime's placement, which places units by logical core. Leave Unit(device=None) "
+            "and set runtime.placement (core indices per unit, or 'auto')."
         )
-    cores = plan.unit_cores
-    if cores is None:
-        cores = [
-            placement.contiguous_core(i, len(units), plan.num_cores) for i in range(len(units))
-        ]
-    return plan, placement.check_cores(cores, len(units), plan.num_cores, "runtime.placement")
+    plan = placement.plan
+    if isinstance(plan, placement_lib.DevicePlan) and len(plan.devices) > 1:
+        if not tf.distribute.has_strategy():  # replicas' variables would not be mirrored
+            raise ValueError(
+                f"The placement spans {len(plan.devices)} replicas, but the pipeline is built "
+                "outside their strategy; build it inside the runtime's scope: "
+                "`with runtime.scope(): model_fn(..., placement=runtime.placement(cores))`."
+            )
+    return plan, placement.cores_for(len(units))

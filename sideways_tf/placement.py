@@ -13,6 +13,8 @@ A plan turns k into the right context for the backend:
     TPUPlan              strategy.extended                     replica context's
                          .experimental_logical_device(k)       experimental_logical_device(k)
 
+A Placement (plan, k_1..k_L) is the value a Pipeline is built with
+(`Pipeline(..., placement=runtime.placement(cores))`); it holds no ambient state.
 `balance` chooses k_i from per-unit costs (sideways_tf.costs): contiguous blocks,
 so neighbours, which talk every step, stay together.
 """
@@ -20,6 +22,7 @@ so neighbours, which talk every step, stay together.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Sequence
 
@@ -158,7 +161,6 @@ class Plan:
     """Maps a unit's logical core index to where its variables live and its step runs."""
 
     num_cores: int = 1
-    unit_cores: list[int] | None = None  # set by using_plan: the core of each unit
 
     def variable_scope(self, core: int):
         """Context for creating the variables of a unit on `core`."""
@@ -317,26 +319,34 @@ class TPUPlan(Plan):
         return ctx.experimental_logical_device(core)
 
 
-# -- The active plan -------------------------------------------------------------------
-
-_ACTIVE = threading.local()
+# -- A pipeline's placement ---------------------------------------------------------------
 
 
-def current_plan() -> Plan | None:
-    """The plan of the innermost `using_plan` scope (a Runtime's), or None."""
-    stack = getattr(_ACTIVE, "stack", [])
-    return stack[-1] if stack else None
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a pipeline's units go: a plan and the logical core k_i of each unit i.
 
+    Pass it to Pipeline(..., placement=...) (every model factory takes one); a
+    Runtime makes it with `runtime.placement(cores)`. Without one, each unit stays
+    on its own Unit(device=...).
 
-@contextlib.contextmanager
-def using_plan(plan: Plan, cores: Sequence[int] | None = None):
-    """Pipelines built inside take `plan` (and these core indices, one per unit)."""
-    stack = getattr(_ACTIVE, "stack", None)
-    if stack is None:
-        stack = _ACTIVE.stack = []
-    plan.unit_cores = None if cores is None else list(cores)
-    stack.append(plan)
-    try:
-        yield plan
-    finally:
-        stack.pop()
+    plan:  realises a core index as a device or TPU logical core (DevicePlan, TPUPlan).
+    cores: k_1..k_L, one per unit bottom first, each in 0..plan.num_cores-1; None cuts
+           the L units into plan.num_cores equal contiguous blocks (contiguous_core).
+           Checked against the pipeline's units when it is built.
+    """
+
+    plan: Plan
+    cores: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.cores is not None:  # any sequence in, a tuple kept: the value cannot change
+            object.__setattr__(self, "cores", tuple(int(k) for k in self.cores))
+
+    def cores_for(self, num_units: int) -> list[int]:
+        """k_i for units 1..L, checked (errors name the gin binding runtime.placement)."""
+        num_cores = self.plan.num_cores
+        cores = self.cores
+        if cores is None:
+            cores = [contiguous_core(i, num_units, num_cores) for i in range(num_units)]
+        return check_cores(cores, num_units, num_cores, "runtime.placement")

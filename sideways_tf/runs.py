@@ -60,7 +60,9 @@ class Settings:
 
     # -- Task
     mode: str = gin.REQUIRED  # frame_bp | bptt | sideways | skip_sideways (sideways_tf.modes)
-    model_fn: Callable = gin.REQUIRED  # (batch_size, frame_shape, num_classes) -> Pipeline
+    model_fn: Callable = (
+        gin.REQUIRED
+    )  # (batch_size, frame_shape, num_classes, placement) -> Pipeline
     train_data: Callable = gin.REQUIRED  # () -> unbatched {"frames"[, "label"]} dataset
     eval_data: Callable | None = None  # () -> finite dataset scored by the task's evaluation
     num_classes: int | None = None  # classes of the task (None: a head="frames" model)
@@ -180,26 +182,32 @@ class Run(NamedTuple):
 
 
 def build_pipeline(
-    runtime: distribute.Runtime, settings: Settings, frame_shape: tuple, batch_per_replica: int
+    runtime: distribute.Runtime,
+    settings: Settings,
+    frame_shape: tuple,
+    batch_per_replica: int,
+    place: bool = True,
 ) -> Pipeline:
     """The run's model on the runtime's cores, initialised under the run's seed.
 
     The pipeline's layers are created under the Keras dtype policy
-    settings.precision (the global policy is restored afterwards).
+    settings.precision (the global policy is restored afterwards). place=False
+    builds without the runtime's placement: each unit on its own device= (export).
     """
 
-    def build():
+    def build(placement=None):  # None: the probe, each unit on its own device
         with precision_lib.policy_scope(settings.precision):  # (restores the global policy)
             return settings.model_fn(
                 batch_size=batch_per_replica,
                 frame_shape=frame_shape,
                 num_classes=settings.num_classes,
+                placement=placement,
             )
 
-    cores = runtime.assign_cores(build)  # 'auto' measures a probe pipeline first
+    cores = runtime.assign_cores(build) if place else None  # 'auto' measures a probe first
     keras.utils.set_random_seed(settings.seed)  # the same initial parameters, probe or not
-    with runtime.scope(cores):
-        return build()
+    with runtime.scope():
+        return build(runtime.placement(cores) if place else None)
 
 
 def build_run(
@@ -294,6 +302,7 @@ def load_run(
     restore: bool = True,
     runtime: distribute.Runtime | None = None,
     precision: str | None = None,
+    place: bool = True,
 ) -> LoadedRun:
     """Rebuilds a run from workdir/config.gin, with its newest readable parameters.
 
@@ -302,7 +311,8 @@ def load_run(
     restore: False gives the run's initial parameters (a fresh build under its seed).
     runtime: where to build (default: a runtime from the config's bindings; export
       passes a single-device one). precision: build in this Keras policy instead
-      of the run's (export: "float32"). Restores parameters only: never buffers,
+      of the run's (export: "float32"). place=False: units on their own devices
+      (export unpins them afterwards). Restores parameters only: never buffers,
       optimizer state or data position. The training data is never read: shapes
       come from the datasets' element specs.
     """
@@ -324,7 +334,7 @@ def load_run(
     num_frames, frame_shape = contract.check_clip_dataset(dataset, binding, labelled=False)
     per_replica = batch_size or settings.batch_size // runtime.num_replicas
     built = settings if precision is None else dataclasses.replace(settings, precision=precision)
-    pipeline = build_pipeline(runtime, built, frame_shape, per_replica)
+    pipeline = build_pipeline(runtime, built, frame_shape, per_replica, place=place)
     with runtime.scope():
         engine = Engine(pipeline, settings.mode)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

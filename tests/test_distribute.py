@@ -62,7 +62,7 @@ def test_two_replicas_of_two_units_match_one_device_on_the_whole_batch(
     reference = sw.Engine(one, mode, sgd(), update_every=update_every)
     runtime = mirrored_2x2()
     with runtime.scope():
-        two = dense_pipeline(topology, num_units=3, batch=2)
+        two = dense_pipeline(topology, num_units=3, batch=2, placement=runtime.placement())
         for v, w in zip(sw.engine.all_variables(two), sw.engine.all_variables(one)):
             v.assign(np.array(w))
         engine = sw.Engine(two, mode, sgd(), update_every=update_every)
@@ -89,8 +89,10 @@ def test_two_replicas_of_two_units_match_one_device_on_the_whole_batch(
 
 def test_every_parameter_slot_and_buffer_sits_on_its_units_device():
     runtime = mirrored_2x2()
-    with runtime.scope(cores=[0, 1, 1]):
-        pipeline = dense_pipeline("skip(2)", num_units=3, batch=2)
+    with runtime.scope():
+        pipeline = dense_pipeline(
+            "skip(2)", num_units=3, batch=2, placement=runtime.placement([0, 1, 1])
+        )
         optimizer = adam()
         engine = sw.Engine(pipeline, "skip_sideways", optimizer)
     engine.train_clip(np.zeros((4, 6, 5), "float32"), np.zeros(4, "int32"))
@@ -114,13 +116,14 @@ def test_every_parameter_slot_and_buffer_sits_on_its_units_device():
 
 
 def test_auto_placement_balances_a_deliberately_unbalanced_pipeline():
-    def build():
+    def build(placement=None):
         return convnet.conv_pipeline(
             batch_size=2,
             frame_shape=(16, 16, 3),
             num_classes=4,
             widths=(4, 32, 4, 4, 4, 4),  # units 2 and 3 (4 -> 32 -> 4) cost 8x the others
             strides=(1, 1, 1, 1, 1, 1),
+            placement=placement,
         )
 
     runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2, placement="auto")
@@ -137,11 +140,30 @@ def test_auto_placement_balances_a_deliberately_unbalanced_pipeline():
     contiguous = [placement.contiguous_core(i, 6, 2) for i in range(6)]
     assert slowest(cores) < 0.8 * slowest(contiguous)
     assert cores == sorted(cores)  # neighbours stay together
-    with runtime.scope(cores):
-        pipeline = build()
+    with runtime.scope():
+        pipeline = build(runtime.placement(cores))
     assert pipeline.cores == cores
     for i, k in enumerate(cores, start=1):
         assert short(pipeline.unit_variables(i)[0].value.device) == f"CPU:{k}"
+
+
+def test_placement_is_a_value_each_pipeline_gets_its_own():
+    runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2)
+    with runtime.scope():
+        split = dense_pipeline("chain", num_units=3, placement=runtime.placement([0, 1, 1]))
+        whole = dense_pipeline("chain", num_units=3, placement=runtime.placement([1, 1, 1]))
+        own = dense_pipeline("chain", num_units=3)  # none given: units stay on device=None
+    assert split.cores == [0, 1, 1] and whole.cores == [1, 1, 1] and own.cores == [0, 0, 0]
+    assert split.plan is runtime.plan and own.plan is not runtime.plan
+    for pipeline, want in ((split, [0, 1, 1]), (whole, [1, 1, 1])):
+        where = [short(pipeline.unit_variables(i)[0].value.device) for i in (1, 2, 3)]
+        assert where == [f"CPU:{k}" for k in want]
+    assert runtime.placement([0, 1, 1]).cores == (0, 1, 1)  # immutable: a tuple
+    with pytest.raises(TypeError, match=r"runtime.placement\(\[0, 0, 1\]\)"):
+        dense_pipeline("chain", num_units=3, placement=[0, 1, 1])
+    replicated = mirrored_2x2()
+    with pytest.raises(ValueError, match=r"outside their strategy.*runtime.scope\(\)"):
+        dense_pipeline("chain", num_units=3, placement=replicated.placement())
 
 
 def test_gradient_fidelity_over_replicas_is_the_mean_of_each_replicas():
@@ -149,8 +171,9 @@ def test_gradient_fidelity_over_replicas_is_the_mean_of_each_replicas():
     one = dense_pipeline("chain", num_units=3, batch=2)
     reference = sw.Engine(one, "sideways", sgd())
     halves = [reference.gradient_fidelity(clip[h], labels[h]) for h in (slice(0, 2), slice(2, 4))]
-    with mirrored_2x2().scope():
-        two = dense_pipeline("chain", num_units=3, batch=2)
+    runtime = mirrored_2x2()
+    with runtime.scope():
+        two = dense_pipeline("chain", num_units=3, batch=2, placement=runtime.placement())
         engine = sw.Engine(two, "sideways", sgd())
     fid = engine.gradient_fidelity(clip, labels)
     for key in ("cosine", "norm_ratio"):
@@ -233,8 +256,10 @@ def test_tpu_plan_creates_and_runs_each_unit_on_its_logical_core():
         fake.created.append((variable.name, fake.core))
         return variable
 
-    with tf.variable_creator_scope(record), placement.using_plan(plan, [0, 1, 1]):
-        pipeline = dense_pipeline("chain", num_units=3)
+    with tf.variable_creator_scope(record):
+        pipeline = dense_pipeline(
+            "chain", num_units=3, placement=placement.Placement(plan, (0, 1, 1))
+        )
     assert pipeline.cores == [0, 1, 1]
     by_core = {}
     for name, core in fake.created:
@@ -260,23 +285,28 @@ def test_more_cores_per_replica_than_devices():
 def test_unit_core_index_out_of_range():
     runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2, placement=(0, 5, 1))
     with pytest.raises(ValueError, match=r"runtime.placement = \(0, 5, 1\).*core index 5.*0\.\.1"):
-        with runtime.scope(runtime.assign_cores()):
-            dense_pipeline("chain", num_units=3)
+        with runtime.scope():
+            dense_pipeline(
+                "chain", num_units=3, placement=runtime.placement(runtime.assign_cores())
+            )
     with pytest.raises(ValueError, match="gives 2 core indices for a pipeline of 3 units"):
-        with runtime.scope([0, 1]):
-            dense_pipeline("chain", num_units=3)
+        with runtime.scope():
+            dense_pipeline("chain", num_units=3, placement=runtime.placement([0, 1]))
 
 
 def test_units_pinned_by_hand_inside_a_runtime_are_refused():
     with pytest.raises(ValueError, match="have a device= of their own.*runtime.placement"):
-        with mirrored_2x2().scope():
-            dense_pipeline("chain", num_units=2, devices=["CPU:0", "CPU:1"])
+        runtime = mirrored_2x2()
+        with runtime.scope():
+            dense_pipeline(
+                "chain", num_units=2, devices=["CPU:0", "CPU:1"], placement=runtime.placement()
+            )
 
 
 def test_jit_on_a_multi_device_replica():
     runtime = distribute.make_runtime(devices=CPUS[:2], cores_per_replica=2)
     with runtime.scope():
-        pipeline = dense_pipeline("chain", num_units=2)
+        pipeline = dense_pipeline("chain", num_units=2, placement=runtime.placement())
         with pytest.raises(ValueError, match="jit_compile=True needs every unit of a replica"):
             sw.Engine(pipeline, "sideways", adam(), jit_compile=True)
 
@@ -291,8 +321,9 @@ def test_unknown_strategy_and_placement():
 
 
 def test_engine_outside_the_pipelines_strategy_is_refused():
-    with mirrored_2x2().scope():
-        pipeline = dense_pipeline("chain", num_units=2)
+    runtime = mirrored_2x2()
+    with runtime.scope():
+        pipeline = dense_pipeline("chain", num_units=2, placement=runtime.placement())
     with pytest.raises(ValueError, match="same scope"):
         sw.Engine(pipeline, "sideways", adam())
 

@@ -179,7 +179,7 @@ def test_two_replicas_lower_the_scale_together_and_train_like_one_device():
         strategy="mirrored", devices=["CPU:0", "CPU:1", "CPU:2", "CPU:3"], cores_per_replica=2
     )
     with runtime.scope(), precision.policy_scope("mixed_float16"):
-        two = dense_pipeline("skip(2)", num_units=3, batch=2)
+        two = dense_pipeline("skip(2)", num_units=3, batch=2, placement=runtime.placement())
         for v, w in zip(engine.all_variables(two), engine.all_variables(one)):
             v.assign(np.array(w))
         replicated = sw.Engine(two, "skip_sideways", fp16_sgd())

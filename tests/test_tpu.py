@@ -21,8 +21,10 @@ def runtime():
 
 
 def test_units_variables_live_on_their_logical_core(runtime):
-    with runtime.scope([0, 1, 1]):
-        pipeline = dense_pipeline("chain", num_units=3, batch=2)
+    with runtime.scope():
+        pipeline = dense_pipeline(
+            "chain", num_units=3, batch=2, placement=runtime.placement([0, 1, 1])
+        )
     assignment = runtime.strategy.extended.experimental_device_assignment
     for i, k in enumerate(pipeline.cores, start=1):
         for v in pipeline.unit_variables(i):
@@ -39,8 +41,10 @@ def test_replicas_train_like_one_device_on_the_whole_batch(runtime):
     replicas = runtime.num_replicas
     one = dense_pipeline("skip(2)", num_units=3, batch=2 * replicas)
     reference = sw.Engine(one, "skip_sideways", keras.optimizers.SGD(0.1))
-    with runtime.scope([0, 1, 1]):
-        many = dense_pipeline("skip(2)", num_units=3, batch=2)
+    with runtime.scope():
+        many = dense_pipeline(
+            "skip(2)", num_units=3, batch=2, placement=runtime.placement([0, 1, 1])
+        )
         for v, w in zip(sw.engine.all_variables(many), sw.engine.all_variables(one)):
             v.assign(np.array(w))
         engine = sw.Engine(many, "skip_sideways", keras.optimizers.SGD(0.1))

@@ -12,9 +12,21 @@ from sideways_tf import config_files, train
 
 
 def dense_pipeline(
-    topology="chain", num_units=3, dim=5, batch=2, classes=3, fusion="sum", devices=None, seed=0
+    topology="chain",
+    num_units=3,
+    dim=5,
+    batch=2,
+    classes=3,
+    fusion="sum",
+    devices=None,
+    seed=0,
+    placement=None,
 ):
-    """Units Dense(dim, tanh) on vector frames [B, dim]; head Dense(classes)."""
+    """Units Dense(dim, tanh) on vector frames [B, dim]; head Dense(classes).
+
+    placement: e.g. runtime.placement(cores), built inside runtime.scope(); None:
+    each unit on devices[i] (default: wherever TensorFlow puts it).
+    """
     keras.utils.set_random_seed(seed)
     devices = devices or [None] * num_units
     units = [
@@ -32,11 +44,14 @@ def dense_pipeline(
         head=keras.layers.Dense(classes, name="head"),
         batch_size=batch,
         frame_shape=(dim,),
+        placement=placement,
     )
 
 
-def conv_pipeline(topology="skip(2)", batch=2, fusion="sum", classes=4, devices=None, seed=0):
-    """Three conv units with a strided middle one: skips need projections."""
+def conv_pipeline(
+    topology="skip(2)", batch=2, fusion="sum", classes=4, devices=None, seed=0, placement=None
+):
+    """Three conv units with a strided middle one: skips need projections (placement: as above)."""
     from sideways_tf.models import convnet
 
     keras.utils.set_random_seed(seed)
@@ -47,6 +62,7 @@ def conv_pipeline(topology="skip(2)", batch=2, fusion="sum", classes=4, devices=
         topology=topology,
         fusion=fusion,
         devices=devices,
+        placement=placement,
     )
 
 

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf import placement
+from sideways_tf import placement as placement_lib
 from sideways_tf.models.layers import check_arguments, task_head
 from sideways_tf.pipeline import Pipeline
+from sideways_tf.placement import Placement
 from sideways_tf.units import Unit
 
 
@@ -32,7 +33,7 @@ def conv_block(width: int, stride: int, name: str, pool: bool = False) -> keras.
     return keras.Sequential(layers, name=name)
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def conv_pipeline(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
@@ -43,6 +44,7 @@ def conv_pipeline(
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """Builds the conv pipeline; the last unit pools, the head is Dense(num_classes).
 
@@ -54,7 +56,9 @@ def conv_pipeline(
             "give one stride per unit."
         )
     check_arguments("conv_pipeline", batch_size, num_classes, 1.0, head)
-    unit_devices = placement.round_robin(len(widths), devices) if devices else [None] * len(widths)
+    unit_devices = (
+        placement_lib.round_robin(len(widths), devices) if devices else [None] * len(widths)
+    )
     units = [
         Unit(
             conv_block(w, s, name=f"block{i + 1}", pool=head == "classes" and i == len(widths) - 1),
@@ -78,18 +82,19 @@ def conv_pipeline(
         loss=loss,
         batch_size=batch_size,
         frame_shape=tuple(frame_shape),
+        placement=placement,
         name="conv_pipeline",
     )
 
 
 # Size variants; conv_pipeline's own bindings still apply to what they leave open.
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def small_conv_pipeline(widths=(16, 32, 32, 64), strides=(1, 2, 1, 2), **kwargs) -> Pipeline:
     """Four units, 16-64 channels: the moving_shapes model."""
     return conv_pipeline(widths=widths, strides=strides, **kwargs)
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def tiny_conv_pipeline(widths=(4, 8, 8), strides=(1, 2, 1), **kwargs) -> Pipeline:
     """Three narrow units, for tests."""
     return conv_pipeline(widths=widths, strides=strides, **kwargs)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf import placement
+from sideways_tf import placement as placement_lib
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
@@ -37,6 +37,7 @@ from sideways_tf.models.layers import (
     task_head,
 )
 from sideways_tf.pipeline import Pipeline
+from sideways_tf.placement import Placement
 from sideways_tf.units import Unit
 
 RESNET18_BLOCKS = (2, 2, 2, 2)
@@ -122,7 +123,7 @@ def stem(channels: int) -> keras.Sequential:
     )
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def resnet_pipeline(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
@@ -135,6 +136,7 @@ def resnet_pipeline(
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
     name: str = "resnet",
 ) -> Pipeline:
     """A ResNet-style pipeline: stem + first block in unit 1, then one block per unit."""
@@ -158,7 +160,7 @@ def resnet_pipeline(
     modules[0] = keras.Sequential(
         [stem(scaled_width(stem_width, width_multiplier)), first], name=f"stem_{first.name}"
     )
-    unit_devices = placement.round_robin(len(modules), devices) if devices else None
+    unit_devices = placement_lib.round_robin(len(modules), devices) if devices else None
     units = [
         Unit(
             module,
@@ -176,11 +178,12 @@ def resnet_pipeline(
         loss=loss,
         batch_size=int(batch_size),
         frame_shape=frame_shape,
+        placement=placement,
         name=name,
     )
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def resnet18(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
@@ -190,6 +193,7 @@ def resnet18(
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """8 basic blocks (64-512 channels) in 8 units; 1.7 GMACs per 112x112 frame at width 1."""
     return resnet_pipeline(
@@ -204,6 +208,7 @@ def resnet18(
         fusion=fusion,
         devices=devices,
         head=head,
+        placement=placement,
         name="resnet18",
     )
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf import placement
+from sideways_tf import placement as placement_lib
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
@@ -43,6 +43,7 @@ from sideways_tf.models.layers import (
     task_head,
 )
 from sideways_tf.pipeline import Pipeline
+from sideways_tf.placement import Placement
 from sideways_tf.units import Unit
 
 VGG8_STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -72,7 +73,7 @@ def vgg_unit_module(layers: Sequence[tuple[str, int, bool]], name: str) -> keras
     return keras.Sequential(out, name=name)
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def vgg_pipeline(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
@@ -84,6 +85,7 @@ def vgg_pipeline(
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
     name: str = "vgg",
 ) -> Pipeline:
     """A VGG-style pipeline: `stages` of conv layers cut into units by `unit_sizes`."""
@@ -105,7 +107,7 @@ def vgg_pipeline(
             f"{len(layers)} conv layers of the stages; e.g. unit_sizes = "
             f"{(1,) * len(layers)} puts one conv layer in each unit."
         )
-    unit_devices = placement.round_robin(len(unit_sizes), devices) if devices else None
+    unit_devices = placement_lib.round_robin(len(unit_sizes), devices) if devices else None
     units, first = [], 0
     for i, n in enumerate(unit_sizes, start=1):
         module = vgg_unit_module(layers[first : first + n], name="convs")
@@ -126,11 +128,12 @@ def vgg_pipeline(
         loss=loss,
         batch_size=int(batch_size),
         frame_shape=frame_shape,
+        placement=placement,
         name=name,
     )
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def vgg8(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
@@ -140,6 +143,7 @@ def vgg8(
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """8 conv layers (64-512 channels) in 5 units; 1.9 GMACs per 112x112 frame at width 1."""
     return vgg_pipeline(
@@ -153,11 +157,12 @@ def vgg8(
         fusion=fusion,
         devices=devices,
         head=head,
+        placement=placement,
         name="vgg8",
     )
 
 
-@gin.configurable(module="sideways_tf.models")
+@gin.configurable(module="sideways_tf.models", denylist=["placement"])
 def vgg16(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
@@ -167,6 +172,7 @@ def vgg16(
     fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """16 conv layers (64-512 channels) in 6 units; 4.9 GMACs per 112x112 frame at width 1."""
     return vgg_pipeline(
@@ -180,6 +186,7 @@ def vgg16(
         fusion=fusion,
         devices=devices,
         head=head,
+        placement=placement,
         name="vgg16",
     )
 
