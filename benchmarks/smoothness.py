@@ -37,16 +37,17 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tqdm  # noqa: E402
 
-from sideways_tf import config_files, export  # noqa: E402
+from sideways_tf import config_files  # noqa: E402
 from sideways_tf import train as train_lib  # noqa: E402
 from sideways_tf import workdir as workdir_lib  # noqa: E402
 from sideways_tf.data.moving_shapes import moving_shapes_dataset  # noqa: E402
 from sideways_tf.engine import Engine  # noqa: E402
+from sideways_tf.runs import load_run  # noqa: E402
+from sideways_tf.workdir import Workdir  # noqa: E402
 
 EXPERIMENTS = {
     "sideways": "experiments/moving_shapes_sideways",
@@ -212,36 +213,29 @@ def train_run(mode: str, workdir: str, args) -> None:
 
 
 def has_checkpoint(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
+    directory = Workdir(workdir).checkpoints
     return tf.io.gfile.isdir(directory) and tf.train.latest_checkpoint(directory) is not None
 
 
 def load_engines(mode: str, workdir: str, batch_size: int) -> tuple[dict, dict]:
     """{"trained", "init"} engines on the run's model, and a summary of the run.
 
-    Trained: the latest checkpoint (export.load_pipeline). Init: the same model
-    rebuilt under the run's seed, as train.build_run does before step 0.
+    Both by runs.load_run: trained, the newest checkpoint; init, the same model
+    built under the run's seed, as training starts from (restore=False).
     """
-    gin.clear_config()
-    trained, meta = export.load_pipeline(workdir, batch_size=batch_size)
-    if meta["mode"] != mode:
-        raise ValueError(f"{workdir} is a {meta['mode']!r} run, not {mode!r}.")
-    bindings = gin.get_bindings("train")
-    keras.utils.set_random_seed(bindings.get("seed", 0))
-    init = bindings["model_fn"](
-        batch_size=batch_size,
-        frame_shape=tuple(meta["frame_shape"]),
-        num_classes=meta["num_classes"],
-    )
+    trained = load_run(workdir, batch_size=batch_size)
+    if trained.settings.mode != mode:
+        raise ValueError(f"{workdir} is a {trained.settings.mode!r} run, not {mode!r}.")
+    init = load_run(workdir, batch_size=batch_size, restore=False)
     gin.clear_config()  # the clips below pass every option explicitly
-    engines = {"trained": Engine(trained, mode), "init": Engine(init, mode)}  # no optimizer
+    engines = {"trained": trained.engine, "init": init.engine}  # no optimizer
     evaluation = workdir_lib.read_evaluations(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.gin")) as f:
+    with tf.io.gfile.GFile(trained.workdir.config) as f:
         saved = workdir_lib.bindings(f.read())
     run = dict(
         workdir=workdir,
-        topology=meta["topology"],
-        checkpoint_step=meta["checkpoint_step"],
+        topology=trained.pipeline.topology.describe(),
+        checkpoint_step=trained.step,
         train_speed=next(
             (v for k, v in saved.items() if k.endswith("moving_shapes_dataset.speed")), "2"
         ),
