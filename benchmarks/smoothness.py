@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tqdm  # noqa: E402
 
-from sideways_tf import config_files  # noqa: E402
+from sideways_tf import config_files, modes  # noqa: E402
 from sideways_tf import train as train_lib  # noqa: E402
 from sideways_tf import workdir as workdir_lib  # noqa: E402
 from sideways_tf.data.moving_shapes import moving_shapes_dataset  # noqa: E402
@@ -151,8 +151,8 @@ def chain_lag_distances(px_per_frame: float, num_units: int, size: int) -> list[
 
 
 def lag_distances(mode: str, sweep: str, value, args, num_units: int) -> list | None:
-    """chain_lag_distances of a condition for the chain (sideways); None for skip topologies."""
-    if mode != "sideways":
+    """chain_lag_distances of a condition for a chain mode (sideways); None for skip topologies."""
+    if modes.get(mode).topology != "chain":
         return None
     px = displacement(sweep, value, args.base_speed)
     return chain_lag_distances(px, num_units, args.frame_size)
