@@ -5,7 +5,9 @@ Public API:
   SumFusion, ConcatFusion, GatedFusion  skip integrators (fusion.py)
   parse_topology, Topology, Edge     edges between units (topology.py)
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
-  FrameLoss                          future-frame prediction's loss (prediction.py)
+  SidewaysModel                      a keras.Model: compile / fit / evaluate / predict / save
+  sideways_tf.modes, sideways_tf.tasks   Mode and Task values (modes.py, tasks/)
+  FrameLoss                          future-frame prediction (tasks.FutureFrames)
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
   sideways_tf.precision              mixed precision: policy_scope, loss_scaling
 """
@@ -19,6 +21,7 @@ _config_files.register()  # gin can open the shipped configs: include 'sideways_
 # Names load on first use (PEP 562), so that `import sideways_tf.cli` stays light
 # until the command line is parsed (TensorFlow is imported then).
 _EXPORTS = {
+    "SidewaysModel": "keras_model",
     "Runtime": "distribute",
     "make_runtime": "distribute",
     "MODES": "engine",
@@ -27,7 +30,9 @@ _EXPORTS = {
     "ConcatFusion": "fusion",
     "GatedFusion": "fusion",
     "SumFusion": "fusion",
-    "FrameLoss": "prediction",
+    "FrameLoss": "tasks",
+    "tasks": None,
+    "modes": None,
     "Pipeline": "pipeline",
     "PipelineState": "pipeline",
     "Edge": "topology",
@@ -39,7 +44,8 @@ _EXPORTS = {
 
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"sideways_tf.{_EXPORTS[name]}"), name)
+        module = importlib.import_module(f"sideways_tf.{_EXPORTS[name] or name}")
+        value = module if _EXPORTS[name] is None else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sideways_tf' has no attribute {name!r}")
@@ -61,6 +67,7 @@ __all__ = [
     "Pipeline",
     "PipelineState",
     "Runtime",
+    "SidewaysModel",
     "SumFusion",
     "Topology",
     "Unit",

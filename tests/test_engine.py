@@ -148,7 +148,7 @@ def test_mode_must_fit_topology():
         sw.Engine(dense_pipeline("skip(2)"), "sideways", keras.optimizers.SGD(0.1))
     with pytest.raises(ValueError, match="needs skip edges"):
         sw.Engine(dense_pipeline("chain"), "skip_sideways", keras.optimizers.SGD(0.1))
-    with pytest.raises(ValueError, match="Unknown mode 'backprop'"):
+    with pytest.raises(ValueError, match="'backprop' is not a mode"):
         sw.Engine(dense_pipeline("chain"), "backprop", keras.optimizers.SGD(0.1))
 
 

@@ -63,6 +63,11 @@ class Task:
         """({name: [B, K, ...]} references to score step outputs against, present [K])."""
         return {}, tf.ones([tf.shape(clip)[1]], tf.float32)
 
+    def step_metrics(self, outputs, references: dict, weights) -> dict:
+        """{name: (mean, weight)} of one batch's step outputs [B, K, ...] against the
+        references of prediction_targets, over the scored steps (weights [K])."""
+        return {}
+
     def evaluate(self, engine, dataset, progress: bool = False) -> dict:
         """Scores a finite dataset with engine's pipeline; returns numbers (and images)."""
         raise NotImplementedError
@@ -85,12 +90,6 @@ class Task:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())

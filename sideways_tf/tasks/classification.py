@@ -168,11 +168,5 @@ class Classification(Task):
             )
         return {"loss": self.loss_arg}
 
-    def __eq__(self, other):
-        return type(self) is type(other) and self.loss_arg == other.loss_arg
-
-    def __hash__(self):
-        return hash(("Classification", repr(self.loss_arg)))
-
     def __repr__(self):
         return f"Classification(loss={self.loss_arg!r})"

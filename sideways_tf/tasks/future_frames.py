@@ -85,6 +85,17 @@ class FutureFrames(Task):
         targets, present = frame_targets(clip, lag, self.horizon)
         return {"targets": targets, "last_seen": last_seen_frames(clip, lag)}, present
 
+    def step_metrics(self, outputs, references: dict, weights, max_val: float = 2.0) -> dict:
+        model = frame_metrics(outputs, references["targets"], weights, max_val)
+        copy = frame_metrics(references["last_seen"], references["targets"], weights, max_val)
+        w = max(model["weight"], 1e-9)
+        return {
+            "psnr": (model["psnr_sum"] / w, model["weight"]),
+            "ssim": (model["ssim_sum"] / w, model["weight"]),
+            "psnr_copy_last": (copy["psnr_sum"] / w, model["weight"]),
+            "ssim_copy_last": (copy["ssim_sum"] / w, model["weight"]),
+        }
+
     def evaluate(self, engine, dataset, progress: bool = False, max_val: float = 2.0) -> dict:
         """Scores future-frame prediction on a finite dataset of {"frames"} clips in [-1, 1].
 

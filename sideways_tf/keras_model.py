@@ -1,0 +1,401 @@
+"""SidewaysModel: a keras.Model whose fit, evaluate and predict train with Sideways.
+
+    model = sw.SidewaysModel(units, topology="skip(2)", head=head, batch_size=16,
+                             frame_shape=(32, 32, 3))
+    model.compile(optimizer="adam", metrics=["accuracy"], mode="skip_sideways")
+    model.fit(train_ds, epochs=3, validation_data=eval_ds, callbacks=[...])
+    model.save("run.keras"); keras.saving.load_model("run.keras")
+
+Each training step of `fit` is the engine's ONE update function
+(`Engine.train_clip`, sideways_tf.engine), reached through Keras' public hook
+`make_train_function`: Keras' loop, progress bar, History and callbacks drive it,
+and the engine runs its own `strategy.run`, so the model also trains under a
+tf.distribute strategy's scope (build and compile it there) with the engine's
+replica logic. Batches are (clips [B, K, *frame], labels [B]) for classification,
+or clips alone when the task's targets are the frames (tasks.FutureFrames). Under
+a strategy, B is the global batch: each replica gets B / R.
+
+Logs: loss (mean over valid steps and the epoch's batches), the compiled metrics
+on the clip outputs averaged over valid steps (e.g. "accuracy"), the task's step
+metrics in evaluation (future frames: psnr, ssim and the copy-last-frame
+baseline), and the engine's health figures per unit, grad_norm/unit_i (and,
+with compile(fidelity_every=N), fidelity/unit_i: the sideways-vs-bptt gradient
+cosine), which Keras' TensorBoard callback writes as scalars.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sideways_tf import modes, tasks
+from sideways_tf.engine import Engine
+from sideways_tf.pipeline import Pipeline
+
+ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy")
+
+
+@keras.saving.register_keras_serializable(package="sideways_tf")
+class SidewaysModel(keras.Model):
+    """A Sideways pipeline as a keras.Model (see the module docstring).
+
+    Args:
+      units: the L units, bottom first (sideways_tf.Unit), or None with `pipeline`.
+      topology, head, task, batch_size, frame_shape: as sideways_tf.Pipeline;
+        batch_size is B per replica (the buffers' static batch).
+      pipeline: a built Pipeline to wrap instead.
+    """
+
+    def __init__(
+        self,
+        units=None,
+        topology="chain",
+        head=None,
+        task=None,
+        batch_size=None,
+        frame_shape=None,
+        pipeline: Pipeline | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (pipeline is None) == (units is None):
+            raise ValueError(
+                "SidewaysModel takes units (with topology, head, task, batch_size, "
+                "frame_shape) or a built pipeline=Pipeline(...), not both or neither."
+            )
+        if pipeline is None:
+            if batch_size is None or frame_shape is None:
+                raise ValueError(
+                    "SidewaysModel(units, ...) needs batch_size (clips per replica: the buffers "
+                    "hold a static batch) and frame_shape, e.g. batch_size=16, "
+                    "frame_shape=(32, 32, 3)."
+                )
+            pipeline = Pipeline(
+                units,
+                topology=topology,
+                head=head,
+                task=task,
+                batch_size=batch_size,
+                frame_shape=frame_shape,
+            )
+        if not pipeline.built:
+            raise ValueError(
+                "Build the pipeline first: Pipeline(..., batch_size=B, frame_shape=...)."
+            )
+        self.pipeline = pipeline
+        self.engine = None
+        self.built = True
+
+    # -- Keras plumbing ---------------------------------------------------------------
+
+    def call(self, clips, training=False):
+        """Top outputs of every step from a zero state: [B, K, *frame] -> [B, K, ...]."""
+        return self.pipeline(clips, training=training)
+
+    def compile(
+        self,
+        optimizer="adam",
+        loss=None,
+        metrics=None,
+        mode: str = "skip_sideways",
+        update_every: int | None = None,
+        carry_state: bool = False,
+        jit_compile: bool = False,
+        fidelity_every: int = 0,
+        **kwargs,
+    ):
+        """Sets the optimizer, metrics and the Sideways engine.
+
+        optimizer: a Keras optimizer or its name ("adam", "sgd").
+        loss: None (the pipeline's task decides the loss); a task (tasks.Classification(),
+          tasks.FutureFrames(horizon=h)) replaces the pipeline's.
+        metrics: Keras metrics on the clip outputs averaged over valid steps, given
+          the labels (names or instances; "accuracy" is sparse categorical accuracy).
+        mode: a name of sideways_tf.MODES; update_every, carry_state, jit_compile: as
+          sideways_tf.Engine. fidelity_every: every N training steps, log the per-unit
+          cosine of the sideways gradient against bptt's (0: never).
+        """
+        if kwargs.get("steps_per_execution", 1) != 1:
+            raise ValueError(
+                "SidewaysModel runs one engine update per Keras step; leave "
+                "steps_per_execution at 1."
+            )
+        if loss is not None:
+            if not isinstance(loss, tasks.Task):
+                raise ValueError(
+                    f"loss = {loss!r}: the pipeline's task decides the loss. Leave loss=None, "
+                    "or give a task: loss=sw.tasks.Classification() or "
+                    "sw.tasks.FutureFrames(horizon=1)."
+                )
+            self.pipeline.task = loss
+        if isinstance(fidelity_every, bool) or not isinstance(fidelity_every, int):
+            raise ValueError(f"fidelity_every must be an integer >= 0, got {fidelity_every!r}.")
+        mode_name = modes.get(mode).name
+        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        with self.distribute_strategy.scope():
+            self.engine = Engine(
+                self.pipeline,
+                mode,
+                self.optimizer,
+                update_every=update_every,
+                carry_state=carry_state,
+                jit_compile=jit_compile,
+            )
+        self._sideways_config = dict(
+            mode=mode_name,
+            update_every=update_every,
+            carry_state=carry_state,
+            jit_compile=jit_compile,
+            fidelity_every=fidelity_every,
+            metrics=[
+                m if isinstance(m, str) else keras.saving.serialize_keras_object(m)
+                for m in metrics or []
+            ],
+        )
+        self._output_metrics = [_metric(m) for m in metrics or []]
+        self._loss_mean = keras.metrics.Mean(name="loss")
+        self._means: dict[str, keras.metrics.Mean] = {}
+        self._fidelity_every = fidelity_every
+        self._steps = 0
+
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        config.pop("metrics", None)
+        config.pop("loss", None)
+        return {**config, **getattr(self, "_sideways_config", {})}
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        config["metrics"] = [
+            m if isinstance(m, str) else keras.saving.deserialize_keras_object(m)
+            for m in config.get("metrics", [])
+        ]
+        optimizer = config.pop("optimizer", "adam")
+        if isinstance(optimizer, dict):
+            optimizer = keras.saving.deserialize_keras_object(optimizer)
+        keep = ("mode", "update_every", "carry_state", "jit_compile", "fidelity_every", "metrics")
+        self.compile(optimizer=optimizer, **{k: config[k] for k in keep if k in config})
+
+    @property
+    def metrics(self):
+        if self.engine is None:
+            return []
+        return [self._loss_mean, *self._output_metrics, *self._means.values()]
+
+    def _mean_metric(self, name: str) -> keras.metrics.Mean:
+        if name not in self._means:
+            self._means[name] = keras.metrics.Mean(name=name)
+        return self._means[name]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pipeline": keras.saving.serialize_keras_object(self.pipeline),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        pipeline = keras.saving.deserialize_keras_object(config.pop("pipeline"))
+        return cls(pipeline=pipeline, **config)
+
+    # -- Training, evaluation, prediction ----------------------------------------------
+
+    def _require_engine(self, what: str):
+        if self.engine is None:
+            raise RuntimeError(
+                f"Call model.compile(optimizer=..., mode=...) before {what}: it builds the "
+                "Sideways engine."
+            )
+
+    def _clips_and_labels(self, data):
+        clips, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+        if weights is not None:
+            raise ValueError(
+                "SidewaysModel does not take sample weights: every valid step of every clip "
+                "counts alike. Give (clips, labels) or clips alone."
+            )
+        if self.pipeline.task.label_key is None:
+            labels = None  # the frames are the targets
+        elif labels is None:
+            raise ValueError(
+                f"The pipeline's task ({type(self.pipeline.task).__name__}) scores clips "
+                "against labels: give a dataset of (clips [B, K, *frame], labels [B])."
+            )
+        return clips, labels
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        self._require_engine("fit()")
+
+        def train_function(iterator):
+            clips, labels = self._clips_and_labels(next(iterator))
+            out = self.engine.train_clip(clips, labels)
+            self._steps += 1
+            if bool(out["applied"]):
+                self._loss_mean.update_state(out["loss"])
+                self._update_output_metrics(labels, out["outputs"])
+            for i, norm in enumerate(np.asarray(out["grad_norms"]), start=1):
+                self._mean_metric(f"grad_norm/unit_{i}").update_state(norm)
+            if self._fidelity_every and self._steps % self._fidelity_every == 0:
+                host = self._host(clips), None if labels is None else self._host(labels)
+                fid = self.engine.gradient_fidelity(*host)
+                for i, c in enumerate(np.asarray(fid["cosine"]), start=1):
+                    self._mean_metric(f"fidelity/unit_{i}").update_state(c)
+            return self._logs()
+
+        self.train_function = train_function
+        return train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        self._require_engine("evaluate()")
+
+        def test_function(iterator):
+            clips, labels = self._clips_and_labels(next(iterator))
+            clips, n = self._padded(clips)
+            out = self.engine.predict_steps(clips)
+            host_clips = self._host(clips)
+            lag = self.engine.mode.input_lag(self.pipeline)
+            targets, present = self.pipeline.task.step_targets(
+                host_clips, None if labels is None else self._host(labels), lag
+            )
+            outputs = out["outputs"][:n]
+            weights = out["weights"] * present  # [K]
+            total = float(tf.reduce_sum(weights)) * n
+            per_step = self.pipeline.task.loss(
+                tf.reshape(targets[:n], (-1, *targets.shape[2:])),
+                tf.reshape(outputs, (-1, *outputs.shape[2:])),
+            )
+            loss = float(tf.reduce_sum(per_step * tf.tile(weights, [n]))) / max(total, 1.0)
+            self._loss_mean.update_state(loss, sample_weight=total)
+            if labels is not None:
+                averaged = tf.reduce_sum(outputs * _expand(weights, outputs), 1) / max(
+                    float(tf.reduce_sum(weights)), 1.0
+                )
+                self._update_output_metrics(labels, averaged, n)
+            refs = {k: v[:n] for k, v in out.items() if k not in ("outputs", "weights")}
+            task_metrics = self.pipeline.task.step_metrics(outputs, refs, weights)
+            for name, (value, weight) in task_metrics.items():
+                self._mean_metric(name).update_state(value, sample_weight=weight)
+            shown = [self._loss_mean, *self._output_metrics]
+            shown += [self._means[name] for name in task_metrics]
+            return {m.name: m.result() for m in shown}
+
+        self.test_function = test_function
+        return test_function
+
+    def make_predict_function(self, force=False):
+        if self.predict_function is not None and not force:
+            return self.predict_function
+        self._require_engine("predict()")
+
+        def predict_function(data):
+            (data,) = data  # Keras hands a list of steps_per_execution (= 1) batches
+            clips, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            clips, n = self._padded(clips)
+            if getattr(self, "_per_step", False):
+                return self.engine.predict_steps(clips)["outputs"][:n]
+            return self.engine.predict_clip(clips)[:n]
+
+        self.predict_function = predict_function
+        return predict_function
+
+    def predict(
+        self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, per_step=False
+    ):
+        """Outputs averaged over valid steps [N, ...], or every step's [N, K, ...] (per_step)."""
+        previous, self._per_step = getattr(self, "_per_step", False), per_step
+        self.predict_function = None
+        try:
+            return super().predict(
+                x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+            )
+        finally:
+            self._per_step = previous
+            self.predict_function = None
+
+    def reset_state(self):
+        """Zeroes the buffers (the next clip starts new videos; carry_state runs)."""
+        self._require_engine("reset_state()")
+        self.engine.reset_state()
+
+    # -- Helpers ---------------------------------------------------------------------
+
+    def _update_output_metrics(self, labels, outputs, n=None):
+        if labels is None or not self._output_metrics:
+            return
+        labels = self._host(labels)
+        outputs = outputs if n is None else outputs[:n]
+        for metric in self._output_metrics:
+            metric.update_state(labels, outputs)
+
+    def _logs(self) -> dict:
+        return {m.name: m.result() for m in self.metrics}
+
+    def _host(self, value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return tf.concat(self.distribute_strategy.experimental_local_results(value), 0)
+        return tf.convert_to_tensor(value)
+
+    def _padded(self, clips):
+        """A last partial batch padded to the static batch (returns it and the real count)."""
+        if isinstance(clips, tf.distribute.DistributedValues):
+            return clips, self.engine.batch_per_process
+        clips = tf.convert_to_tensor(clips)
+        n = int(clips.shape[0])
+        if n > self.engine.batch_per_process:
+            raise ValueError(
+                f"A batch of {n} clips, but the model holds {self.engine.batch_per_process} "
+                "per step (its buffers' batch): batch the data by that."
+            )
+        return tasks.pad_batch(clips, self.engine.batch_per_process), n
+
+    # -- Summary -----------------------------------------------------------------------
+
+    def summary(self, print_fn=None, **kwargs):
+        """Units, parameters and state buffers apart (buffers are not parameters)."""
+        print_fn = print_fn or print
+        p = self.pipeline
+        params = [
+            int(sum(np.prod(v.shape) for v in p.unit_variables(i)))
+            for i in range(1, p.num_units + 1)
+        ]
+        buffers = [int(sum(np.prod(b.shape) for b in u.state_variables)) for u in p.units]
+        mode = self.engine.mode.name if self.engine is not None else "(not compiled)"
+        lines = [
+            f'SidewaysModel "{self.name}": {p.num_units} units, {p.topology.describe()}, '
+            f"mode {mode}, task {type(p.task).__name__}, batch {p.batch_size} per replica, "
+            f"frames {p.frame_shape}",
+            f"{'unit':<28}{'output':<22}{'parameters':>12}{'buffers':>12}",
+        ]
+        for i, (u, shape) in enumerate(zip(p.units, p.output_shapes), start=1):
+            name = f"{i} {u.name}" + (" + head" if i == p.num_units and p.head is not None else "")
+            lines.append(f"{name:<28}{str(shape[1:]):<22}{params[i - 1]:>12,}{buffers[i - 1]:>12,}")
+        lines.append(f"Parameters (trainable): {sum(params):,}")
+        lines.append(
+            f"State buffers (outputs, messages, delay lines; not trained): {sum(buffers):,}"
+        )
+        if self.engine is not None and self.optimizer is not None and self.optimizer.built:
+            slots = int(sum(np.prod(v.shape) for v in self.optimizer.variables))
+            lines.append(f"Optimizer state: {slots:,}")
+        for line in lines:
+            print_fn(line)
+
+
+def _metric(m):
+    """A metric instance from a name or instance; "accuracy" means sparse categorical."""
+    if isinstance(m, str) and m in ACCURACY_NAMES:
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return keras.metrics.get(m) if isinstance(m, str) else m
+
+
+def _expand(weights, outputs):
+    """weights [K] broadcast against outputs [B, K, ...]."""
+    return tf.reshape(weights, [1, -1] + [1] * (outputs.shape.rank - 2))
+
+
+__all__ = ["SidewaysModel"]
