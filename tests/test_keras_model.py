@@ -225,7 +225,7 @@ def test_predict_and_evaluate_use_the_clip_outputs_averaged_over_valid_steps():
 
 def test_compile_errors_name_the_fix():
     model = sw.SidewaysModel(pipeline=dense_pipeline())
-    with pytest.raises(ValueError, match="call `compile\(\)`"):
+    with pytest.raises(ValueError, match=r"call `compile\(\)`"):
         model.fit(tf.data.Dataset.from_tensors((np.zeros((2, 4, 5), "float32"), [0, 1])))
     with pytest.raises(ValueError, match="the pipeline's task decides the loss"):
         model.compile(loss="mse", mode="sideways")
