@@ -367,7 +367,8 @@ class SidewaysModel(keras.Model):
         buffers = [int(sum(np.prod(b.shape) for b in u.state_variables)) for u in p.units]
         mode = self.engine.mode.name if self.engine is not None else "(not compiled)"
         lines = [
-            f'SidewaysModel "{self.name}": {p.num_units} units, {p.topology.describe()}, '
+            f'SidewaysModel "{self.name}": {p.num_units} units, '
+            f"{p.topology.describe().splitlines()[0]}, "
             f"mode {mode}, task {type(p.task).__name__}, batch {p.batch_size} per replica, "
             f"frames {p.frame_shape}",
             f"{'unit':<28}{'output':<22}{'parameters':>12}{'buffers':>12}",
