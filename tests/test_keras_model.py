@@ -231,3 +231,29 @@ def test_compile_errors_name_the_fix():
         model.compile(loss="mse", mode="sideways")
     with pytest.raises(ValueError, match="not a mode"):
         model.compile(mode="sidways")
+
+
+def test_tensorboard_gets_the_engines_scalars_and_lr_scheduler_and_custom_metrics_apply(tmp_path):
+    model = tiny_model(optimizer="sgd")  # a name: keras.optimizers.get
+    model.compile(
+        optimizer="sgd",
+        mode="skip_sideways",
+        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3")],
+        fidelity_every=1,
+    )
+    before = weights(model)
+    callbacks = [
+        keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+        keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.0),  # nothing may move
+    ]
+    history = model.fit(shapes(4), epochs=1, verbose=0, callbacks=callbacks)
+    for a, b in zip(before, weights(model)):
+        np.testing.assert_array_equal(a, b)
+    assert {"top3", "fidelity/unit_3", "grad_norm/unit_2"} <= set(history.history)
+    assert history.history["fidelity/unit_3"][0] == pytest.approx(1.0, abs=1e-5)  # top: exact
+    tags = set()
+    for root, _, files in os.walk(tmp_path / "tb" / "train"):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                tags.update(v.tag for v in event.summary.value)
+    assert {"epoch_grad_norm/unit_1", "epoch_fidelity/unit_2", "epoch_loss"} <= tags
