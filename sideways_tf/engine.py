@@ -202,6 +202,8 @@ class Engine:
             )
         clip, labels = self._distribute(clip, labels)
         num_frames = self._local(clip)[0].shape[1]
+        if not self.carry_state:  # (a carried stream continues through short clips)
+            self.mode.check_clip_length(self.pipeline, num_frames, "the clip's K, axis 1")
         chunk = self.update_every or num_frames
         if num_frames % chunk:
             raise ValueError(

@@ -245,6 +245,24 @@ class Pipeline(keras.Layer):
             new_lines[slot[k]] = tf.concat([line[1:], newest[None]], axis=0)
         return inputs, new_lines
 
+    def check_unit_output(self, i: int, a):
+        """Returns a_i, or raises naming unit i when its output's shape is not the declared one.
+
+        The buffers, the messages and the graph loop are shaped by what the unit
+        declared when it was built (its compute_output_spec); a layer that returns
+        another shape at run time would otherwise fail deep inside tf.while_loop.
+        """
+        want = tuple(self.units[i - 1].output_shape_)
+        got = tuple(a.shape)
+        if len(got) != len(want) or any(g is not None and g != w for g, w in zip(got, want)):
+            raise ValueError(
+                f"Unit {i} ({self.units[i - 1].name!r}) returned an output of shape {got}, but "
+                f"declared {want} when it was built (its layer's compute_output_spec). Make the "
+                "layer's call return the shape it declares (e.g. fix compute_output_shape), or "
+                "wrap the block so that its output shape is static."
+            )
+        return a
+
     def apply_head(self, a_top, training=None):
         """The task head on the top unit's output, in float32 (Keras' convention for a
         model's outputs under mixed precision: losses and metrics are taken in float32)."""
@@ -258,7 +276,7 @@ class Pipeline(keras.Layer):
         for i, unit in enumerate(self.units, start=1):
             with self.unit_scope(i):
                 inputs, new_lines = self.gather(i, previous, state)
-                outputs.append(unit(inputs, training=training))
+                outputs.append(self.check_unit_output(i, unit(inputs, training=training)))
                 for k, line in new_lines.items():
                     lines[k] = line
         with self.unit_scope(self.num_units):

@@ -101,6 +101,7 @@ def sideways_step(
                     head=lambda a: pipeline.apply_head(a, training=training),
                     loss=lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
                     training=training,
+                    check=lambda a, i=i: pipeline.check_unit_output(i, a),
                 )
                 loss, y = out.loss, out.output
             else:
@@ -111,6 +112,7 @@ def sideways_step(
                     senders,
                     message=state.messages[i - 1],
                     training=training,
+                    check=lambda a, i=i: pipeline.check_unit_output(i, a),
                 )
             outputs.append(out.activation)
             for k, r in zip(senders, out.replies):
@@ -276,13 +278,16 @@ def gradient_fidelity(pipeline: Pipeline, clip, targets, present, loss_scale=Non
     """Cosine similarity and norm ratio, per unit, of sideways vs bptt gradients of one clip.
 
     Both rules from a fresh state, on the pipelined network's targets (the task's
-    step_targets at the pipelined input lag). Returns {"cosine": [L], "norm_ratio": [L]}.
+    step_targets at the pipelined input lag), in inference mode (training=False):
+    no variable changes (no normalisation statistics move, no random generator
+    advances) and both rules see the same network (no Dropout mask drawn twice),
+    so the top unit's cosine is exactly 1. Returns {"cosine": [L], "norm_ratio": [L]}.
     """
     side = sideways_gradients(
-        pipeline, pipeline.zero_state(), clip, targets, present, loss_scale=loss_scale
+        pipeline, pipeline.zero_state(), clip, targets, present, False, loss_scale
     )
     exact = bptt_gradients(
-        pipeline, pipeline.zero_state(), clip, targets, present, loss_scale=loss_scale
+        pipeline, pipeline.zero_state(), clip, targets, present, False, loss_scale
     )
     cosine, ratio = [], []
     for gs, ge in zip(side.grads, exact.grads):

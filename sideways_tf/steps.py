@@ -43,6 +43,7 @@ def unit_step(
     head: Callable | None = None,
     loss: Callable | None = None,
     training: bool = True,
+    check: Callable | None = None,
 ) -> UnitStep:
     """Forward of one unit on its inputs, then its local VJP (no other unit involved).
 
@@ -51,7 +52,8 @@ def unit_step(
     the inputs to send a reply to (those that come from units, not the frame).
     A unit below the top takes `message` m_i [B, *out_i] as the output gradient;
     the top unit gives `head` (a_L -> y) and `loss` (y -> [] l_t) instead, and its
-    VJP starts from l_t. Returns UnitStep(a_i, y or a_i, l_t or None, replies, grads).
+    VJP starts from l_t. check: a -> a, run on the unit's output before anything
+    reads it (the pipeline's shape check). Returns UnitStep(a_i, y or a_i, l_t or None, replies, grads).
     """
     top = loss is not None
     if top == (message is not None):
@@ -59,6 +61,8 @@ def unit_step(
     with tf.GradientTape() as tape:
         tape.watch(inputs)
         a = unit(list(inputs), training=training)
+        if check is not None:
+            a = check(a)
         if top:
             y = head(a) if head is not None else a
             l_t = loss(y)

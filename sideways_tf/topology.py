@@ -165,6 +165,13 @@ def _edges_from_string(description: str, num_units: int) -> list[Edge]:
             raise ValueError(
                 f"skip(k) needs k >= 2 (skip(1) is the chain edge itself); got {description!r}."
             )
+        if k >= num_units:
+            raise ValueError(
+                f"{description!r} on {num_units} units has no skip edge inside the network (an "
+                f"edge spans k units, from unit i-k into unit i, with 1 <= i-k); it would "
+                f"silently be a chain. Use skip(k) with 2 <= k <= {max(num_units - 1, 2)}"
+                f"{'' if num_units > 2 else ' on more units'}, or 'chain'."
+            )
         d = int(delay or 0)
         return chain + [Edge(i - k, i, d) for i in range(k, num_units + 1)]
     if delay is not None:

@@ -162,3 +162,57 @@ def test_an_engine_without_optimizer_measures_fidelity_and_refuses_to_train():
     with pytest.raises(ValueError, match="no optimizer"):
         eng.train_clip(clip, labels)
     assert all(np.array_equal(np.array(v), b) for v, b in zip(eng.variables, before))
+
+
+def test_the_engine_checks_clips_labels_and_unit_outputs_before_any_trace():
+    pipeline = dense_pipeline("chain", num_units=4)  # T_fill = 4: sideways needs K >= 7
+    eng = sw.Engine(pipeline, "sideways", keras.optimizers.Adam(0.1))
+    before = [np.array(v) for v in eng.variables]
+    clip, labels = random_clip(pipeline, 3)
+    with pytest.raises(ValueError, match=r"K=3 frames \(the clip's K, axis 1\).*at least 7"):
+        eng.train_clip(clip, labels)
+    assert all(np.array_equal(b, np.array(v)) for b, v in zip(before, eng.variables))
+    clip, labels = random_clip(pipeline, 8)
+    with pytest.raises(ValueError, match=r"labels have shape \(2, 3\).*One-hot or per-frame"):
+        eng.train_clip(clip, np.eye(3, dtype="int32")[labels])
+    with pytest.raises(ValueError, match="labels have dtype string.*integer class indices"):
+        eng.train_clip(clip, np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"labels hold \[7\], outside \[0, 3\).*num_classes"):
+        eng.train_clip(clip, np.array([0, 7], "int32"))
+
+
+class _Liar(keras.layers.Layer):
+    """Declares [B, 5] and returns [B, 4]."""
+
+    def call(self, x):
+        return x[:, :4]
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def test_a_unit_whose_output_is_not_what_it_declared_is_named():
+    units = [sw.Unit(keras.layers.Dense(5), name="fine"), sw.Unit(_Liar(), name="liar")]
+    pipeline = sw.Pipeline(units, head=keras.layers.Dense(3), batch_size=2, frame_shape=(5,))
+    with pytest.raises(ValueError, match=r"Unit 2 \('liar'\) returned an output of shape"):
+        sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1)).train_clip(
+            *random_clip(pipeline, 6)
+        )
+
+
+def test_fidelity_changes_no_variable_and_is_exact_at_the_top_with_dropout():
+    keras.utils.set_random_seed(0)
+    block = lambda: keras.Sequential([keras.layers.Dense(8, "tanh"), keras.layers.Dropout(0.5)])  # noqa: E731
+    units = [sw.Unit(block(), name=f"u{i}") for i in range(3)]
+    pipeline = sw.Pipeline(units, head=keras.layers.Dense(3), batch_size=2, frame_shape=(5,))
+    eng = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1))
+    clip, labels = random_clip(pipeline, 8)
+    eng.train_clip(clip, labels)  # (training draws masks: the seed generators move here)
+    everything = [*pipeline.variables, *eng.optimizer.variables]
+    before = [np.array(v) for v in everything]
+    first = eng.gradient_fidelity(clip, labels)
+    second = eng.gradient_fidelity(clip, labels)
+    for v, b in zip(everything, before):
+        np.testing.assert_array_equal(np.array(v), b, err_msg=v.path)
+    assert float(first["cosine"][-1]) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_array_equal(np.array(first["cosine"]), np.array(second["cosine"]))

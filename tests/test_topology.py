@@ -149,3 +149,11 @@ def test_random_descriptions_parse_to_valid_topologies_or_raise_value_error(case
     assert 1 <= top.fill_steps <= num_units + sum(e.delay for e in top.edges)
     assert top.describe().startswith(f"Topology(L={num_units}")
     assert parse_topology(list(top.edges), num_units) == top  # its edges describe it again
+
+
+def test_a_skip_longer_than_the_network_is_refused_not_a_silent_chain():
+    with pytest.raises(ValueError, match=r"'skip\(5\)' on 4 units.*silently be a chain.*k <= 3"):
+        parse_topology("skip(5)", 4)
+    with pytest.raises(ValueError, match=r"k <= 3"):
+        parse_topology("skip(4)", 4)
+    assert not parse_topology("skip(3)", 4).is_chain
