@@ -33,10 +33,13 @@ from sideways_tf.data import dmvr
 from sideways_tf.data.sampling import ClipSampling
 from sideways_tf.models import convnet
 
+# The topology each mode's workload runs on (as benchmarks/depth_parallel.py).
+TOPOLOGY = {"frame_bp": "chain", "bptt": "skip(2)", "sideways": "chain", "skip_sideways": "skip(2)"}
+
 
 def training_frames_per_sec(batch, clip, mode: str, steps: int = 3) -> float:
     """Frames/s the engine consumes training the small convnet on `clip`'s shape."""
-    topology = "chain" if mode in ("sideways", "frame_bp") else "skip(2)"
+    topology = TOPOLOGY[mode]
     pipeline = convnet.small_conv_pipeline(
         batch_size=batch, frame_shape=tuple(clip.shape[2:]), num_classes=10, topology=topology
     )
