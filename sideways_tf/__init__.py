@@ -6,6 +6,7 @@ Public API:
   parse_topology, Topology, Edge     edges between units (topology.py)
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
   SidewaysModel                      a keras.Model: compile / fit / evaluate / predict / save
+  units_from_model, replace_batch_norm  your own functional model as units (cut.py)
   sideways_tf.modes, sideways_tf.tasks   Mode and Task values (modes.py, tasks/)
   FrameLoss                          future-frame prediction (tasks.FutureFrames)
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
@@ -22,6 +23,9 @@ _config_files.register()  # gin can open the shipped configs: include 'sideways_
 # until the command line is parsed (TensorFlow is imported then).
 _EXPORTS = {
     "SidewaysModel": "keras_model",
+    "units_from_model": "cut",
+    "replace_batch_norm": "cut",
+    "valid_cuts": "cut",
     "Runtime": "distribute",
     "make_runtime": "distribute",
     "MODES": "engine",
@@ -74,4 +78,7 @@ __all__ = [
     "gradient_fidelity",
     "make_runtime",
     "parse_topology",
+    "replace_batch_norm",
+    "units_from_model",
+    "valid_cuts",
 ]

@@ -47,7 +47,7 @@ class UnitCost:
         return self.forward_flops + self.backward_flops
 
 
-def _graph_flops(graph) -> float:
+def graph_flops(graph) -> float:
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     # The profiler warns about a deprecated v1 shape helper on every call.
@@ -97,8 +97,8 @@ def unit_costs(pipeline) -> list[UnitCost]:
         fetches = [out.activation] + ([out.loss] if out.loss is not None else [])
         # Fed the sources only (the graph's first inputs; the rest are captured variables).
         forward = traced.prune(traced.inputs[: len(unit.source_shapes)], fetches)
-        fwd = _graph_flops(forward.graph)
-        both = _graph_flops(traced.graph)
+        fwd = graph_flops(forward.graph)
+        both = graph_flops(traced.graph)
         out_shape = unit.output_shape_
         costs.append(
             UnitCost(

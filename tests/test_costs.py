@@ -13,7 +13,7 @@ def test_forward_flops_are_the_networks_and_the_vjp_about_twice_them(build):
     unit_costs = costs.unit_costs(pipeline)
     frame = tf.TensorSpec((pipeline.batch_size, *pipeline.frame_shape), tf.float32)
     network = tf.function(lambda x: pipeline.frame_forward(x, training=True))
-    expected = costs._graph_flops(network.get_concrete_function(frame).graph)
+    expected = costs.graph_flops(network.get_concrete_function(frame).graph)
     # The units' forwards are the per-frame network's ops, plus the top's l = sum(y).
     extra = sum(c.forward_flops for c in unit_costs) - expected
     assert 0 <= extra <= pipeline.batch_size * pipeline.top_output_shape[-1]
