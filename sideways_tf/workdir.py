@@ -388,7 +388,10 @@ def read_evaluations(workdir: str | Workdir, set_aside: bool = True) -> dict:
             raise e from None
         stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
         aside = f"{path}.damaged-{stamp}"
-        tf.io.gfile.rename(path, aside)
+        try:
+            tf.io.gfile.rename(path, aside)
+        except tf.errors.NotFoundError:  # another worker set it aside first
+            return {"history": []}
         message = (
             f"{e} Kept it as {aside}; evaluations are recorded in a fresh {path} from now on "
             "(the training run redoes its last evaluation if it is due)."
