@@ -6,12 +6,20 @@ resumes from the previous complete checkpoint, never from a half-written one.
 Before restoring, the checkpoint's variables are checked against the model's,
 so a workdir holding another model fails with a clear message instead of
 loading a half-match.
+
+A reader of a live workdir (evaluation, export: repair=False) never moves or
+deletes anything: it links (or copies) the newest checkpoint's files into a
+private directory first, so training may rotate it away while it is restored,
+and takes the next newest if it vanished before that.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import shutil
 import tempfile
 import warnings
 
@@ -91,6 +99,79 @@ class NonFiniteError(FloatingPointError):
     """Parameters or optimizer state hold NaN or Inf: nothing is saved."""
 
 
+class DiskFullError(OSError):
+    """A checkpoint could not be written for lack of space; the previous one is intact."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether `e` is a write that failed for lack of space (or quota)."""
+    if isinstance(e, tf.errors.ResourceExhaustedError):
+        return True
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e).lower()
+    return isinstance(e, tf.errors.OpError) and (
+        "no space left" in text or "quota exceeded" in text
+    )
+
+
+def free_space(directory: str) -> str:
+    """Free space of a local directory's disk, as text ("unknown" elsewhere, e.g. gs://)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if free < 1024 or unit == "GiB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"
+
+
+def disk_full_message(what: str, directory: str, intact: str | None) -> str:
+    """The one line for a full disk: what failed, free space, what is intact, rerun."""
+    kept = (
+        f"the last checkpoint, {intact}, is intact"
+        if intact
+        else "no checkpoint was saved yet (a rerun starts from step 0)"
+    )
+    return (
+        f"Disk full: {what} ({free_space(directory)} free in {directory}); {kept}. Free "
+        "space (or lower train.keep_checkpoints) and run the same command again to resume."
+    )
+
+
+def on_disk(directory: str) -> list[str]:
+    """Checkpoint prefixes with an index file in `directory`, newest (highest number) first."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    found = []
+    for name in tf.io.gfile.listdir(directory):
+        match = re.fullmatch(r"(ckpt-(\d+))\.index", name)
+        if match:
+            found.append((int(match.group(2)), os.path.join(directory, match.group(1))))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def newest_on_disk(directory: str) -> str | None:
+    """The newest checkpoint prefix with an index file in `directory`, if any."""
+    found = on_disk(directory)
+    return found[0] if found else None
+
+
+def _state_file_problem(directory: str) -> str | None:
+    """Why `directory`'s checkpoint state file cannot be read (None: absent or readable)."""
+    if not tf.io.gfile.exists(os.path.join(directory, "checkpoint")):
+        return None
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception as e:  # noqa: BLE001 (bytes, proto, an empty state: all unreadable)
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    if state is None or not state.model_checkpoint_path:
+        return "not a checkpoint state: garbage, truncated or empty"
+    return None
+
+
 class Checkpointer:
     """Saves and restores `checkpoint` under `directory`, keeping the last `max_to_keep`.
 
@@ -112,9 +193,22 @@ class Checkpointer:
     ):
         self.directory, self.checkpoint, self.max_to_keep = directory, checkpoint, max_to_keep
         self.guard = list(guard or [])
+        self.repair = repair
         if repair:
             self._repair()
-        self.manager = self._manager()
+        problem = None if repair else _state_file_problem(directory)
+        if problem:
+            # A reader restores from the files present (on_disk); the state file is the
+            # training run's, which rebuilds it when it next starts.
+            warnings.warn(
+                f"{os.path.join(directory, 'checkpoint')} (the checkpoint state file) cannot "
+                f"be read ({problem}); restoring from the checkpoint files present. The "
+                "training run rebuilds it when it next starts.",
+                stacklevel=2,
+            )
+            self.manager = None
+        else:
+            self.manager = self._manager()
 
     def _manager(self):
         return tf.train.CheckpointManager(
@@ -123,18 +217,14 @@ class Checkpointer:
 
     @property
     def latest(self) -> str | None:
+        if self.manager is None:
+            found = self.on_disk()
+            return found[0] if found else None
         return self.manager.latest_checkpoint
 
     def on_disk(self) -> list[str]:
         """Checkpoint prefixes with an index file, newest (highest number) first."""
-        if not tf.io.gfile.isdir(self.directory):
-            return []
-        found = []
-        for name in tf.io.gfile.listdir(self.directory):
-            match = re.fullmatch(r"(ckpt-(\d+))\.index", name)
-            if match:
-                found.append((int(match.group(2)), os.path.join(self.directory, match.group(1))))
-        return [p for _, p in sorted(found, reverse=True)]
+        return on_disk(self.directory)
 
     def _repair(self):
         if not tf.io.gfile.isdir(self.directory):
@@ -186,54 +276,135 @@ class Checkpointer:
                 f"{bad[0]}). The last checkpoint, {self.latest}, is intact; lower the learning "
                 "rate (adam.learning_rate) or check the input data, then resume from it."
             )
-        return self.manager.save(checkpoint_number=step)
+        try:
+            return self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            if not is_disk_full(e):
+                raise
+            # (the half-written files are temporaries: the next start removes them)
+            raise DiskFullError(
+                disk_full_message(
+                    f"checkpoint step {step} could not be written",
+                    self.directory,
+                    newest_on_disk(self.directory),
+                )
+            ) from e
 
     def restore_latest(self, partial: bool = False) -> str | None:
         """Restores the newest readable checkpoint, if any; returns its path.
 
         partial: restore what this checkpoint object holds (evaluation: parameters,
         no data position) and ignore the rest.
+
+        The owner of the workdir (repair=True) moves a damaged checkpoint to damaged/
+        and tries the previous one. A reader (repair=False) restores from a private
+        snapshot of the files (_snapshot) and never moves anything: a checkpoint that
+        vanished (rotated away by a live run) or cannot be read is skipped, with a
+        warning only for damage.
         """
-        tried = []
-        for path in self.on_disk():
-            try:
-                _read_every_tensor(path)  # damage shows here, before anything is assigned
-            except Exception as e:  # noqa: BLE001 (truncation, CRC, proto: any is damage)
-                tried.append(self._set_aside(path, e))
-                continue
-            try:
-                self.check_matches(path, partial=partial)
-                status = self.checkpoint.restore(path)
-                if partial:
-                    status.expect_partial().assert_existing_objects_matched()
-                else:
-                    status.assert_consumed()
-            except ModelMismatchError:
-                raise
-            except (tf.errors.OpError, ValueError, AssertionError) as e:
-                tried.append(self._set_aside(path, e))
-                continue
-            if tried:
-                self._repair()  # the state file named the damaged ones
-                self.manager = self._manager()
-            return path
+        tried, vanished = [], []
+        for _ in range(3):  # a live run may rotate every listed one away: list again
+            for path in self.on_disk():
+                if path in tried or path in vanished:
+                    continue
+                with self._snapshot(path) as source:
+                    if source is None:
+                        vanished.append(path)
+                        continue
+                    outcome = self._restore_from(source, path, partial)
+                if outcome is None:
+                    if tried and self.repair:
+                        self._repair()  # the state file named the damaged ones
+                        self.manager = self._manager()
+                    return path
+                if not self.repair and not tf.io.gfile.exists(path + ".index"):
+                    vanished.append(path)  # gone while read: not damage
+                    continue
+                tried.append(self._set_aside(path, outcome))
+            if not vanished:
+                break
         if tried:
+            where = (
+                f"now in {os.path.join(self.directory, 'damaged')}"
+                if self.repair
+                else "left in place"
+            )
             raise RuntimeError(
                 f"No checkpoint in {self.directory} can be restored (damaged: "
-                f"{', '.join(os.path.basename(p) for p in tried)}, now in "
-                f"{os.path.join(self.directory, 'damaged')}). Nothing was overwritten; to "
-                "start again from step 0, use a new --workdir."
+                f"{', '.join(os.path.basename(p) for p in tried)}, {where}). Nothing was "
+                "overwritten; to start again from step 0, use a new --workdir."
             )
         return None
 
+    def _restore_from(self, source: str, path: str, partial: bool) -> Exception | None:
+        """Restores the checkpoint at `source` (path's files); the error if it cannot be."""
+        try:
+            _read_every_tensor(source)  # damage shows here, before anything is assigned
+        except Exception as e:  # noqa: BLE001 (truncation, CRC, proto: any is damage)
+            return e
+        try:
+            self.check_matches(source, partial=partial, named=path)
+            status = self.checkpoint.restore(source)
+            if partial:
+                status.expect_partial().assert_existing_objects_matched()
+            else:
+                status.assert_consumed()
+        except ModelMismatchError:
+            raise
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            return e
+        return None
+
+    @contextlib.contextmanager
+    def _snapshot(self, path: str):
+        """Yields where to read checkpoint `path` from, or None if it vanished.
+
+        The owner reads it in place. A reader hard-links its files into a private
+        directory (a copy where links cannot be made, e.g. gs://): a live run deleting
+        the checkpoint then removes only its own names, never the data being read.
+        """
+        if self.repair:
+            yield path
+            return
+        base = os.path.basename(path)
+        local = tempfile.mkdtemp(prefix="sideways_restore_")
+        try:
+            try:
+                names = [
+                    n
+                    for n in tf.io.gfile.listdir(self.directory)
+                    if n == base + ".index" or n.startswith(base + ".data-")
+                ]
+                if base + ".index" not in names:
+                    raise FileNotFoundError(path + ".index")
+                for name in sorted(names, key=lambda n: n.endswith(".index")):  # index last
+                    src, dst = os.path.join(self.directory, name), os.path.join(local, name)
+                    try:
+                        os.link(src, dst)
+                    except OSError as e:
+                        if e.errno == errno.ENOENT and "://" not in src:
+                            raise FileNotFoundError(src) from e
+                        tf.io.gfile.copy(src, dst, overwrite=True)
+            except (FileNotFoundError, tf.errors.NotFoundError):
+                yield None
+                return
+            yield os.path.join(local, base)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
     def _set_aside(self, path: str, error: Exception) -> str:
-        """Moves a checkpoint that cannot be restored to damaged/, warning why; returns path."""
+        """Moves a checkpoint that cannot be restored to damaged/ (a reader leaves it), warning
+        why; returns path."""
         lines = str(error).strip().splitlines()
         reason = lines[0][:200] if lines else ""
-        moved = self._quarantine(path)
+        done = (
+            f"moved it to {self._quarantine(path)}"
+            if self.repair
+            else "left it in place (the training run sets it aside when it next starts)"
+        )
         warnings.warn(
             f"Checkpoint {path} cannot be restored ({type(error).__name__}: {reason}); "
-            f"moved it to {moved} and trying the previous one.",
+            f"{done} and trying the previous one.",
             stacklevel=3,
         )
         return path
@@ -249,11 +420,12 @@ class Checkpointer:
                 )
         return os.path.join(target, base)
 
-    def check_matches(self, path: str, partial: bool = False):
+    def check_matches(self, path: str, partial: bool = False, named: str | None = None):
         """Raises ModelMismatchError unless `path` holds exactly this model's variables.
 
         partial: the checkpoint may hold more (an optimizer, a data position) than this
         checkpoint object restores; what it restores must be there, with its shapes.
+        named: the checkpoint's path in the workdir, when `path` is a snapshot of it.
         """
         have, want = _variable_shapes(path), _expected_shapes(self.checkpoint)
         problems = []
@@ -268,6 +440,7 @@ class Checkpointer:
                 problems.append(f"  {key}: shape {have[key]} in the checkpoint, {want[key]} here")
         if problems:
             shown = "\n".join(problems[:8]) + ("\n  ..." if len(problems) > 8 else "")
+            path = named or path
             raise ModelMismatchError(
                 f"The checkpoint {path} belongs to a different model or run setup "
                 f"({len(problems)} differences):\n{shown}\n"

@@ -127,6 +127,7 @@ def _reported(command: str, verbosity: int, on_interrupt: str | None = None):
         raise SystemExit(128 + signal.SIGINT) from None
     except (
         checkpointing.NonFiniteError,
+        checkpointing.DiskFullError,
         workdir.WorkdirLockedError,
         workdir.ConfigChangedError,
     ) as e:
@@ -251,7 +252,7 @@ def eval_main(argv: list[str] | None = None):
         result = evaluate.evaluate_workdir(
             args.workdir, tuple(args.gin_param + _runtime_params(args))
         )
-    print(f"step {result['step']}: {result['eval']}")
+    print(f"step {result['step']} ({result['checkpoint']}): {result['eval']}")
 
 
 def export_main(argv: list[str] | None = None):
@@ -275,9 +276,12 @@ def export_main(argv: list[str] | None = None):
         from sideways_tf import export
 
         metadata = export.export(args.workdir, args.output, batch_size=args.batch_size)
+    if metadata["replaced"]:
+        print(f"Replaced the previous export in {args.output} ({', '.join(metadata['replaced'])}).")
     print(
-        f"Exported step {metadata['checkpoint_step']} to {args.output}: frames "
-        f"{[args.batch_size, *metadata['frame_shape']]}, fill_steps {metadata['fill_steps']}."
+        f"Exported step {metadata['checkpoint_step']} (checkpoint {metadata['checkpoint']}) to "
+        f"{args.output}: frames {[args.batch_size, *metadata['frame_shape']]}, fill_steps "
+        f"{metadata['fill_steps']}."
     )
     if args.tflite:
         print(f"TFLite: {export.convert_tflite(args.output)}")

@@ -31,7 +31,8 @@ def evaluate_workdir(workdir, gin_params=(), progress: bool = True) -> dict:
     never read; config.gin is never rewritten); gin_params apply over the saved
     config (e.g. another eval split). The result is appended to the workdir's
     eval_metrics.json as its own entry (source "sideways-eval", with gin_params).
-    Returns {"step", "eval"}.
+    Safe against a live run (load_run restores from a snapshot of the checkpoint).
+    Returns {"step", "checkpoint", "eval"}: the training step evaluated, its checkpoint.
     """
     run = load_run(workdir, gin_params=tuple(gin_params))
     if run.eval_data is None:
@@ -50,4 +51,4 @@ def evaluate_workdir(workdir, gin_params=(), progress: bool = True) -> dict:
         workdir_lib.record_evaluation(
             run.workdir, run.step, metrics, source="sideways-eval", gin_params=list(gin_params)
         )
-    return {"step": run.step, "eval": metrics}
+    return {"step": run.step, "checkpoint": run.checkpoint, "eval": metrics}

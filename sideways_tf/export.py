@@ -270,17 +270,64 @@ def _unpin(pipeline: Pipeline):
     pipeline.cores = [0] * pipeline.num_units
 
 
-def export(workdir: str, output: str, batch_size: int = 1) -> dict:
-    """Writes the streaming SavedModel of `workdir`'s latest checkpoint to `output`.
+# What an export directory holds: the SavedModel, the metadata, the optional TFLite step.
+EXPORT_FILES = frozenset(
+    {"saved_model.pb", "fingerprint.pb", "variables", "assets", METADATA_FILE, "model.tflite"}
+)
 
-    Returns the metadata (also written to output/sideways_export.json).
+
+def check_output(output: str) -> list[str]:
+    """What `output` holds now, if it may take an export; refuses anything but an export.
+
+    A new or empty directory takes it; a previous export (only EXPORT_FILES) is
+    replaced whole, so no file of it (an old model.tflite) outlives it; a directory
+    holding anything else is refused, naming those files, before any work.
+    Returns the names of the previous export's files (empty: nothing replaced).
     """
+    if not tf.io.gfile.exists(output):
+        return []
+    if not tf.io.gfile.isdir(output):
+        raise ValueError(f"--output={output} is a file; give a directory for the export.")
+    present = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(output))
+    foreign = [n for n in present if n not in EXPORT_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (", ..." if len(foreign) > 8 else "")
+        raise ValueError(
+            f"--output={output} holds files that are not part of a sideways export ({shown}); "
+            "nothing was written. Give a new or empty directory (a previous export there is "
+            "replaced whole), or move those files away."
+        )
+    return present
+
+
+def export(workdir: str, output: str, batch_size: int = 1) -> dict:
+    """Writes the streaming SavedModel of `workdir`'s newest readable checkpoint to `output`.
+
+    Safe against a live run: load_run restores from a snapshot of the checkpoint, so
+    training may rotate it away meanwhile. `output` is checked first (check_output);
+    the export is written beside it and then swapped in, so a previous export there is
+    replaced whole (its model.tflite too) and a failed export leaves it as it was.
+    Returns the metadata (also written to output/sideways_export.json), with
+    "replaced": the previous export's files (not in the file).
+    """
+    previous = check_output(output)
     pipeline, metadata = load_pipeline(workdir, batch_size)
     module = StreamingModule(pipeline, metadata)
-    tf.saved_model.save(module, output, signatures=module.signatures())
-    with tf.io.gfile.GFile(os.path.join(output, METADATA_FILE), "w") as f:
-        f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    return metadata
+    output = output.rstrip("/")
+    staging = f"{output}.partial-{os.getpid()}"
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+    try:
+        tf.saved_model.save(module, staging, signatures=module.signatures())
+        with tf.io.gfile.GFile(os.path.join(staging, METADATA_FILE), "w") as f:
+            f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if tf.io.gfile.exists(output):
+            tf.io.gfile.rmtree(output)
+        tf.io.gfile.rename(staging, output)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    return {**metadata, "replaced": previous}
 
 
 def convert_tflite(output: str) -> str:

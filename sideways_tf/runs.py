@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from sideways_tf import checkpointing, distribute, modes
 from sideways_tf import precision as precision_lib
+from sideways_tf import workdir as workdir_lib
 from sideways_tf.data import contract
 from sideways_tf.engine import Engine
 from sideways_tf.pipeline import Pipeline
@@ -318,6 +319,7 @@ def load_run(
     """
     workdir = Workdir.of(workdir)
     workdir.require_run()
+    workdir_lib.read_config(workdir)  # damaged or truncated: named, with the fix
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):

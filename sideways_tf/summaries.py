@@ -45,12 +45,16 @@ def write_images(writer, step: int, name: str, images, max_images: int = 4):
         tf.summary.image(name, np.asarray(images, np.float32), max_outputs=max_images)
 
 
-def write_config(writer, path: str):
-    """Saves the operative gin config to `path` (the workdir's config.gin) and to TensorBoard."""
+def write_config(writer, path: str, end: str = ""):
+    """Saves the operative gin config to `path` (the workdir's config.gin) and to TensorBoard.
+
+    end: a last line (workdir.CONFIG_END) by which a reader tells a whole file from a
+    truncated one.
+    """
     config = gin.operative_config_str()
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(config)
+        f.write(config.rstrip("\n") + "\n" + (end + "\n" if end else ""))
     tf.io.gfile.rename(tmp, path, overwrite=True)
     with writer.as_default(step=0):
         tf.summary.text("gin/operative_config", gin.markdown(config))

@@ -54,10 +54,25 @@ def train(
     settings.check_runtime(runtime)
     if runtime.is_chief:
         workdir_lib.check_writable(workdir)
-    with contextlib.ExitStack() as stack:
-        if runtime.is_chief:
-            stack.enter_context(workdir_lib.lock(workdir))
-        return _train(workdir, runtime, settings, allow_config_change)
+    try:
+        with contextlib.ExitStack() as stack:
+            if runtime.is_chief:
+                stack.enter_context(workdir_lib.lock(workdir))
+            return _train(workdir, runtime, settings, allow_config_change)
+    except checkpointing.DiskFullError:
+        raise
+    except (tf.errors.OpError, OSError) as e:
+        if not checkpointing.is_disk_full(e):
+            raise
+        # Any file of the run (config.gin, LOCK, eval_metrics.json, events): one line.
+        failed = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise checkpointing.DiskFullError(
+            checkpointing.disk_full_message(
+                f"writing the workdir failed ({failed})",
+                workdir.root,
+                checkpointing.newest_on_disk(workdir.checkpoints),
+            )
+        ) from e
 
 
 def _train(
@@ -123,7 +138,7 @@ def _train(
     restored = run.checkpointer.restore_latest()
     last = settings.last_step
     if runtime.is_chief:
-        summaries.write_config(writers["train"], workdir.config)
+        summaries.write_config(writers["train"], workdir.config, end=workdir_lib.CONFIG_END)
         print(f"Runtime: {runtime.describe()}.")
         if restored:
             print(f"Resumed from {restored} at step {int(step.numpy())}.")

@@ -1,14 +1,18 @@
 """A run's workdir: every path of a run, who may write it, its config and evaluations.
 
     workdir/
-      LOCK                 {"pid", "host", "started"} of the training run writing here
-      config.gin           the operative gin config of the run (written once per run)
+      LOCK                 {"pid", "host", "started", "boot_id", "process_start"} of the
+                           training run writing here
+      config.gin           the operative gin config of the run, ending in CONFIG_END
       eval_metrics.json    the latest training evaluation, and every evaluation so far
+                           (a damaged one is kept aside as eval_metrics.json.damaged-<time>)
       checkpoints/         ckpt-N.* (sideways_tf.checkpointing)
       train/ eval/         TensorBoard event files (sideways_tf.summaries)
 
 `Workdir` owns these names: no other module spells them. Everything here goes
-through tf.io.gfile, so a workdir may be local or gs://.
+through tf.io.gfile, so a workdir may be local or gs://. A file of the workdir
+that cannot be read (garbage bytes, truncated, empty) is named in the error with
+its fix (DamagedFileError), never a bare UnicodeDecodeError or JSONDecodeError.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import json
 import os
 import re
 import socket
+import warnings
 
+import gin
 import tensorflow as tf
+from gin import config_parser
 
 from sideways_tf import summaries
 
@@ -87,6 +94,62 @@ class Workdir:
             )
 
 
+class DamagedFileError(ValueError):
+    """A file of the workdir cannot be read (garbage bytes, truncated, empty); names the fix."""
+
+
+# The last line of every config.gin: a file without it was cut short (or predates it).
+CONFIG_END = "# -- end of config.gin (sideways_tf) --"
+
+
+def _read_text(path: str, fix: str) -> str:
+    """The UTF-8 text of a workdir file; DamagedFileError naming it and `fix` otherwise."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            raw = f.read()
+    except tf.errors.NotFoundError:
+        raise
+    except tf.errors.OpError as e:
+        raise DamagedFileError(f"{path} cannot be read ({e.message.strip()}). {fix}") from e
+    if not raw.strip():
+        raise DamagedFileError(f"{path} is empty (damaged or cut short). {fix}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DamagedFileError(
+            f"{path} is damaged: byte {e.start} is not UTF-8 text (garbage bytes). {fix}"
+        ) from None
+
+
+def read_config(workdir: str | Workdir, fix: str | None = None) -> str:
+    """The text of workdir/config.gin, checked whole; DamagedFileError naming it otherwise.
+
+    Whole: it ends with CONFIG_END, or (a config.gin written before the marker) gin
+    parses it. A truncated file must not read as "trained with another config".
+    """
+    wd = Workdir.of(workdir)
+    path = wd.config
+    fix = fix or (
+        f"It is the run's operative config; its text is also in TensorBoard "
+        f"({wd.summaries('train')}, Text tab, gin/operative_config): restore {path} from it "
+        f"or from a copy, or rerun sideways-train --workdir={wd.root} with the run's "
+        "original --gin_file and --gin_param flags and --allow_config_change, which "
+        "writes it anew."
+    )
+    text = _read_text(path, fix)
+    if text.rstrip().endswith(CONFIG_END):
+        return text
+    try:
+        delegate = gin.config.ParserDelegate(skip_unknown=True)
+        list(config_parser.ConfigParser(text, delegate))
+    except Exception as e:  # noqa: BLE001 (tokenize, syntax, a value cut short: all damage)
+        raise DamagedFileError(
+            f"{path} is damaged or truncated (gin cannot parse it: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). {fix}"
+        ) from None
+    return text
+
+
 class WorkdirLockedError(RuntimeError):
     """Another training run is writing this workdir."""
 
@@ -125,29 +188,98 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _boot_id() -> str | None:
+    """This boot of the host (Linux); None where it cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _boot_time() -> datetime.datetime | None:
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return datetime.datetime.fromtimestamp(int(line.split()[1]))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its ")".
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def _stale_reason(holder: dict, host: str) -> str | None:
+    """Why the run that wrote `holder` cannot still hold the lock; None if it may.
+
+    A pid alone proves nothing: after a reboot (or enough processes) it names another
+    process. So the lock records the boot and the process's start time, and is stale
+    when the boot differs, the pid is gone, or the pid now names a later process.
+    """
+    pid = holder.get("pid")
+    if holder.get("host") != host or not isinstance(pid, int):
+        return None
+    boot = _boot_id()
+    if holder.get("boot_id") and boot and holder["boot_id"] != boot:
+        return f"it was taken before this host rebooted (boot {holder['boot_id'][:8]})"
+    if not _pid_alive(pid):
+        return f"process {pid} is gone"
+    start, recorded = process_start(pid), holder.get("process_start")
+    if isinstance(recorded, int) and start is not None and start != recorded:
+        return f"pid {pid} now names another process (started later than the lock's)"
+    if recorded is None:  # a lock from before process_start was recorded: its time
+        booted = _boot_time()
+        try:
+            started = datetime.datetime.fromisoformat(holder.get("started", ""))
+        except (TypeError, ValueError):
+            started = None
+        if booted and started and started < booted:
+            return f"it was taken at {holder['started']}, before this host booted"
+    return None
+
+
 @contextlib.contextmanager
 def lock(workdir: str | Workdir):
     """Holds workdir/LOCK while a training run writes the workdir.
 
-    A second run on the same workdir refuses to start. A lock left by a process
-    that no longer exists on this host is stale: it is taken over with a warning.
-    A lock from another host cannot be checked: the error says how to clear it.
+    A second run on the same workdir refuses to start. A lock whose run cannot be
+    alive on this host (another boot, the pid gone, or the pid reused by a later
+    process: see _stale_reason) is stale: it is taken over with a message. A lock
+    from another host cannot be checked: the error says how to clear it. A LOCK that
+    cannot be read is named, with the fix.
     """
     path = Workdir.of(workdir).lock_file
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "boot_id": _boot_id(),
+        "process_start": process_start(os.getpid()),
     }
     if tf.io.gfile.exists(path):
+        fix = (
+            "It cannot tell whether a training run is writing this workdir. If none is "
+            f"(check with ps on the host that ran it), delete {path} and run again."
+        )
         try:
-            with tf.io.gfile.GFile(path) as f:
-                holder = json.load(f)
-        except (json.JSONDecodeError, tf.errors.OpError):
-            holder = {}
-        same_host = holder.get("host") == me["host"]
-        if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-            print(f"Taking over a stale lock {path}: process {holder['pid']} is gone.")
+            holder = json.loads(_read_text(path, fix))
+        except json.JSONDecodeError:
+            raise DamagedFileError(f"{path} is damaged (not JSON: cut short?). {fix}") from None
+        if not isinstance(holder, dict):
+            raise DamagedFileError(f"{path} is damaged (not a JSON object). {fix}")
+        reason = _stale_reason(holder, me["host"])
+        if reason:
+            print(f"Taking over a stale lock {path}: {reason}.")
         else:
             raise WorkdirLockedError(
                 f"{workdir} is in use by another training run (pid {holder.get('pid')} on "
@@ -202,14 +334,27 @@ def check_config(workdir: str | Workdir, current: str, allow_change: bool):
     Run length, logging and the runtime (strategy, devices) may change; anything
     else (mode, model, data, optimizer) would silently turn the run into another.
     """
-    path = Workdir.of(workdir).config
+    wd = Workdir.of(workdir)
+    path = wd.config
     if allow_change or not tf.io.gfile.exists(path):
-        return
-    with tf.io.gfile.GFile(path) as f:
-        saved = f.read()
+        return  # (a damaged config.gin is then replaced by this run's)
+    saved = read_config(
+        wd,
+        fix=(
+            f"Run the same command with --allow_config_change to replace it with this "
+            f"command's config (its text is also in TensorBoard, {wd.summaries('train')}, "
+            "Text tab, gin/operative_config), or restore it from a copy."
+        ),
+    )
     changes = config_changes(saved, current)
     if changes:
         shown = "\n".join(changes[:12]) + ("\n  ..." if len(changes) > 12 else "")
+        if not saved.rstrip().endswith(CONFIG_END):  # written before the marker, or cut short
+            shown += (
+                f"\n({path} has no end line {CONFIG_END!r}: written by an older sideways_tf, "
+                "or cut short; if cut short, the differences above are not real: rerun with "
+                "--allow_config_change to write it anew.)"
+            )
         raise ConfigChangedError(
             f"{workdir} was trained with another config ({len(changes)} differences, saved "
             f"in {path}):\n{shown}\nResume with the saved config (--gin_file={path}), use a "
@@ -220,12 +365,42 @@ def check_config(workdir: str | Workdir, current: str, allow_change: bool):
 # -- Evaluations ------------------------------------------------------------------------
 
 
-def read_evaluations(workdir: str | Workdir) -> dict:
+def read_evaluations(workdir: str | Workdir, set_aside: bool = True) -> dict:
+    """eval_metrics.json, or {"history": []} when there is none.
+
+    A damaged file (garbage, truncated, empty, not the expected JSON) is moved aside
+    to eval_metrics.json.damaged-<time> with a warning naming both (set_aside), so the
+    next record starts a fresh file and no result is lost; set_aside=False raises
+    DamagedFileError naming it instead.
+    """
     path = Workdir.of(workdir).eval_metrics
     if not tf.io.gfile.exists(path):
         return {"history": []}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    fix = "Its evaluations can be redone with sideways-eval."
+    try:
+        data = json.loads(_read_text(path, fix))
+        if not isinstance(data, dict) or not isinstance(data.get("history", []), list):
+            raise DamagedFileError(f"{path} is damaged (not the evaluation record). {fix}")
+    except (DamagedFileError, json.JSONDecodeError) as e:
+        if isinstance(e, json.JSONDecodeError):
+            e = DamagedFileError(f"{path} is damaged (not JSON: {e.msg}, cut short?). {fix}")
+        if not set_aside:
+            raise e from None
+        stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
+        aside = f"{path}.damaged-{stamp}"
+        try:
+            tf.io.gfile.rename(path, aside)
+        except tf.errors.NotFoundError:  # another worker set it aside first
+            return {"history": []}
+        message = (
+            f"{e} Kept it as {aside}; evaluations are recorded in a fresh {path} from now on "
+            "(the training run redoes its last evaluation if it is due)."
+        )
+        warnings.warn(message, stacklevel=2)
+        print(message)
+        return {"history": []}
+    data.setdefault("history", [])
+    return data
 
 
 def evaluated_steps(workdir: str | Workdir) -> set[int]:
