@@ -19,7 +19,7 @@ CASES = [
     ("sideways", "chain", dense_pipeline),
     ("skip_sideways", "skip(2)", dense_pipeline),
     ("skip_sideways", "dense(2)", dense_pipeline),
-    ("skip_sideways", "skip(2)", conv_pipeline),
+    pytest.param("skip_sideways", "skip(2)", conv_pipeline, marks=pytest.mark.slow),
 ]
 
 
