@@ -24,8 +24,9 @@ the non-finite guard's tf.cond and host round trips were not where the time
 went. The fix: a compiled engine asks the rules for the frame loop unrolled
 over the static K (`unrolled=True`); every convolution is then canonical (176
 in the sideways update at K=16, none elemental). XLA/no for sideways and
-skip_sideways went from 12.8 and 9.6 (20.0 and 17.6 under load) to 0.83 and 0.89 (1.27 and 1.30 in a more
-loaded run; Keras' own train_on_batch 1.35-1.40): README "The compiled step".
+skip_sideways went from 12.8 and 9.6 (20.0 and 17.6 under load) to 0.83 and
+0.89 (1.27 and 1.30 in a more loaded run; Keras' own train_on_batch 1.32-1.40):
+README "The compiled step".
 The price is compile time, which grows with K (52 s instead of 20 s at K=16
 on 2 shared cores), and a graph of size O(K); memory stays O(1) in K.
 """
