@@ -69,7 +69,10 @@ class Engine:
       carry_state: keep the buffers from one clip to the next (consecutive clips of
         the same videos); False starts every new batch of clips from zero.
       jit_compile: XLA-compile the update; needs every unit of a replica on one
-        CPU/GPU device (TPU steps are always compiled).
+        CPU/GPU device (TPU steps are always compiled). A compiled update (or a
+        TPU's) runs the frame loop unrolled over the static K (the rules'
+        `unrolled`): XLA compiles a graph loop's backward convolutions to naive
+        loops on CPU (benchmarks/compiled.py); compile time then grows with K.
 
     Data parallelism: create the pipeline, the optimizer and the engine inside a
     tf.distribute strategy's scope (sideways_tf.distribute.Runtime.scope()). Each
@@ -154,6 +157,8 @@ class Engine:
                     synchronization=tf.VariableSynchronization.ON_READ,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
+        # The frame loop's form follows the compiler: unrolled for XLA, a graph loop otherwise.
+        self.unrolled = jit_compile or _on_tpu(pipeline)
         self._update = tf.function(self._update_fn, jit_compile=jit_compile)
         self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
         self._predict_steps = tf.function(self._predict_steps_fn, jit_compile=jit_compile)
@@ -307,7 +312,15 @@ class Engine:
         if loss_scale is not None and not fresh:  # messages formed under an earlier S
             state = state._replace(messages=self._rescale_messages(state.messages, loss_scale))
         # (loss and gradients come out times S)
-        out = self.mode.rule(self.pipeline, state, clip, targets, present, loss_scale=loss_scale)
+        out = self.mode.rule(
+            self.pipeline,
+            state,
+            clip,
+            targets,
+            present,
+            loss_scale=loss_scale,
+            unrolled=self.unrolled,
+        )
         unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
         grads, norms, finite_grads = [], [], []
         for i, gu in enumerate(out.grads, start=1):

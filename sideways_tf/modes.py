@@ -3,7 +3,8 @@
 A Mode holds its gradient rule (sideways_tf.rules) and answers every question
 that depends on the mode, so that no other module compares mode names:
 
-    rule             (pipeline, state, clip, targets, present, training, loss_scale)
+    rule             (pipeline, state, clip, targets, present, training, loss_scale,
+                     unrolled)
                      -> ClipGradients
     pipelined        whether the top output of step t is the pipelined network's
                      (reads x[t - lag]) or the per-frame network's (reads x[t])

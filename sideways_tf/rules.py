@@ -1,14 +1,18 @@
 """The gradient rules (algorithm.md section 5), each a pure function of explicit state:
 
     rule(pipeline, state, clip [B, K, *frame], targets [B, K, ...], present [K],
-         training=True, loss_scale=None) -> ClipGradients
+         training=True, loss_scale=None, unrolled=False) -> ClipGradients
 
 targets[:, t] is what the top output of step t is scored against (the task's
 step_targets: the clip's label, or a future frame) and present[t] is 0.0 where
 step t has no target (it carries no loss, like a step still filling the pipeline).
 loss_scale S (a float32 scalar, or None for 1): every loss differentiated is
 S * l_t, so gradients and messages come out times S (float16 loss scaling; the
-optimizer unscales).
+optimizer unscales). unrolled: run a frame loop unrolled over a static K (what the
+engine asks for when the update is XLA-compiled: XLA on CPU compiles the backward
+convolutions inside a graph loop's body to naive loops, benchmarks/compiled.py);
+False keeps a graph loop (memory and graph size flat in K). A rule without a frame
+loop ignores it.
   frame_gradients     frame_bp: exact BP of the per-frame network, averaged over frames;
   bptt_gradients      exact gradient of the pipelined network over the clip (one tape, O(K));
   sideways_gradients  sideways and skip_sideways (section 3): a graph loop of
@@ -138,12 +142,14 @@ def zero_gradients(pipeline: Pipeline) -> list:
 
 
 def sideways_gradients(
-    pipeline, state, clip, targets, present, training=True, loss_scale=None
+    pipeline, state, clip, targets, present, training=True, loss_scale=None, unrolled=False
 ) -> ClipGradients:
     """Sideways / Skip-Sideways: `sideways_step` over the clip's frames, in a graph loop.
 
     g_theta_i = sum over valid steps t of g_theta_i[t], divided by the number of
     valid steps. Memory: the state and one accumulator per parameter, whatever K.
+    unrolled: the loop unrolled over a static K instead (for XLA; the graph grows
+    with K, the memory still does not).
     """
     clip = tf.convert_to_tensor(clip)
     outputs_zero = tf.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
@@ -168,7 +174,10 @@ def sideways_gradients(
         return carry, None
 
     init = (state, zero_gradients(pipeline), 0.0, 0.0, outputs_zero)
-    (state, accum, loss_sum, n_valid, outputs_sum), _ = unroll(step, init, tf.shape(clip)[1])
+    num_steps = clip.shape[1] if unrolled else tf.shape(clip)[1]
+    (state, accum, loss_sum, n_valid, outputs_sum), _ = unroll(
+        step, init, num_steps, static=unrolled
+    )
     n = tf.maximum(n_valid, 1.0)
     grads = []
     for i, gu in enumerate(accum, start=1):
@@ -221,13 +230,14 @@ def pipelined_forward(
 
 
 def bptt_gradients(
-    pipeline, state, clip, targets, present, training=True, loss_scale=None
+    pipeline, state, clip, targets, present, training=True, loss_scale=None, unrolled=True
 ) -> ClipGradients:
     """The exact gradient of the pipelined network over the clip: one tape over K steps.
 
     loss = mean over valid steps t of l_t. The tape holds every step's activations,
-    so memory grows with K (the frame loop is unrolled: K must be static).
+    so memory grows with K (the frame loop is always unrolled: K must be static).
     """
+    del unrolled  # the tape needs every step
     theta = all_variables(pipeline)
     with tf.GradientTape() as tape:
         state, loss, outputs, n_valid = pipelined_forward(
@@ -250,13 +260,15 @@ def frame_outputs(pipeline: Pipeline, clip, training=True):
 
 
 def frame_gradients(
-    pipeline, state, clip, targets, present, training=True, loss_scale=None
+    pipeline, state, clip, targets, present, training=True, loss_scale=None, unrolled=False
 ) -> ClipGradients:
     """frame_bp: exact BP of the per-frame network (no delays), averaged over frames.
 
     The K frames go through as one batch of B*K frames (the same mean gradient,
     computed in one pass). Every frame with a target counts; the buffers are not used.
+    No frame loop: `unrolled` changes nothing.
     """
+    del unrolled
     num_frames = tf.shape(clip)[1]
     frame_targets = tf.reshape(targets, (-1, *targets.shape[2:]))  # [B*K, ...]
     weights = tf.tile(present, [pipeline.batch_size])  # [B*K], frame k of clip b at b*K + k

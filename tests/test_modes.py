@@ -15,9 +15,13 @@ from sideways_tf import modes, rules, runs, tasks
 from sideways_tf.data import contract
 
 
-def frozen_bottom(pipeline, state, clip, targets, present, training=True, loss_scale=None):
+def frozen_bottom(
+    pipeline, state, clip, targets, present, training=True, loss_scale=None, unrolled=False
+):
     """Sideways, with unit 1's gradient zeroed: a rule of the same signature."""
-    out = rules.sideways_gradients(pipeline, state, clip, targets, present, training, loss_scale)
+    out = rules.sideways_gradients(
+        pipeline, state, clip, targets, present, training, loss_scale, unrolled
+    )
     grads = ([tf.zeros_like(g) for g in out.grads[0]], *out.grads[1:])
     return out._replace(grads=tuple(grads))
 
