@@ -75,6 +75,6 @@ def test_wheel_install_trains_and_evaluates_with_the_shipped_configs(tmp_path):
     )
     assert "Done: step 2" in out
     out = _run([str(bin_dir / "sideways-eval"), f"--workdir={workdir}"], cwd=elsewhere)
-    assert out.startswith("step 2:") and "'num_videos': 4" in out
+    assert out.startswith("step 2 (") and "ckpt-2): " in out and "'num_videos': 4" in out
     out = _run([str(bin_dir / "sideways-train"), "--help"], cwd=elsewhere, timeout=60)
     assert "experiments/moving_shapes_skip_sideways" in out
