@@ -27,7 +27,6 @@ import tqdm
 
 from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf import workdir as workdir_lib
-from sideways_tf.data import contract
 from sideways_tf.evaluate import evaluate
 from sideways_tf.runs import Run, Settings, adam, build_run
 from sideways_tf.workdir import Workdir
@@ -81,9 +80,7 @@ def _train(
     """The run itself, once settings, runtime and the workdir lock are in place."""
     # -- Data --------------------------------------------------------------------
     data_binding = "train.train_data"
-    source = settings.train_data()
-    # Labels are checked by the task once the model says which task it is.
-    num_frames, _ = contract.check_clip_dataset(source, data_binding, labelled=False)
+    source = settings.train_data()  # (build_run checks it against the contract and the task)
     train_iter, iter_checkpointable = runtime.batches(
         lambda: source, settings.batch_size, symbolic=settings.data_checkpoint == "symbolic"
     )
@@ -98,6 +95,7 @@ def _train(
         data_iterator=train_iter if iter_checkpointable else None,
         repair=runtime.is_chief,
     )
+    num_frames = int(source.element_spec["frames"].shape[0])  # K, checked by build_run
     pipeline, optimizer, engine, step, writers = (
         run.pipeline,
         run.optimizer,

@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import gin  # noqa: E402
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 NUM_LOGICAL_CPUS = 4
@@ -16,3 +18,15 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
 )
+
+
+@pytest.fixture
+def fresh_gin_config():
+    """An empty gin config around a test (the CLI parses and finalizes, i.e. locks, it).
+
+    Modules whose tests parse configs use it for every test:
+    pytestmark = [..., pytest.mark.usefixtures("fresh_gin_config")].
+    """
+    gin.clear_config()
+    yield
+    gin.clear_config()

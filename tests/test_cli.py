@@ -7,21 +7,13 @@ import os
 import subprocess
 import sys
 
-import gin
 import keras
 import pytest
 
 from sideways_tf import checkpointing, cli, train, workdir
 
+pytestmark = pytest.mark.usefixtures("fresh_gin_config")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def fresh_gin_config():
-    """The CLI parses and finalizes (locks) gin's global config."""
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def train_argv(tmp_path, *params, gin_file="tiny"):

@@ -15,7 +15,7 @@ from sideways_tf import cli, config_files, export, train
 from sideways_tf.data import moving_shapes
 from sideways_tf.topology import parse_topology
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_gin_config")]
 
 BATCH = 2
 # Skip connections with a delay, so the exported state holds delay lines too.
@@ -77,13 +77,6 @@ def run_tensorflow_only(script: str, *args, cwd) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
-
-
-@pytest.fixture(autouse=True)
-def fresh_gin_config():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 @pytest.fixture(scope="module")

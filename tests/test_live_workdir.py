@@ -22,15 +22,8 @@ from sideways_tf import checkpointing, cli, export, workdir
 from sideways_tf.evaluate import evaluate_workdir
 from sideways_tf.runs import load_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_gin_config")]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def fresh_gin_config():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 @pytest.fixture(scope="module")

@@ -203,13 +203,6 @@ def test_two_replicas_lower_the_scale_together_and_train_like_one_device():
 TINY = config_files.resolve("tiny")
 
 
-@pytest.fixture
-def fresh_gin_config():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 run = train_config
 
 

@@ -18,14 +18,7 @@ from sideways_tf import checkpointing, cli, workdir
 from sideways_tf.data.moving_shapes import moving_shapes_dataset
 from sideways_tf.evaluate import evaluate_workdir
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def fresh_gin_config():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_gin_config")]
 
 
 @gin.configurable

@@ -12,7 +12,7 @@ from toy import event_tags, train_config
 from sideways_tf import checkpointing, cli, config_files
 from sideways_tf.evaluate import evaluate_workdir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_gin_config")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = config_files.resolve("tiny")
@@ -22,14 +22,6 @@ MODE_TOPOLOGY = {
     "sideways": "chain",
     "skip_sideways": "skip(2)",
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_gin_config():
-    """Each test parses its own config; the CLI finalizes (locks) gin's."""
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 run = train_config
