@@ -153,6 +153,14 @@ def on_disk(directory: str) -> list[str]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _written_at(prefix: str) -> float:
+    """When checkpoint `prefix` was written (its index file's time), in seconds."""
+    try:
+        return max(tf.io.gfile.stat(prefix + ".index").mtime_nsec / 1e9, 1.0)
+    except tf.errors.OpError:
+        return 1.0
+
+
 def newest_on_disk(directory: str) -> str | None:
     """The newest checkpoint prefix with an index file in `directory`, if any."""
     found = on_disk(directory)
@@ -252,15 +260,23 @@ class Checkpointer:
             state = tf.train.get_checkpoint_state(self.directory)
             readable = state is not None or not present
             listed = set(state.all_model_checkpoint_paths) if state else set()
+            untimed = state is not None and len(state.all_model_checkpoint_timestamps) != len(
+                state.all_model_checkpoint_paths
+            )
         except Exception:  # noqa: BLE001 (any parse failure means: rebuild it)
-            readable, listed = False, set()
+            readable, listed, untimed = False, set(), False
         missing = {os.path.basename(p) for p in present} - {os.path.basename(p) for p in listed}
-        if present and (not readable or missing):
-            newest_first = present[: self.max_to_keep]
+        if present and (not readable or missing or untimed):
+            # Every checkpoint present, oldest first, with its index file's time: the
+            # manager then rotates the surplus away at the next save (a list without
+            # times would mark them all "preserved", kept forever).
+            oldest_first = list(reversed(present))
             tf.compat.v1.train.update_checkpoint_state(
                 self.directory,
-                newest_first[0],
-                all_model_checkpoint_paths=list(reversed(newest_first)),
+                present[0],
+                all_model_checkpoint_paths=oldest_first,
+                all_model_checkpoint_timestamps=[_written_at(p) for p in oldest_first],
+                last_preserved_timestamp=0.0,
             )
             warnings.warn(
                 f"{self.directory}/checkpoint was unreadable or incomplete; rebuilt it from "
@@ -447,3 +463,44 @@ class Checkpointer:
                 "Nothing was loaded. Use a new --workdir, or run with the config saved in "
                 f"{os.path.join(os.path.dirname(os.path.dirname(path)), 'config.gin')}."
             )
+
+
+class DataPositions:
+    """This worker's input position, saved beside the chief's checkpoints.
+
+    With several workers each reads its own shard, so each has its own position in
+    it (a shuffle buffer too, with train.data_checkpoint = 'full'); the chief's
+    checkpoint cannot hold them all. Worker w saves its position as
+    `checkpoints/worker_<w>/ckpt-N`, at the same steps N as the chief's checkpoint
+    and before it (train() puts a barrier between), and restores the one of the step
+    the chief's checkpoint was restored at. So a run stopped at any step, by any
+    signal or crash, resumes every worker where it was.
+    """
+
+    def __init__(self, directory: str, iterator, worker: int, max_to_keep: int):
+        self.directory = os.path.join(directory, f"worker_{worker}")
+        self.worker = worker
+        # One more than the chief keeps: a position is written before its checkpoint.
+        self.checkpointer = Checkpointer(
+            self.directory, tf.train.Checkpoint(data=iterator), max_to_keep=max_to_keep + 1
+        )
+
+    def save(self, step: int) -> str:
+        return self.checkpointer.save(step)
+
+    def restore(self, step: int) -> str | None:
+        """Restores the position saved at `step`; None if there is none."""
+        path = os.path.join(self.directory, f"ckpt-{step}")
+        if not tf.io.gfile.exists(path + ".index"):
+            return None
+        try:
+            self.checkpointer.checkpoint.restore(path).assert_consumed()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise RuntimeError(
+                f"Worker {self.worker}'s data position {path} cannot be restored ({reason}). "
+                f"Nothing was trained. To resume with this worker's input restarted from the "
+                f"start of its shard (not exactly the uninterrupted run), move {path}.* away "
+                "and run the same command again on every worker."
+            ) from e
+        return path

@@ -117,7 +117,7 @@ def _reported(command: str, verbosity: int, on_interrupt: str | None = None):
     exits 130. A run that cannot go on (non-finite parameters, a locked workdir, a changed
     config) exits 1 with its message. Anything else propagates: a fault to report.
     """
-    from sideways_tf import checkpointing, workdir
+    from sideways_tf import checkpointing, distribute, workdir
 
     try:
         yield
@@ -128,6 +128,7 @@ def _reported(command: str, verbosity: int, on_interrupt: str | None = None):
     except (
         checkpointing.NonFiniteError,
         checkpointing.DiskFullError,
+        distribute.PeerLostError,
         workdir.WorkdirLockedError,
         workdir.ConfigChangedError,
     ) as e:

@@ -45,6 +45,10 @@ from sideways_tf import placement as placement_lib
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
+class PeerLostError(RuntimeError):
+    """Another worker of a multi-worker run is gone; the message names the last checkpoint."""
+
+
 class Runtime:
     """A strategy, the plan that places units on each replica's cores, and who is chief.
 
@@ -102,6 +106,32 @@ class Runtime:
             return True
         has_chief = "chief" in resolver.cluster_spec().jobs
         return not has_chief and resolver.task_type == "worker" and self.worker_index == 0
+
+    def per_worker(self, value: int) -> list[int]:
+        """Every worker's `value`, known to all workers: [value of worker 0, 1, ...].
+
+        One all-reduce over the workers (a no-op with one worker). Each worker must
+        call it at the same point of the loop: train() calls it after every step, so
+        that a signal to any worker stops all of them at the same step, and as the
+        barrier between the workers' data positions and the chief's checkpoint.
+        """
+        if self.num_workers == 1:
+            return [int(value)]
+        if getattr(self, "_sum_over_replicas", None) is None:
+            strategy = self.strategy
+
+            @tf.function
+            def sum_over_replicas(x):
+                def replica(x):
+                    return tf.distribute.get_replica_context().all_reduce("sum", tf.identity(x))
+
+                return strategy.experimental_local_results(strategy.run(replica, args=(x,)))[0]
+
+            self._sum_over_replicas = sum_over_replicas
+        mine = [0.0] * self.num_workers
+        mine[self.worker_index] = float(value) / self.local_replicas  # (each local replica adds)
+        total = self._sum_over_replicas(tf.constant(mine, tf.float64))
+        return [int(round(v)) for v in total.numpy()]
 
     def describe(self) -> str:
         kind = type(self.strategy).__name__ if self.is_distributed else "no strategy"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -86,14 +87,24 @@ def _train(
     )
 
     # -- Model, engine, checkpoint ----------------------------------------------------
+    # One worker: its data position is part of the checkpoint. Several: each worker
+    # reads its own shard and saves its own position beside the chief's checkpoint.
+    several = runtime.num_workers > 1
     run = build_run(
         workdir,
         runtime,
         settings,
         source,
         data_binding,
-        data_iterator=train_iter if iter_checkpointable else None,
+        data_iterator=train_iter if iter_checkpointable and not several else None,
         repair=runtime.is_chief,
+    )
+    positions = (
+        checkpointing.DataPositions(
+            workdir.checkpoints, train_iter, runtime.worker_index, settings.keep_checkpoints
+        )
+        if several and iter_checkpointable
+        else None
     )
     num_frames = int(source.element_spec["frames"].shape[0])  # K, checked by build_run
     pipeline, optimizer, engine, step, writers = (
@@ -122,18 +133,16 @@ def _train(
         return metrics
 
     # -- Resume: check the config, restore, redo a lost evaluation -------------------------
-    # Several workers must agree on the step a preemption stops at: TF's
-    # PreemptionCheckpointHandler does, through the coordination service (it installs
-    # its own SIGTERM handler, saves at the same step everywhere and ends the
-    # process; rerun to resume). Created first: it adds its own counter to the checkpoint.
-    preemption = None
-    if runtime.num_workers > 1:
-        preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
-            runtime.cluster_resolver, run.checkpointer.manager
-        )
     if runtime.is_chief:
         workdir_lib.check_config(workdir, gin.operative_config_str(), allow_config_change)
     restored = run.checkpointer.restore_latest()
+    if restored and positions is not None and positions.restore(int(step.numpy())) is None:
+        print(
+            f"Worker {runtime.worker_index} has no data position for step {int(step.numpy())} "
+            f"in {positions.directory} (saved with another number of workers, or by an "
+            "older version): its input restarts from the start of its shard, so this run "
+            "will not be exactly the uninterrupted one."
+        )
     last = settings.last_step
     if runtime.is_chief:
         summaries.write_config(writers["train"], workdir.config, end=workdir_lib.CONFIG_END)
@@ -169,9 +178,12 @@ def _train(
     non_finite_in_a_row, non_finite_total, overflow_total = 0, 0, 0
     # Ctrl-C and SIGTERM (preemption, `kill`) set a flag the loop reads between steps:
     # the step in flight completes, a checkpoint is written, the run exits 130 / 143.
-    stop = _StopSignals(sigterm=preemption is None)
+    # With several workers, a signal to any of them stops all at the same step: after
+    # every step the workers share their flags (one all-reduce, Runtime.per_worker).
+    stop = _StopSignals()
     try:
-        while int(step.numpy()) < last and not stop.received:
+        stop.agree(runtime)  # (a signal while the run was being built)
+        while int(step.numpy()) < last and not stop.agreed:
             batch = next(train_iter)
             labels = batch[task.label_key] if task.label_key else None  # (None: frames only)
             metrics = engine.train_clip(batch["frames"], labels)
@@ -180,8 +192,7 @@ def _train(
             step.assign_add(1)
             s = int(step.numpy())
             bar.update(1)
-            if preemption is not None:
-                preemption.save_checkpoint_if_preempted(checkpoint_number=s)
+            stop.agree(runtime)
             if not bool(metrics["params_finite"]):
                 raise checkpointing.NonFiniteError(
                     f"Step {s}: the update made parameters NaN or Inf (loss and gradients "
@@ -265,42 +276,72 @@ def _train(
             if settings.images_every and (s % settings.images_every == 0 or s == 1):
                 summaries.write_clips(writers["train"], s, "input_clips", frames)
             if s % settings.checkpoint_every == 0 or s == last:
-                _save(run, s)
+                _save(run, s, positions)
             if s % settings.eval_every == 0 or s == last:
                 eval_metrics = run_eval()
                 if eval_metrics:
                     bar.write(f"step {s}: eval {task.headline(eval_metrics)}")
+    except _PEER_LOST as e:
+        if not several:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise distribute.PeerLostError(
+            f"Worker {runtime.worker_index} lost contact with another worker at step "
+            f"{int(step.numpy())} ({type(e).__name__}: {first[:200]}). The last checkpoint is "
+            f"{checkpointing.newest_on_disk(workdir.checkpoints) or 'none (a rerun starts at step 0)'}; "
+            "once every host is up, run the same command again on every worker to resume "
+            "from it."
+        ) from e
     finally:
         stop.restore()
         bar.close()
         for w in writers.values():
             w.flush()
     s = int(step.numpy())
-    if stop.received:
-        path = _save(run, s)
-        if runtime.is_chief:
+    if stop.agreed:
+        path = _save(run, s, positions)
+        if not several:
             print(
-                f"Stopped ({stop.received}) at step {s}; saved {path}. Run the same command "
+                f"Stopped ({stop.agreed}) at step {s}; saved {path}. Run the same command "
                 "again to resume."
             )
-    return {"step": s, "eval": eval_metrics, "interrupted": stop.received}
+        else:
+            saved = path or os.path.join(workdir.checkpoints, f"ckpt-{s}")
+            where = f" and this worker's data position in {positions.directory}" * bool(positions)
+            print(
+                f"Worker {runtime.worker_index}: stopped at step {s}, as every worker did "
+                f"(worker {stop.by} received {stop.agreed}); the chief saved {saved}{where}. "
+                "Run the same command again on every worker to resume. (Exit code "
+                f"{128 + signal.Signals[stop.agreed].value} on every worker.)"
+            )
+    return {"step": s, "eval": eval_metrics, "interrupted": stop.agreed}
+
+
+# What a collective raises when another worker is gone (killed, crashed, unreachable).
+_PEER_LOST = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
 
 
 class _StopSignals:
     """SIGINT / SIGTERM handlers that only set a flag; the loop stops between steps.
 
-    A second Ctrl-C while stopping raises KeyboardInterrupt as usual (no checkpoint:
-    the one being written would be inconsistent).
+    received: the signal this process got. agreed: the one every worker stops for
+    (after agree(); with one worker, the same), sent to worker `by`. A second
+    Ctrl-C while stopping raises KeyboardInterrupt as usual (no checkpoint: the one
+    being written would be inconsistent).
     """
 
-    def __init__(self, sigterm: bool = True):
-        self.received = None
+    def __init__(self):
+        self.received = self.agreed = None
+        self.by = None
         self._previous = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set in the main thread
-        names = ["SIGINT"] + (["SIGTERM"] if sigterm else [])
-        for name in names:
-            signum = getattr(signal, name)
+        for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
@@ -308,12 +349,33 @@ class _StopSignals:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
 
+    def agree(self, runtime: distribute.Runtime):
+        """Every worker learns which got a signal, at the same step (one all-reduce)."""
+        received = self.received  # (read once: a signal may land during the all-reduce)
+        if runtime.num_workers == 1:
+            self.agreed, self.by = received, 0 if received else None
+            return
+        codes = runtime.per_worker(signal.Signals[received].value if received else 0)
+        for worker, code in enumerate(codes):
+            if code:
+                self.agreed, self.by = signal.Signals(code).name, worker
+                return
+
     def restore(self):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
 
 
-def _save(run: Run, step: int) -> str | None:
-    """The chief writes the checkpoint; other workers hold the same parameters."""
+def _save(run: Run, step: int, positions: checkpointing.DataPositions | None = None) -> str | None:
+    """The chief writes the checkpoint; other workers hold the same parameters.
+
+    With several workers, each first saves its data position, and all meet at a
+    barrier before the chief writes: a checkpoint on disk always has every worker's
+    position beside it.
+    """
+    if positions is not None:
+        positions.save(step)
+    if run.runtime.num_workers > 1:
+        run.runtime.per_worker(0)  # the barrier
     return run.checkpointer.save(step) if run.runtime.is_chief else None

@@ -367,9 +367,10 @@ def test_global_batch_that_does_not_split_over_replicas(tmp_path):
 
 
 WORKER = """
-import json, sys
+import json, signal, sys
 import gin, numpy as np
 from sideways_tf import engine, train
+from sideways_tf.data import moving_shapes
 from sideways_tf.models import convnet
 
 built = []
@@ -381,11 +382,18 @@ def recording_pipeline(**kwargs):  # the tiny model, kept to read its final para
     return built[-1]
 
 
+@gin.configurable
+def shuffled_shapes(**kwargs):  # a shuffle buffer in each worker's input position
+    return moving_shapes.moving_shapes_dataset(**kwargs).shuffle(8, seed=3)
+
+
 gin.parse_config_files_and_bindings([{tiny!r}], {params!r})
 result = train.train({workdir!r})
 values = {{v.path: np.asarray(v.value.numpy()) for v in engine.all_variables(built[-1])}}
 np.savez({out!r}, **{{k.replace("/", "."): v for k, v in values.items()}})
 print("RESULT", json.dumps({{"step": result["step"], "eval": result["eval"]}}))
+if result["interrupted"]:  # as sideways-train: 130 / 143
+    sys.exit(128 + signal.Signals[result["interrupted"]].value)
 """
 
 
@@ -410,11 +418,17 @@ MULTI_WORKER = [
     # Each worker saves its final parameters: the chief's checkpoint alone could
     # not show that the other worker holds the same ones.
     "train.model_fn = @recording_pipeline",
+    # Shuffled input, its buffer in the data position: a worker resumed on another
+    # worker's position would read other clips.
+    "train.train_data = @train/shuffled_shapes",
+    "train/shuffled_shapes.split = 'train'",
+    "train.data_checkpoint = 'full'",
 ]
 
 
-def start_workers(tmp_path, params):
-    """Two worker processes of one MultiWorkerMirroredStrategy on 127.0.0.1."""
+def start_workers(run, params):
+    """Two worker processes of one MultiWorkerMirroredStrategy on 127.0.0.1, training in
+    the workdir `run` (each saves its final parameters as run/../<run name>_<w>.npz)."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     for index in range(2):
@@ -424,8 +438,8 @@ def start_workers(tmp_path, params):
             root=ROOT,
             tiny=TINY,
             params=MULTI_WORKER + list(params),
-            workdir=str(tmp_path / "run"),
-            out=str(tmp_path / f"params_{index}.npz"),
+            workdir=str(run),
+            out=str(run.parent / f"{run.name}_{index}.npz"),
         )
         procs.append(
             subprocess.Popen(
@@ -449,47 +463,77 @@ def wait(procs, timeout=300):
                 p.kill()
 
 
-def finished(tmp_path, procs, num_steps):
-    """Asserts both workers ended at num_steps with identical parameters."""
+def finished(run, procs, num_steps):
+    """Asserts both workers ended at num_steps with identical parameters; returns them."""
     for index, (code, out) in enumerate(wait(procs)):
         assert code == 0, f"worker {index} failed:\n{out[-3000:]}"
         assert json.loads(out.split("RESULT ")[-1].splitlines()[0])["step"] == num_steps
-    a, b = (np.load(tmp_path / f"params_{i}.npz") for i in range(2))
+    a, b = (np.load(run.parent / f"{run.name}_{i}.npz") for i in range(2))
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 0
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     return a
 
 
-@pytest.mark.slow
-def test_two_worker_processes_train_in_sync_on_localhost(tmp_path):
-    """A real MultiWorkerMirroredStrategy: 2 processes, TF_CONFIG, gRPC on 127.0.0.1."""
-    procs = start_workers(tmp_path, ["train.num_steps = 4", "train.checkpoint_every = 2"])
-    finished(tmp_path, procs, 4)
-    # Only the chief writes the workdir.
-    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-4")
+def checkpoint_numbers(run):
+    return sorted(int(p.name[5:-6]) for p in (run / "checkpoints").glob("ckpt-*.index"))
 
 
-@pytest.mark.slow
-def test_preempted_worker_stops_both_at_one_saved_step_and_the_rerun_finishes(tmp_path):
-    import signal
+def interrupt(run, procs, worker, signum, after):
+    """Sends `signum` to `worker` once a checkpoint numbered > `after` is on disk."""
     import time
 
-    params = ["train.num_steps = 400", "train.checkpoint_every = 1000"]
-    procs = start_workers(tmp_path, params)
-    config = tmp_path / "run" / "config.gin"
-    deadline = time.time() + 120
-    while not config.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)  # a few steps in
-    procs[1].send_signal(signal.SIGTERM)  # the non-chief is preempted
-    results = wait(procs)
-    assert all(code != 0 for code, _ in results), results  # neither claims success
-    saved = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
-    assert saved is not None, results[0][1][-2000:]
-    step = int(saved.rsplit("-", 1)[1])
-    assert 0 < step < 400
-    finished(tmp_path, start_workers(tmp_path, ["train.num_steps = " + str(step + 2)]), step + 2)
+    deadline = time.time() + 180
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if any(n > after for n in checkpoint_numbers(run)):
+            procs[worker].send_signal(signum)
+            return wait(procs)
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint after step {after}: {wait(procs)}")
+
+
+@pytest.mark.slow
+def test_two_workers_stopped_three_ways_resume_to_the_uninterrupted_parameters(tmp_path):
+    """A real MultiWorkerMirroredStrategy (2 processes, TF_CONFIG, gRPC on 127.0.0.1) with
+    shuffled input: SIGTERM to the chief, SIGKILL of the other worker and SIGTERM to it,
+    each rerun resuming, ends bit for bit where an uninterrupted run does; every stop
+    leaves at most train.keep_checkpoints checkpoints and a complete state file."""
+    import signal
+
+    steps = ["train.num_steps = 60", "train.checkpoint_every = 3", "train.keep_checkpoints = 2"]
+    straight = finished(tmp_path / "straight", start_workers(tmp_path / "straight", steps), 60)
+    # Only the chief writes the workdir's checkpoints; every worker its data position.
+    assert checkpoint_numbers(tmp_path / "straight") == [57, 60]
+    for w in (0, 1):
+        positions = tmp_path / "straight" / "checkpoints" / f"worker_{w}"
+        names = sorted(p.name for p in positions.glob("*.index"))
+        assert names == ["ckpt-54.index", "ckpt-57.index", "ckpt-60.index"]  # (one more kept)
+
+    run, last = tmp_path / "stopped", 0
+    for worker, signum in [(0, signal.SIGTERM), (1, signal.SIGKILL), (1, signal.SIGTERM)]:
+        results = interrupt(run, start_workers(run, steps), worker, signum, after=last)
+        on_disk = checkpoint_numbers(run)
+        state = tf.train.get_checkpoint_state(str(run / "checkpoints"))
+        assert 0 < len(on_disk) <= 2, on_disk
+        assert [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] == on_disk
+        assert len(state.all_model_checkpoint_timestamps) == len(on_disk)
+        assert on_disk[-1] > last and on_disk[-1] < 60
+        last = on_disk[-1]
+        if signum == signal.SIGTERM:  # both stop at one step, saved, and say so
+            for code, out in results:
+                assert code == 128 + signal.SIGTERM, out[-3000:]
+                assert f"stopped at step {last}, as every worker did (worker {worker} " in out
+                assert "Run the same command again on every worker" in out
+        else:  # the other names its lost peer, the last checkpoint and the rerun
+            code, out = results[0]
+            assert code not in (0, 128 + signal.SIGTERM), out[-3000:]
+            assert "ckpt-" in out and "run the same command again on every worker" in out, out[
+                -3000:
+            ]
+    resumed = finished(run, start_workers(run, steps), 60)
+    assert sorted(resumed.files) == sorted(straight.files)
+    for k in straight.files:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
 
 
 @pytest.mark.slow

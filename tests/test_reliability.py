@@ -138,6 +138,36 @@ def test_a_garbage_state_file_is_rebuilt_not_a_restart_from_zero(tmp_path):
     assert {"ckpt-6.index", "ckpt-9.index"} <= names
 
 
+@pytest.mark.parametrize("listed", ["newest only", "all, without times"])
+def test_a_state_file_that_lost_entries_or_times_still_rotates_to_keep_checkpoints(
+    tmp_path, listed
+):
+    """What a preemption left (a state file naming only its own checkpoint, or a rebuilt
+    one without times) must not keep the older checkpoints forever."""
+    directory = str(tmp_path / "checkpoints")
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+    many = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=10)
+    for step in range(1, 6):
+        many.save(checkpoint_number=step)
+    paths = [os.path.join(directory, f"ckpt-{s}") for s in range(1, 6)]
+    tf.compat.v1.train.update_checkpoint_state(
+        directory,
+        paths[-1],
+        all_model_checkpoint_paths=paths[-1:] if listed == "newest only" else paths,
+    )
+    with pytest.warns(UserWarning, match="rebuilt it"):
+        kept = checkpointing.Checkpointer(directory, checkpoint, max_to_keep=2)
+    for step in (6, 7):
+        kept.save(step)
+    assert checkpointing.on_disk(directory) == [
+        os.path.join(directory, "ckpt-7"),
+        paths[-1][:-1] + "6",
+    ]
+    state = tf.train.get_checkpoint_state(directory)
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-6", "ckpt-7"]
+    assert len(state.all_model_checkpoint_timestamps) == 2
+
+
 def test_orphaned_temporary_checkpoint_files_are_removed(tmp_path):
     run(tmp_path)
     orphan = tmp_path / "checkpoints" / "ckpt-7_temp"
