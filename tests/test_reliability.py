@@ -128,14 +128,21 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_a_garbage_state_file_is_rebuilt_not_a_restart_from_zero(tmp_path):
+def test_a_garbage_state_file_is_rebuilt_and_temporary_files_removed_not_a_restart(
+    tmp_path, capsys
+):
     run(tmp_path)
+    capsys.readouterr()
     (tmp_path / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: ]]garbage")
+    orphan = tmp_path / "checkpoints" / "ckpt-7_temp"  # an interrupted save's
+    orphan.mkdir()
+    (orphan / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
     with pytest.warns(UserWarning, match="rebuilt it"):
         result = run(tmp_path, "train.num_steps = 9")
-    assert result["step"] == 9
+    assert result["step"] == 9 and "ckpt-6 at step 6." in capsys.readouterr().out  # resumed
     names = set(os.listdir(tmp_path / "checkpoints"))
     assert {"ckpt-6.index", "ckpt-9.index"} <= names
+    assert not orphan.exists()
 
 
 @pytest.mark.parametrize("listed", ["newest only", "all, without times"])
@@ -166,15 +173,6 @@ def test_a_state_file_that_lost_entries_or_times_still_rotates_to_keep_checkpoin
     state = tf.train.get_checkpoint_state(directory)
     assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-6", "ckpt-7"]
     assert len(state.all_model_checkpoint_timestamps) == 2
-
-
-def test_orphaned_temporary_checkpoint_files_are_removed(tmp_path):
-    run(tmp_path)
-    orphan = tmp_path / "checkpoints" / "ckpt-7_temp"
-    orphan.mkdir()
-    (orphan / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
-    run(tmp_path, "train.num_steps = 9")
-    assert not orphan.exists()
 
 
 # -- Stops and resumes -------------------------------------------------------------------
