@@ -44,7 +44,8 @@ def train(
     The runtime (strategy, replicas, cores per replica, placement) comes from the
     gin configurable `runtime` (sideways_tf.distribute.make_runtime).
     allow_config_change: resume a workdir whose config.gin differs in substance.
-    interrupted is None, "SIGINT" or "SIGTERM".
+    interrupted is None, "SIGINT" or "SIGTERM" (with several workers: the signal
+    that some worker received; every worker stops at the same step and returns it).
     """
     settings = settings if settings is not None else Settings()
     workdir = Workdir.of(workdir)
