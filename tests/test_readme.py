@@ -44,11 +44,12 @@ def test_the_own_model_snippet_cuts_trains_and_exports_as_written(tmp_path, monk
 
     meta = json.loads((tmp_path / "own_model" / "sideways_export.json").read_text())
     assert (meta["batch_size"], meta["num_classes"], meta["mode"]) == (1, 12, "skip_sideways")
-    # The exported step (one stream) gives the trained model's outputs on the same frames.
+    # The exported step (one stream) gives the trained model's outputs on the same frames
+    # (to 1e-4: MobileNetV2's layers at batch 1 and at batch 2 round differently).
     frames, _ = next(iter(scope["clips"]))
     expected = model.pipeline(frames, training=False).numpy()[0]  # [K, 12] of clip 0
     saved = tf.saved_model.load(str(tmp_path / "own_model"))
     state = saved.signatures["init_state"]()
     for k in range(frames.shape[1]):
         state = saved.signatures["step"](frame=frames[:1, k], **state)
-        np.testing.assert_allclose(state.pop("outputs")[0], expected[k], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state.pop("outputs")[0], expected[k], rtol=1e-4, atol=1e-4)
