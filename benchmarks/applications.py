@@ -55,7 +55,7 @@ def run(model: str, mode: str, cuts, steps: int, batch: int, frames: int, lr: fl
     head = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
     pipeline = sw.Pipeline(units, MODES[mode], head=head, batch_size=batch, frame_shape=FRAME)
     engine = sw.Engine(pipeline, mode, keras.optimizers.Adam(lr))
-    before = [np.array(v) for v in pipeline.trainable_variables]
+    before = [v.numpy() for v in pipeline.trainable_variables]
     losses, times = [], []
     for s in range(steps):
         clips, labels = bright_dark(batch, frames, seed=s)
@@ -63,7 +63,7 @@ def run(model: str, mode: str, cuts, steps: int, batch: int, frames: int, lr: fl
         losses.append(float(engine.train_clip(clips, labels)["loss"]))
         times.append(time.perf_counter() - start)
     changed = [
-        not np.array_equal(b, np.array(v)) for b, v in zip(before, pipeline.trainable_variables)
+        not np.array_equal(b, v.numpy()) for b, v in zip(before, pipeline.trainable_variables)
     ]
     return losses, times, all(changed), len(changed)
 
