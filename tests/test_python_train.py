@@ -127,3 +127,26 @@ def test_what_gin_cannot_record_is_refused_before_anything_is_written(tmp_path, 
     assert "evaluated, exported or resumed" in message
     assert "functools.partial(" in message and f"train.{field} = @my_fn" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_settings_made_from_gin_bindings_are_recorded_as_the_same_references():
+    from sideways_tf import config_files
+
+    gin.parse_config_files_and_bindings([config_files.resolve("tiny")], [])
+    given = runs.Settings()
+    text = runs.record_settings(given)
+    for line in (
+        "train.model_fn = @tiny_conv_pipeline",
+        "train.train_data = @train/moving_shapes_dataset",
+        "train.eval_data = @eval/moving_shapes_dataset",
+        "train.optimizer_fn = @adam",
+        "train.num_steps = 6",
+    ):
+        assert line in text.splitlines(), line
+    # The text alone (imports first) rebuilds the same settings in an empty gin config.
+    gin.clear_config()
+    gin.parse_config(text)
+    again = runs.Settings()
+    for field in ("mode", "batch_size", "num_steps", "num_classes", "data_checkpoint"):
+        assert getattr(again, field) == getattr(given, field), field
+    assert again.model_fn.__name__ == "tiny_conv_pipeline"
