@@ -323,7 +323,13 @@ def pipeline_from_memory(model, batch_size: int = 1) -> tuple[Pipeline, dict]:
             "with sideways-train and export its workdir (sideways-export --workdir=W)."
         ) from e
     ours, theirs = _parameters(copy), _parameters(model)
-    for new, old in zip(ours, theirs, strict=True):
+    if len(ours) != len(theirs):
+        raise ValueError(
+            f"export rebuilt the pipeline from its Keras config with {len(ours)} parameters, "
+            f"but it has {len(theirs)}: some layer's get_config does not rebuild it as it is. "
+            "Fix that get_config, or export the workdir of a run (sideways-export --workdir=W)."
+        )
+    for new, old in zip(ours, theirs):
         if new.name != old.name or tuple(new.shape) != tuple(old.shape):
             raise ValueError(
                 f"export rebuilt the pipeline, but its parameter {new.path} {tuple(new.shape)} "
