@@ -1,6 +1,11 @@
 """Streaming export: a trained run as a SavedModel that steps one frame at a time.
 
     sideways-export --workdir=/tmp/run --output=/tmp/run/export [--batch_size=1]
+    sideways_tf.export.export(workdir_or_pipeline, "/tmp/export", batch_size=1)   # Python
+
+From Python, `export` takes a workdir or a Pipeline / SidewaysModel in memory (one
+you built and trained yourself, e.g. from units_from_model); both write the same
+SavedModel and metadata.
 
 The SavedModel has two signatures (MoViNet's streaming pattern, under Keras 3 via
 tf.saved_model.save on a tf.Module):
@@ -159,7 +164,8 @@ class StreamingModule(tf.Module):
                 f", but this model was exported for batch_size={b}, frames "
                 f"{self._frame_shape.as_list()} (its state holds {b} streams). Feed exactly "
                 f"{b} frames per step, or re-export for your batch: sideways-export "
-                "--workdir=W --output=DIR --batch_size=N (W: the workdir of the training run). ",
+                "--workdir=W --output=DIR --batch_size=N (W: the workdir of the training run), "
+                "or in Python sideways_tf.export.export(W or your pipeline, DIR, batch_size=N). ",
             ]
         )
         names = [k for k in got if k != "frame"]
@@ -231,11 +237,7 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     No runtime and no device pins: every unit runs on the default device.
     Returns (pipeline, metadata).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"batch_size must be a positive integer (the streams served at once), got "
-            f"{batch_size!r}; e.g. --batch_size=1 (Python: export(..., batch_size=1))."
-        )
+    _check_batch_size(batch_size)
     single = distribute.Runtime(None, placement.DevicePlan.single([None]))
     # Built in float32 whatever the run's precision (its parameters are float32 anyway).
     run = load_run(workdir, batch_size=batch_size, runtime=single, precision="float32", place=False)
@@ -260,6 +262,107 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
         state_names=state_names(pipeline),
     )
     return pipeline, metadata
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer (the streams served at once), got "
+            f"{batch_size!r}; e.g. --batch_size=1 (Python: export(..., batch_size=1))."
+        )
+
+
+def pipeline_from_memory(model, batch_size: int = 1) -> tuple[Pipeline, dict]:
+    """A copy of a Pipeline (or a SidewaysModel's) with `batch_size` streams, and the metadata.
+
+    The copy is rebuilt from the pipeline's Keras config (unbuilt units, no device pins,
+    the default device) and given the pipeline's parameters (never its buffers), so the
+    pipeline you pass is left as it was. Returns (pipeline, metadata); the metadata's
+    mode is the SidewaysModel's compiled mode (None for a bare Pipeline), its
+    checkpoint and checkpoint_step None.
+    """
+    from sideways_tf.keras_model import SidewaysModel  # (keras_model imports the engine)
+
+    _check_batch_size(batch_size)
+    mode = None
+    if isinstance(model, SidewaysModel):
+        mode = model.engine.mode.name if model.engine is not None else None
+        model = model.pipeline
+    if not isinstance(model, Pipeline) or not model.built:
+        raise TypeError(
+            f"export takes a workdir (str), a built sideways_tf.Pipeline or a SidewaysModel; "
+            f"got {type(model).__name__}. Build the pipeline first: Pipeline(units, ..., "
+            "batch_size=B, frame_shape=(H, W, C))."
+        )
+    low = sorted({u.compute_dtype for u in model.units} - {"float32"})
+    if low:
+        raise ValueError(
+            f"The pipeline computes in {', '.join(low)} (a mixed Keras dtype policy); the "
+            "export is float32. Build the same pipeline under "
+            "sideways_tf.precision.policy_scope('float32'), copy the weights "
+            "(set_weights), and export that; or export the workdir of a run "
+            "(sideways-export --workdir=W rebuilds it in float32)."
+        )
+    config = model.get_config()
+    config.update(batch_size=batch_size, frame_shape=tuple(model.frame_shape))
+    # Unbuilt (the buffers take the new batch) and unpinned (traced on the default device).
+    config["units"] = [
+        {
+            **{k: v for k, v in u.items() if k != "build_config"},
+            "config": {**u["config"], "device": None},
+        }
+        for u in config["units"]
+    ]
+    try:
+        copy = Pipeline.from_config(config)
+    except Exception as e:
+        raise ValueError(
+            f"export could not rebuild the pipeline from its Keras config for batch_size="
+            f"{batch_size} ({type(e).__name__}: {e}). Register your own layers with "
+            "@keras.saving.register_keras_serializable() and give them get_config, or train "
+            "with sideways-train and export its workdir (sideways-export --workdir=W)."
+        ) from e
+    ours, theirs = _parameters(copy), _parameters(model)
+    if len(ours) != len(theirs):
+        raise ValueError(
+            f"export rebuilt the pipeline from its Keras config with {len(ours)} parameters, "
+            f"but it has {len(theirs)}: some layer's get_config does not rebuild it as it is. "
+            "Fix that get_config, or export the workdir of a run (sideways-export --workdir=W)."
+        )
+    for new, old in zip(ours, theirs):
+        if new.name != old.name or tuple(new.shape) != tuple(old.shape):
+            raise ValueError(
+                f"export rebuilt the pipeline, but its parameter {new.path} {tuple(new.shape)} "
+                f"does not match {old.path} {tuple(old.shape)}: the layers' get_config does "
+                "not rebuild them as they are. Fix their get_config, or export a workdir."
+            )
+        new.assign(old.numpy())
+    topology = copy.topology
+    metadata = dict(
+        format="sideways_tf streaming export 1",
+        frame_shape=list(copy.frame_shape),
+        frame_dtype="float32",
+        batch_size=batch_size,
+        **copy.task.export_metadata(copy, None),
+        fill_steps=topology.fill_steps,
+        newest_lag=topology.newest_lag(topology.num_units),
+        oldest_lag=topology.fill_steps - 1,
+        num_units=topology.num_units,
+        mode=mode,
+        trained_precision="float32",
+        topology=topology.describe(),
+        checkpoint=None,
+        checkpoint_step=None,
+        state_names=state_names(copy),
+    )
+    return copy, metadata
+
+
+def _parameters(pipeline: Pipeline) -> list:
+    """Every weight of the units and the head but the buffers, in build order."""
+    buffers = {id(b) for b in pipeline.state_variables()}
+    weights = [w for u in pipeline.units for w in u.weights if id(w) not in buffers]
+    return weights + (list(pipeline.head.weights) if pipeline.head is not None else [])
 
 
 def _unpin(pipeline: Pipeline):
@@ -300,9 +403,12 @@ def check_output(output: str) -> list[str]:
     return present
 
 
-def export(workdir: str, output: str, batch_size: int = 1) -> dict:
-    """Writes the streaming SavedModel of `workdir`'s newest readable checkpoint to `output`.
+def export(source, output: str, batch_size: int = 1) -> dict:
+    """Writes the streaming SavedModel of `source` to `output`.
 
+    source: a workdir (its newest readable checkpoint), or a built Pipeline or
+    SidewaysModel in memory (its current parameters; pipeline_from_memory).
+    batch_size: B, the streams the export serves at once (its state holds B).
     Safe against a live run: load_run restores from a snapshot of the checkpoint, so
     training may rotate it away meanwhile. `output` is checked first (check_output);
     the export is written beside it and then swapped in, so a previous export there is
@@ -311,7 +417,10 @@ def export(workdir: str, output: str, batch_size: int = 1) -> dict:
     "replaced": the previous export's files (not in the file).
     """
     previous = check_output(output)
-    pipeline, metadata = load_pipeline(workdir, batch_size)
+    if isinstance(source, (str, os.PathLike)):
+        pipeline, metadata = load_pipeline(os.fspath(source), batch_size)
+    else:
+        pipeline, metadata = pipeline_from_memory(source, batch_size)
     module = StreamingModule(pipeline, metadata)
     output = output.rstrip("/")
     staging = f"{output}.partial-{os.getpid()}"

@@ -45,13 +45,13 @@ def write_images(writer, step: int, name: str, images, max_images: int = 4):
         tf.summary.image(name, np.asarray(images, np.float32), max_outputs=max_images)
 
 
-def write_config(writer, path: str, end: str = ""):
+def write_config(writer, path: str, end: str = "", config: str | None = None):
     """Saves the operative gin config to `path` (the workdir's config.gin) and to TensorBoard.
 
     end: a last line (workdir.CONFIG_END) by which a reader tells a whole file from a
-    truncated one.
+    truncated one. config: the text to save (default: gin.operative_config_str()).
     """
-    config = gin.operative_config_str()
+    config = gin.operative_config_str() if config is None else config
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(config.rstrip("\n") + "\n" + (end + "\n" if end else ""))

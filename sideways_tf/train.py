@@ -29,7 +29,14 @@ import tqdm
 from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.evaluate import evaluate
-from sideways_tf.runs import Run, Settings, adam, build_run
+from sideways_tf.runs import (
+    Run,
+    Settings,
+    adam,
+    build_run,
+    config_with_settings,
+    record_settings,
+)
 from sideways_tf.workdir import Workdir
 
 __all__ = ["Settings", "adam", "train"]
@@ -41,12 +48,16 @@ def train(
     """Trains a run in `workdir`; returns {"step", "eval", "interrupted"}.
 
     settings: the run's Settings (default: gin's train.* bindings, `Settings()`).
+      Settings given from Python are written to workdir/config.gin with the rest of
+      gin's operative config (runs.record_settings), so the workdir evaluates,
+      exports and resumes; a field gin cannot record (a lambda) is refused first.
     The runtime (strategy, replicas, cores per replica, placement) comes from the
     gin configurable `runtime` (sideways_tf.distribute.make_runtime).
     allow_config_change: resume a workdir whose config.gin differs in substance.
     interrupted is None, "SIGINT" or "SIGTERM" (with several workers: the signal
     that some worker received; every worker stops at the same step and returns it).
     """
+    recorded = record_settings(settings) if settings is not None else None
     settings = settings if settings is not None else Settings()
     workdir = Workdir.of(workdir)
 
@@ -59,7 +70,7 @@ def train(
         with contextlib.ExitStack() as stack:
             if runtime.is_chief:
                 stack.enter_context(workdir_lib.lock(workdir))
-            return _train(workdir, runtime, settings, allow_config_change)
+            return _train(workdir, runtime, settings, allow_config_change, recorded)
     except checkpointing.DiskFullError:
         raise
     except (tf.errors.OpError, OSError) as e:
@@ -77,9 +88,16 @@ def train(
 
 
 def _train(
-    workdir: Workdir, runtime: distribute.Runtime, settings: Settings, allow_config_change: bool
+    workdir: Workdir,
+    runtime: distribute.Runtime,
+    settings: Settings,
+    allow_config_change: bool,
+    recorded: str | None = None,
 ) -> dict:
-    """The run itself, once settings, runtime and the workdir lock are in place."""
+    """The run itself, once settings, runtime and the workdir lock are in place.
+
+    recorded: the gin text of settings given from Python (runs.record_settings).
+    """
     # -- Data --------------------------------------------------------------------
     data_binding = "train.train_data"
     source = settings.train_data()  # (build_run checks it against the contract and the task)
@@ -134,8 +152,10 @@ def _train(
         return metrics
 
     # -- Resume: check the config, restore, redo a lost evaluation -------------------------
+    # What config.gin records: gin's operative config (and the settings given from Python).
+    config = gin.operative_config_str() if recorded is None else config_with_settings(recorded)
     if runtime.is_chief:
-        workdir_lib.check_config(workdir, gin.operative_config_str(), allow_config_change)
+        workdir_lib.check_config(workdir, config, allow_config_change)
     restored = run.checkpointer.restore_latest()
     if restored and positions is not None and positions.restore(int(step.numpy())) is None:
         print(
@@ -146,7 +166,9 @@ def _train(
         )
     last = settings.last_step
     if runtime.is_chief:
-        summaries.write_config(writers["train"], workdir.config, end=workdir_lib.CONFIG_END)
+        summaries.write_config(
+            writers["train"], workdir.config, end=workdir_lib.CONFIG_END, config=config
+        )
         print(f"Runtime: {runtime.describe()}.")
         if restored:
             print(f"Resumed from {restored} at step {int(step.numpy())}.")

@@ -34,8 +34,9 @@ class Unit(keras.Layer):
 
     Args:
       module: any Keras layer or block (H_i).
-      fusion: how several sources are fused: "sum", "concat", "gated" or a Fusion
-        layer. Unused with a single source.
+      fusion: how several sources are fused: "concat" (the default: it learned
+        moving_shapes best under skip_sideways, 0.990 vs 0.805 for "sum", README),
+        "sum", "gated" or a Fusion layer. Unused with a single source.
       device: where the unit's parameters, buffers and work live ("GPU:1",
         "CPU:0", ...); None leaves placement to the pipeline's plan (a Runtime's
         logical cores, see sideways_tf.placement) or to TensorFlow.
@@ -48,7 +49,7 @@ class Unit(keras.Layer):
     def __init__(
         self,
         module: keras.Layer,
-        fusion: str | fusion_lib.Fusion = "sum",
+        fusion: str | fusion_lib.Fusion = "concat",
         device: str | None = None,
         delays: tuple[int, ...] | None = None,
         has_message: bool = True,

@@ -214,6 +214,7 @@ def test_a_frame_batch_other_than_the_exported_is_refused_naming_the_fix(
     assert f"exported for batch_size={BATCH}, frames [{BATCH}, 16, 16, 3]" in out
     assert f"Feed exactly {BATCH} frames per step" in out
     assert "sideways-export --workdir=W --output=DIR --batch_size=N" in out
+    assert "sideways_tf.export.export(W or your pipeline, DIR, batch_size=N)" in out
     assert "State tensors" not in out  # the state was this model's own
     # Exactly BATCH frames are accepted: the check does not refuse everything.
     ok = run_tensorflow_only(TF_ONLY_WRONG_INPUT, model, BATCH, model, cwd=tmp_path)
@@ -253,3 +254,108 @@ def test_batch_size_below_one_is_refused(workdir, tmp_path, capsys, batch_size):
     assert "--batch_size must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="positive integer"):
         export.load_pipeline(str(workdir), batch_size)
+
+
+# -- Export from Python: a pipeline in memory -----------------------------------------------
+
+
+def own_pipeline(batch):
+    """A pipeline cut from a functional Keras model, with skips and a delay line."""
+    import keras
+
+    import sideways_tf as sw
+
+    keras.utils.set_random_seed(0)
+    frames = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(frames)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c3")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    units = sw.units_from_model(keras.Model(frames, x), cut_after=["c1", "c2"])
+    head = keras.layers.Dense(12, name="head")
+    return sw.Pipeline(
+        units, topology="skip(2, 1)", head=head, batch_size=batch, frame_shape=(16, 16, 3)
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_in_memory():
+    """An own pipeline trained a few clips in memory (not from a workdir), B = 4.
+
+    (An odd B crashes skip_sideways training in TF's oneDNN kernels on this CPU: heap
+    corruption, the process aborts; TF_ENABLE_ONEDNN_OPTS=0 avoids it.)
+    """
+    import keras
+
+    import sideways_tf as sw
+
+    pipeline = own_pipeline(batch=4)
+    engine = sw.Engine(pipeline, "skip_sideways", keras.optimizers.Adam(1e-2))
+    frames = np.concatenate([clip(), clip()[::-1]])  # [4, 8, 16, 16, 3]
+    for _ in range(3):
+        engine.train_clip(frames, np.array([0, 5, 11, 2], np.int32))
+    return pipeline, engine
+
+
+def test_a_pipeline_in_memory_exports_and_steps_like_predict_steps_without_sideways_tf(
+    trained_in_memory, tmp_path
+):
+    pipeline, engine = trained_in_memory
+    frames = np.concatenate([clip(), clip()[::-1]])
+    expected = np.swapaxes(engine.predict_steps(frames)["outputs"].numpy(), 0, 1)  # [K, 4, 12]
+    buffers = [np.array(b) for b in pipeline.state_variables()]
+    units = [(u.device, u.output_buffer.shape) for u in pipeline.units]
+
+    # Exported for B=2 streams, not the pipeline's 4: a copy with the trained parameters.
+    meta = export.export(pipeline, str(tmp_path / "model"), batch_size=BATCH)
+    assert meta["batch_size"] == BATCH and meta["checkpoint_step"] is None
+    assert meta["fill_steps"] == parse_topology("skip(2, 1)", 3).fill_steps
+    assert any(n.startswith("delay_") for n in meta["state_names"])
+    written = json.loads((tmp_path / "model" / export.METADATA_FILE).read_text())
+    assert written["state_names"] == meta["state_names"] and written["num_classes"] == 12
+    np.save(tmp_path / "clip.npy", frames[:BATCH])
+    out = tmp_path / "out.npz"
+    run_tensorflow_only(TF_ONLY, tmp_path / "model", tmp_path / "clip.npy", out, cwd=tmp_path)
+    got = np.load(out)
+    assert got["outputs"].shape == (8, BATCH, 12)
+    np.testing.assert_allclose(got["outputs"], expected[:, :BATCH], rtol=1e-5, atol=1e-5)
+    assert np.abs(np.diff(expected, axis=0)).max() > 1e-3  # the outputs follow the frames
+    # The pipeline given is left as it was: its buffers, batch and devices.
+    for before, b in zip(buffers, pipeline.state_variables()):
+        np.testing.assert_array_equal(np.array(b), before)
+    assert [(u.device, u.output_buffer.shape) for u in pipeline.units] == units
+
+
+def test_a_sideways_model_exports_its_mode_and_the_same_step(trained_in_memory, tmp_path):
+    import sideways_tf as sw
+
+    pipeline, engine = trained_in_memory
+    model = sw.SidewaysModel(pipeline=pipeline)
+    model.compile(optimizer="sgd", mode="skip_sideways")
+    meta = export.export(model, str(tmp_path / "model"), batch_size=1)
+    assert meta["mode"] == "skip_sideways" and meta["batch_size"] == 1
+    loaded = tf.saved_model.load(str(tmp_path / "model"))
+    state = loaded.signatures["init_state"]()
+    frames = clip()
+    expected = engine.predict_steps(np.concatenate([frames, frames]))["outputs"].numpy()
+    for k in range(frames.shape[1]):
+        state = loaded.signatures["step"](frame=tf.constant(frames[:1, k]), **state)
+        np.testing.assert_allclose(
+            state.pop("outputs").numpy(), expected[:1, k], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_a_wrong_batch_names_the_python_and_the_command_line_fix(trained_in_memory, tmp_path):
+    pipeline, _ = trained_in_memory
+    export.export(pipeline, str(tmp_path / "model"), batch_size=BATCH)
+    out = run_tensorflow_only(
+        TF_ONLY_WRONG_INPUT, tmp_path / "model", 1, tmp_path / "model", cwd=tmp_path
+    )
+    assert out.startswith("refused:"), out
+    assert "sideways-export --workdir=W --output=DIR --batch_size=N" in out
+    assert "sideways_tf.export.export(W or your pipeline, DIR, batch_size=N)" in out
+    with pytest.raises(ValueError, match=r"--batch_size=1 \(Python: export\(\.\.\., batch_size=1"):
+        export.export(pipeline, str(tmp_path / "other"), batch_size=0)
+    with pytest.raises(TypeError, match="a built sideways_tf.Pipeline or a SidewaysModel"):
+        export.export(pipeline.units[0], str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()

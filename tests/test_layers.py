@@ -24,7 +24,10 @@ def test_unit_buffers_are_static_nontrainable_and_reset():
     # The top has no message buffer; its delayed skip keeps a [d, B, *in] line.
     assert [tuple(b.shape) for b in u3.state_variables] == [(2, 3), (2, 2, 4)]
     assert all(not b.trainable for b in pipeline.state_variables())
-    assert len(u2.trainable_variables) == 2 and len(u3.trainable_variables) == 4  # + projection
+    # u3 fuses two sources with the default concat: its Dense, the projection (a Dense,
+    # vector 4 -> 6) and the mixing Dense, each kernel + bias.
+    assert len(u2.trainable_variables) == 2 and len(u3.trainable_variables) == 6
+    assert isinstance(u3.fusion, sw.ConcatFusion)
     for b in pipeline.state_variables():
         b.assign(np.ones(b.shape, "float32"))
     pipeline.reset_state()

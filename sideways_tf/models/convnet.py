@@ -41,7 +41,7 @@ def conv_pipeline(
     widths: Sequence[int] = (32, 32, 64, 64, 128, 128),  # one conv block (unit) per width
     strides: Sequence[int] = (1, 2, 1, 2, 1, 2),  # spatial stride of each block
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
+    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`

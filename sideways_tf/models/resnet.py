@@ -133,7 +133,7 @@ def resnet_pipeline(
     stem_width: int = 64,  # channels of the stem
     width_multiplier: float = 1.0,  # scales every conv's channels
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
+    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
@@ -190,7 +190,7 @@ def resnet18(
     num_classes: int = gin.REQUIRED,
     width_multiplier: float = 1.0,  # scales every conv's channels
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "sum",  # skip integrator: "sum", "concat" or "gated"
+    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
     head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
