@@ -11,11 +11,14 @@ both and branches on neither.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from sideways_tf import modes, placement, precision
+from sideways_tf.fusion import StridedPointwiseConv
 from sideways_tf.modes import MODES, Mode
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.rules import (
@@ -43,6 +46,37 @@ def check_mode(mode: str | Mode, pipeline: Pipeline) -> Mode:
     mode = modes.get(mode)
     mode.check(pipeline)
     return mode
+
+
+def _check_strided_pointwise(pipeline: Pipeline):
+    """Refuses what would abort the process: a strided 1x1 Conv2D trained at an odd B on CPU.
+
+    TF 2.21's oneDNN CPU kernel for that convolution's gradient corrupts the heap at
+    odd batch sizes ("free(): invalid pointer"). The library's own projections use
+    fusion.StridedPointwiseConv (subsample, then stride 1: never that kernel); a
+    user's model (e.g. keras.applications ResNet50's shortcuts) may hold plain ones.
+    """
+    if pipeline.batch_size % 2 == 0 or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return
+    strided = [
+        layer.path if hasattr(layer, "path") else layer.name
+        for layer in pipeline._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Conv2D)
+        and not isinstance(layer, StridedPointwiseConv)
+        and tuple(layer.kernel_size) == (1, 1)
+        and max(layer.strides) > 1
+    ]
+    if strided:
+        raise ValueError(
+            f"{len(strided)} layer(s) are 1x1 convolutions with a stride > 1 (first: "
+            f"{strided[0]}). Trained with an odd batch (B = {pipeline.batch_size} clips per "
+            "replica) on CPU, TF 2.21's oneDNN kernel for their gradient corrupts memory and "
+            "the process aborts. Use an even batch size, or set TF_ENABLE_ONEDNN_OPTS=0 "
+            "before TensorFlow is imported, or build them as "
+            "sideways_tf.fusion.StridedPointwiseConv(filters, stride=s) (the same weights)."
+        )
 
 
 def _all_finite(x) -> tf.Tensor:
@@ -114,6 +148,8 @@ class Engine:
                 "reach variables on other devices); use jit_compile=False for multi-device "
                 "pipelines (gin: train.jit_compile = False)."
             )
+        if optimizer is not None:
+            _check_strided_pointwise(pipeline)
         self.strategy = tf.distribute.get_strategy()
         self.variables = all_variables(pipeline)
         first = self.variables[0]

@@ -5,7 +5,7 @@
 Every fusion takes the list [primary, *others] (the primary is the nearest
 source, the chain edge) and returns a tensor with the primary's shape. Sources of
 another shape are projected by a layer owned by the fusion, and so by the
-receiving unit: a strided 1x1 convolution for feature maps ([B, H, W, C]), a
+receiving unit: a strided 1x1 convolution for feature maps (StridedPointwiseConv) ([B, H, W, C]), a
 dense layer for vectors ([B, C]), pooling first when a map meets a vector.
 """
 
@@ -13,6 +13,41 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="sideways_tf")
+class StridedPointwiseConv(keras.layers.Conv2D):
+    """Conv2D(filters, 1, strides=s) computed as x[:, ::s, ::s] then a stride-1 1x1 conv.
+
+    The same map, weights and variable paths as the strided 1x1 convolution. Why:
+    TF 2.21's oneDNN CPU kernel for the gradient of a strided 1x1 convolution
+    corrupts the heap at odd batch sizes (B = 1, 3, 5: the process aborts with
+    "free(): invalid pointer"; oneDNN's "1x1 convolution backward_weights writes past
+    the rtus workspace"). Subsampling first never runs that kernel.
+    """
+
+    def __init__(self, filters: int, stride: int = 1, **kwargs):
+        kwargs.pop("kernel_size", None)
+        kwargs.pop("strides", None)
+        super().__init__(filters, 1, strides=1, **kwargs)
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        s = self.stride
+        return super().call(inputs[:, ::s, ::s, :] if s > 1 else inputs)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.stride
+        return (
+            b,
+            None if h is None else -(-h // s),
+            None if w is None else -(-w // s),
+            self.filters,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
 
 
 def _projection(source_shape, target_shape, name: str) -> keras.Layer | None:
@@ -36,7 +71,7 @@ def _projection(source_shape, target_shape, name: str) -> keras.Layer | None:
                 "a skip distance between units of compatible resolution, or add a unit "
                 "that resamples."
             )
-        return keras.layers.Conv2D(ct, 1, strides=hs // ht, use_bias=False, name=name)
+        return StridedPointwiseConv(ct, stride=hs // ht, use_bias=False, name=name)
     raise ValueError(
         f"{name}: cannot fuse a source of shape {source_shape} into a receiver expecting "
         f"{target_shape}; skip edges need both to be feature maps [H, W, C] or vectors [C]."

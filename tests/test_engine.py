@@ -216,3 +216,23 @@ def test_fidelity_changes_no_variable_and_is_exact_at_the_top_with_dropout():
         np.testing.assert_array_equal(np.array(v), b, err_msg=v.path)
     assert float(first["cosine"][-1]) == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_array_equal(np.array(first["cosine"]), np.array(second["cosine"]))
+
+
+def test_a_plain_strided_1x1_conv_trained_at_an_odd_batch_is_refused_naming_it():
+    def unit(stride):
+        return sw.Unit(keras.Sequential([keras.layers.Conv2D(4, 1, strides=stride, name="c")]))
+
+    def build(batch, stride):
+        return sw.Pipeline(
+            [unit(stride), unit(1)],
+            "chain",
+            head=keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]),
+            batch_size=batch,
+            frame_shape=(8, 8, 3),
+        )
+
+    with pytest.raises(ValueError, match=r"1x1 convolutions with a stride > 1.*odd batch \(B = 3"):
+        sw.Engine(build(3, 2), "sideways", keras.optimizers.Adam(1e-3))
+    sw.Engine(build(2, 2), "sideways", keras.optimizers.Adam(1e-3))  # even: no abort, accepted
+    sw.Engine(build(3, 1), "sideways", keras.optimizers.Adam(1e-3))  # unstrided: accepted
+    sw.Engine(build(3, 2), "sideways")  # predicting only: no gradient kernel

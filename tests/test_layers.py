@@ -6,6 +6,7 @@ import pytest
 
 import sideways_tf as sw
 from sideways_tf import fusion
+from sideways_tf.models import convnet
 
 
 def test_unit_buffers_are_static_nontrainable_and_reset():
@@ -69,7 +70,7 @@ def test_fusion_keeps_the_primary_shape_and_projects_strided_sources(kind):
     primary, skip = np.ones((2, 4, 4, 8), "float32"), np.ones((2, 8, 8, 3), "float32")
     out = layer([primary, skip])
     assert out.shape == (2, 4, 4, 8)
-    assert layer.projections[1].strides == (2, 2)
+    assert layer.projections[1].stride == 2
 
 
 def test_sum_fusion_is_the_residual_sum_when_shapes_agree():
@@ -85,3 +86,25 @@ def test_gated_fusion_starts_half_open():
 def test_fusion_rejects_incompatible_resolutions():
     with pytest.raises(ValueError, match="cannot be strided"):
         fusion.SumFusion()([np.ones((1, 3, 3, 2), "float32"), np.ones((1, 8, 8, 2), "float32")])
+
+
+def test_strided_pointwise_conv_is_the_strided_1x1_conv_and_trains_at_odd_batches():
+    """The fusion's projection: the same map as Conv2D(c, 1, strides=2) with the same
+    weights, and a skip pipeline that strides trains at B = 1 and 3 (a plain strided 1x1
+    Conv2D aborts the process there: oneDNN's gradient kernel corrupts the heap)."""
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    ours = fusion.StridedPointwiseConv(6, stride=2, use_bias=False)
+    plain = keras.layers.Conv2D(6, 1, strides=2, use_bias=False)
+    ours.build(x.shape), plain.build(x.shape)
+    plain.kernel.assign(ours.kernel)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(plain(x)), atol=1e-6)
+    assert ours.compute_output_shape((2, 7, 8, 4)) == (2, 4, 4, 6)
+    copy = fusion.StridedPointwiseConv.from_config(ours.get_config())
+    assert copy.stride == 2 and copy.strides == (1, 1)
+    for batch in (1, 3):
+        pipeline = convnet.tiny_conv_pipeline(
+            batch_size=batch, frame_shape=(16, 16, 3), num_classes=2, topology="skip(2)"
+        )
+        engine = sw.Engine(pipeline, "skip_sideways", keras.optimizers.Adam(1e-3))
+        clip = np.random.default_rng(batch).normal(size=(batch, 6, 16, 16, 3)).astype("float32")
+        assert np.isfinite(float(engine.train_clip(clip, np.zeros(batch, "int32"))["loss"]))

@@ -29,6 +29,7 @@ import gin
 import keras
 
 from sideways_tf import placement as placement_lib
+from sideways_tf.fusion import StridedPointwiseConv
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
@@ -76,8 +77,8 @@ class BasicBlock(keras.Layer):
         input_shape = tuple(input_shape)
         mid_shape = self.compute_output_shape(input_shape)
         if self.stride != 1 or input_shape[-1] != self.channels:
-            self.proj = keras.layers.Conv2D(
-                self.channels, 1, strides=self.stride, use_bias=False, name="proj"
+            self.proj = StridedPointwiseConv(  # (oneDNN: see its docstring)
+                self.channels, stride=self.stride, use_bias=False, name="proj"
             )
             self.proj_norm = group_norm(self.channels, name="proj_norm")
             self.proj.build(input_shape)
