@@ -25,6 +25,7 @@ def identity_pipeline(topology, num_units, frame_shape, horizon=1, batch_size=1)
             keras.layers.Dense(
                 frame_shape[-1], use_bias=False, kernel_initializer="identity", name="id"
             ),
+            fusion="sum",  # (the summed inputs: concat would mix them with a learned conv)
             name=f"unit{i + 1}",
         )
         for i in range(num_units)

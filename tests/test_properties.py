@@ -78,6 +78,7 @@ def identity_pipeline(topology, num_units, dim):
     units = [
         sw.Unit(
             keras.layers.Dense(dim, use_bias=False, kernel_initializer="identity"),
+            fusion="sum",  # (the summed frames: concat would mix them with a learned conv)
             name=f"unit{i + 1}",
         )
         for i in range(num_units)
