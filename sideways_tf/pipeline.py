@@ -22,7 +22,7 @@ from sideways_tf import placement as placement_lib
 from sideways_tf import tasks
 from sideways_tf import topology as topology_lib
 from sideways_tf.steps import unroll
-from sideways_tf.units import Unit
+from sideways_tf.units import Unit, _per_replica_buffers
 
 
 class PipelineState(NamedTuple):
@@ -31,7 +31,10 @@ class PipelineState(NamedTuple):
     t:        [] int32, steps taken since the last reset.
     outputs:  a_i[t-1] for i = 1..L, each [B, *out_i].
     messages: m_i[t] for i = 1..L-1, each [B, *out_i] (the top needs none).
-    delays:   one line [d, B, *in] per delayed edge, oldest first.
+    delays:   one line [d, B, *in] per delayed edge, oldest first; then, when the
+              head reads the last frame seen (a residual head, e.g. FrameDecoder(
+              residual=True)) and lag > 0, the head's line [lag, B, *frame] holding
+              x[t-lag] .. x[t-1], lag = Topology.newest_lag(L).
     """
 
     t: tf.Tensor
@@ -50,6 +53,11 @@ class Pipeline(keras.Layer):
         (see sideways_tf.topology).
       head: Keras layer applied to the top unit's output (logits); it lives on the
         top unit's device and its parameters count as the top unit's. None: identity.
+        A head with `reads_last_frame = True` (FrameDecoder(residual=True)) is also
+        given x[t - lag], the newest frame in a_L[t] (lag = Topology.newest_lag(L);
+        the frame itself in the per-frame network), carried to it by a delay line
+        from the input (the last entry of PipelineState.delays; a buffer, like the
+        units' lines, so it is checkpointed and streams in export).
       task: what the top output is trained to be (sideways_tf.tasks): a Task
         (tasks.Classification(), tasks.FutureFrames(horizon=h)), or, for
         classification, a loss name of tasks.LOSSES or a per-example loss callable
@@ -169,6 +177,33 @@ class Pipeline(keras.Layer):
             else:
                 self.top_output_shape = shapes[-1]
         self.output_shapes = shapes[1:]
+        self._build_head_line()
+
+    def _build_head_line(self):
+        """The head's line from the input: x[t-lag] .. x[t-1], [lag, B, *frame] float32.
+
+        Only for a head that reads the last frame seen, and only when lag > 0 (the
+        one-unit pipeline's top output sees x[t] itself). Frames stay float32 in every
+        precision, so that a residual head's x[t - lag] + 0 is the frame exactly.
+        """
+        self.head_lag = self.topology.newest_lag(self.num_units)
+        self.head_line = None
+        if not self.head_reads_frame or self.head_lag == 0:
+            return
+        with self.unit_variable_scope(self.num_units), _per_replica_buffers():
+            self.head_line = self.add_weight(
+                shape=(self.head_lag, self.batch_size, *self.frame_shape),
+                initializer="zeros",
+                trainable=False,
+                name="head_line",
+                dtype="float32",
+                autocast=False,
+            )
+
+    @property
+    def head_reads_frame(self) -> bool:
+        """Whether the head takes the last frame seen, x[t - lag], besides a_L[t]."""
+        return bool(getattr(self.head, "reads_last_frame", False))
 
     # -- Variables ---------------------------------------------------------------
 
@@ -182,12 +217,15 @@ class Pipeline(keras.Layer):
     # -- State -----------------------------------------------------------------
 
     def delay_buffers(self) -> list:
-        """The delay lines of every delayed edge, in PipelineState.delays order."""
-        return [b for u in self.units for b in u.delay_buffers if b is not None]
+        """The delay lines of every delayed edge, then the head's line (if any), in
+        PipelineState.delays order."""
+        lines = [b for u in self.units for b in u.delay_buffers if b is not None]
+        return lines + ([self.head_line] if getattr(self, "head_line", None) is not None else [])
 
     def state_variables(self) -> list:
-        """Every buffer of every unit: the engine's whole state besides parameters."""
-        return [b for u in self.units for b in u.state_variables]
+        """Every buffer of every unit, and the head's line: the whole state besides parameters."""
+        head = [self.head_line] if getattr(self, "head_line", None) is not None else []
+        return [b for u in self.units for b in u.state_variables] + head
 
     def read_state(self, t) -> PipelineState:
         return PipelineState(
@@ -214,6 +252,9 @@ class Pipeline(keras.Layer):
                 if u.message_buffer is not None:
                     messages.append(tf.zeros(u.message_buffer.shape, u.message_buffer.dtype))
                 delays += [tf.zeros(b.shape, b.dtype) for b in u.delay_buffers if b is not None]
+        if self.head_line is not None:
+            with self.unit_scope(self.num_units):
+                delays.append(tf.zeros(self.head_line.shape, self.head_line.dtype))
         return PipelineState(
             t=tf.constant(0, tf.int32),
             outputs=tuple(outputs),
@@ -224,6 +265,8 @@ class Pipeline(keras.Layer):
     def reset_state(self):
         for u in self.units:
             u.reset_state()
+        if self.head_line is not None:
+            self.head_line.assign(tf.zeros(self.head_line.shape, self.head_line.dtype))
 
     # -- Forward passes ----------------------------------------------------------
 
@@ -263,10 +306,40 @@ class Pipeline(keras.Layer):
             )
         return a
 
-    def apply_head(self, a_top, training=None):
+    def head_frame(self, state: PipelineState, x_t):
+        """What the head reads besides a_L[t] at step t: (x[t - lag] or None, new head line).
+
+        x_t: [B, *frame]. The line [lag, B, *frame] holds x[t-lag] .. x[t-1]: the head
+        reads its oldest entry and x[t] goes in last. Returns (None, None) for a head
+        that reads no frame, (x_t, None) when lag = 0 (no line).
+        """
+        if not self.head_reads_frame:
+            return None, None
+        if self.head_line is None:
+            return x_t, None
+        line = state.delays[-1]  # the head's line is the last one
+        newest = tf.cast(x_t, line.dtype)
+        return line[0], tf.concat([line[1:], newest[None]], axis=0)
+
+    def apply_head(self, a_top, training=None, last_frame=None):
         """The task head on the top unit's output, in float32 (Keras' convention for a
-        model's outputs under mixed precision: losses and metrics are taken in float32)."""
-        out = a_top if self.head is None else self.head(a_top, training=training)
+        model's outputs under mixed precision: losses and metrics are taken in float32).
+
+        last_frame: x[t - lag] [B, *frame], for a head that reads the last frame seen
+        (head_frame gives it); ignored by other heads.
+        """
+        if self.head is None:
+            out = a_top
+        elif self.head_reads_frame:
+            if last_frame is None:
+                raise ValueError(
+                    f"The head {self.head.name!r} predicts a change from the last frame seen "
+                    "and needs last_frame= (x[t - lag], Pipeline.head_frame); the pipeline's "
+                    "forward passes give it."
+                )
+            out = self.head(a_top, last_frame=last_frame, training=training)
+        else:
+            out = self.head(a_top, training=training)
         return tf.cast(out, tf.float32)
 
     def forward_step(self, state: PipelineState, x_t, training=None):
@@ -280,7 +353,10 @@ class Pipeline(keras.Layer):
                 for k, line in new_lines.items():
                     lines[k] = line
         with self.unit_scope(self.num_units):
-            logits = self.apply_head(outputs[-1], training=training)
+            last_frame, head_line = self.head_frame(state, x_t)
+            if head_line is not None:
+                lines[-1] = head_line
+            logits = self.apply_head(outputs[-1], training=training, last_frame=last_frame)
         return state._replace(t=state.t + 1, outputs=tuple(outputs), delays=tuple(lines)), logits
 
     def frame_forward(self, x, training=None):
@@ -290,7 +366,8 @@ class Pipeline(keras.Layer):
             with self.unit_scope(i):
                 activations.append(unit([activations[e.source] for e in into], training=training))
         with self.unit_scope(self.num_units):
-            return self.apply_head(activations[-1], training=training)
+            # No delays: the newest frame in the top's output is x itself.
+            return self.apply_head(activations[-1], training=training, last_frame=x)
 
     def call(self, clip, training=None):
         """Pipelined outputs of a whole clip from a zero state: [B, K, ...] -> [B, K, out]."""

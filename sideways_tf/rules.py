@@ -97,12 +97,16 @@ def sideways_step(
         with pipeline.unit_scope(i):
             inputs, new_lines = pipeline.gather(i, previous, state)
             if i == num_units:
+                # A residual head also reads x[t - lag], from its own line (no gradient).
+                last_frame, head_line = pipeline.head_frame(state, x_t)
+                if head_line is not None:
+                    lines[-1] = head_line
                 out = unit_step(
                     unit,
                     inputs,
                     pipeline.unit_variables(i),
                     senders,
-                    head=lambda a: pipeline.apply_head(a, training=training),
+                    head=lambda a: pipeline.apply_head(a, training=training, last_frame=last_frame),
                     loss=lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
                     training=training,
                     check=lambda a, i=i: pipeline.check_unit_output(i, a),

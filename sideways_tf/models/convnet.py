@@ -1,7 +1,7 @@
 """A VGG-style per-frame convnet cut into Sideways units, one conv block per unit.
 
 Each unit is conv3x3 -> LayerNorm -> ReLU (stride 1 or 2); the last unit pools
-globally and the head is a dense classifier; with head="frames" the top keeps
+globally and the head is a dense classifier; with head="frame_delta" (or "frames") the top keeps
 its map and the head decodes a future frame (models.layers.FrameDecoder). With topology "skip(2)" each unit
 also reads the unit two below, one frame newer: the connection across time that
 lets Skip-Sideways see motion (algorithm.md P5).
@@ -43,12 +43,13 @@ def conv_pipeline(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """Builds the conv pipeline; the last unit pools, the head is Dense(num_classes).
 
-    head="frames": the last unit keeps its map and a FrameDecoder predicts a frame.
+    head="frame_delta" or "frames": the last unit keeps its map and a FrameDecoder
+    predicts a frame (a change from the last frame seen, or the whole frame).
     """
     if len(widths) != len(strides):
         raise ValueError(

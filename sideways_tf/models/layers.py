@@ -1,9 +1,14 @@
 """What every model family shares: the norm, the task heads, argument checks.
 
 Heads (a factory's `head` argument):
-  "classes"  global average pool + Dense logits, softmax cross-entropy per clip;
-  "frames"   FrameDecoder back to the frame size, pixel loss against a future
-             frame (sideways_tf.tasks.frame_loss: norm and horizon in gin).
+  "classes"      global average pool + Dense logits, softmax cross-entropy per clip;
+  "frames"       FrameDecoder back to the frame size, pixel loss against a future
+                 frame (sideways_tf.tasks.frame_loss: norm and horizon in gin); the
+                 decoder paints the whole frame;
+  "frame_delta"  the same decoder predicts the change from the last frame seen:
+                 x^[t - lag + h] = x[t - lag] + D(a_L[t]), zero-initialised, so a fresh
+                 model predicts exactly the copy-last baseline (the shipped
+                 future-frame configs use it; README, "Future-frame prediction").
 
 Normalisation is GroupNorm, per frame and per example, never over the batch: in
 a pipeline each unit holds a different frame at every step, and the VJP of step
@@ -20,10 +25,12 @@ from collections.abc import Sequence
 
 import gin
 import keras
+from keras import ops
 
 from sideways_tf import tasks
 
-HEADS = ("classes", "frames")
+HEADS = ("classes", "frames", "frame_delta")
+FRAME_HEADS = ("frames", "frame_delta")  # heads that predict a frame (no classes)
 
 
 def scaled_width(width: int, width_multiplier: float) -> int:
@@ -54,18 +61,33 @@ def classification_head(num_classes: int) -> keras.Sequential:
 
 @keras.saving.register_keras_serializable(package="sideways_tf")
 class FrameDecoder(keras.layers.Layer):
-    """The future-frame head: top unit's map [B, h, w, c] -> a frame [B, H, W, C].
+    """The future-frame head: top unit's map a_L[t] [B, h, w, c] -> a frame [B, H, W, C].
 
     Stages of nearest x2 upsampling + conv3x3(width) + ReLU until the map is as
     large as the frame (a bilinear resize when H/h is not a power of two), then
-    a linear conv3x3 to C channels (frames are in [-1, 1]).
+    a linear conv3x3 to C channels (frames are in [-1, 1]); call that D(a_L[t]).
+
+    residual=False: the prediction is D(a_L[t]) (the decoder paints the frame).
+    residual=True:  the prediction is x[t - lag] + D(a_L[t]), the last frame the
+      top output has seen plus a predicted change; call(a, last_frame=x[t - lag]),
+      which the Pipeline gives it from a delay line (Pipeline.head_frame). The last
+      conv starts at zero, so a fresh model predicts exactly x[t - lag] (copy-last),
+      and the sum is taken in float32 whatever the compute dtype.
     """
 
-    def __init__(self, frame_shape, width: int = 32, **kwargs):
+    def __init__(self, frame_shape, width: int = 32, residual: bool = False, **kwargs):
         kwargs.setdefault("name", "head")
+        if residual:
+            # last_frame stays float32 (the sublayers still cast their own inputs).
+            kwargs["autocast"] = False
         super().__init__(**kwargs)
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.width = int(width)
+        self.residual = bool(residual)
+
+    @property
+    def reads_last_frame(self) -> bool:
+        return self.residual
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -85,30 +107,47 @@ class FrameDecoder(keras.layers.Layer):
             h, w = 2 * h, 2 * w
         if (h, w) != (height, width):
             self.stages.append(keras.layers.Resizing(height, width, name="resize"))
-        self.stages.append(keras.layers.Conv2D(channels, 3, padding="same", name="frame"))
+        init = "zeros" if self.residual else "glorot_uniform"  # residual: D = 0 at the start
+        self.stages.append(
+            keras.layers.Conv2D(
+                channels, 3, padding="same", kernel_initializer=init, name="frame"
+            )
+        )
         shape = tuple(input_shape)
         for layer in self.stages:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
 
-    def call(self, x):
+    def call(self, x, last_frame=None):
+        """x: a_L[t] [B, h, w, c]; last_frame: x[t - lag] [B, H, W, C] (residual only)."""
         for layer in self.stages:
             x = layer(x)
-        return x
+        if not self.residual:
+            return x
+        if last_frame is None:
+            raise ValueError(
+                "FrameDecoder(residual=True) predicts x[t - lag] + D(a_L[t]) and needs "
+                "last_frame=x[t - lag] [B, H, W, C]; inside a Pipeline it is given."
+            )
+        return ops.cast(last_frame, "float32") + ops.cast(x, "float32")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.frame_shape)
 
     def get_config(self):
-        return {**super().get_config(), "frame_shape": self.frame_shape, "width": self.width}
+        config = {**super().get_config(), "frame_shape": self.frame_shape, "width": self.width}
+        config.update(residual=self.residual)
+        config.pop("autocast", None)
+        return config
 
 
 def task_head(head: str, num_classes, frame_shape, model: str):
-    """(head layer, loss) for head "classes" (logits) or "frames" (future frames)."""
+    """(head layer, loss) for head "classes" (logits), "frames" or "frame_delta" (future
+    frames: painted whole, or as a change from the last frame seen)."""
     if head == "classes":
         return classification_head(int(num_classes)), "sparse_softmax_cross_entropy"
-    if head == "frames":
-        return FrameDecoder(frame_shape), tasks.frame_loss()
+    if head in FRAME_HEADS:
+        return FrameDecoder(frame_shape, residual=head == "frame_delta"), tasks.frame_loss()
     raise ValueError(f"{model}: head = {head!r}; choose one of {list(HEADS)}.")
 
 
@@ -118,12 +157,12 @@ def check_arguments(
     """Raises on a missing or non-positive batch size, class count or width multiplier."""
     if head not in HEADS:
         raise ValueError(f"{model}: head = {head!r}; choose one of {list(HEADS)}.")
-    if head == "frames":
+    if head in FRAME_HEADS:
         num_classes = 1  # (no classes to predict)
     if batch_size is gin.REQUIRED or num_classes in (gin.REQUIRED, None):
         raise ValueError(
             f"{model} needs batch_size and num_classes (train() passes both; set "
-            "train.num_classes), or head='frames' to predict frames."
+            "train.num_classes), or head='frame_delta' (or 'frames') to predict frames."
         )
     if int(batch_size) < 1 or int(num_classes) < 1:
         raise ValueError(

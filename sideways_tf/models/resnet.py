@@ -136,7 +136,7 @@ def resnet_pipeline(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
     name: str = "resnet",
 ) -> Pipeline:
@@ -193,7 +193,7 @@ def resnet18(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """8 basic blocks (64-512 channels) in 8 units; 1.7 GMACs per 112x112 frame at width 1."""

@@ -84,7 +84,7 @@ def vgg_pipeline(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
     name: str = "vgg",
 ) -> Pipeline:
@@ -142,7 +142,7 @@ def vgg8(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """8 conv layers (64-512 channels) in 5 units; 1.9 GMACs per 112x112 frame at width 1."""
@@ -171,7 +171,7 @@ def vgg16(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits) or "frames" (future-frame prediction)
+    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """16 conv layers (64-512 channels) in 6 units; 4.9 GMACs per 112x112 frame at width 1."""

@@ -1,0 +1,130 @@
+"""The residual future-frame head: x^[t - lag + h] = x[t - lag] + D(a_L[t]).
+
+A fresh model is exactly the copy-the-last-seen-frame baseline in every mode (which
+checks that the head's line delivers x[t - lag] for the mode's lag), training moves
+it away from there, and the streaming export carries the head's line.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import sideways_tf as sw
+from sideways_tf import export
+from sideways_tf.models import convnet
+from sideways_tf.models.layers import FrameDecoder
+
+MODES = [
+    ("frame_bp", "chain"),
+    ("bptt", "skip(2)"),
+    ("sideways", "chain"),
+    ("skip_sideways", "skip(2)"),
+    ("skip_sideways", "skip(2, 1)"),
+]
+
+
+def residual_engine(mode, topology, frame_shape=(8, 8, 3), lr=0.1, horizon=1):
+    keras.utils.set_random_seed(0)
+    pipeline = convnet.tiny_conv_pipeline(
+        batch_size=2,
+        frame_shape=frame_shape,
+        num_classes=None,
+        topology=topology,
+        head="frame_delta",
+    )
+    pipeline.task.horizon = horizon
+    return sw.Engine(pipeline, mode, keras.optimizers.SGD(lr))
+
+
+def random_clip(num_frames=9, frame_shape=(8, 8, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (2, num_frames, *frame_shape)).astype("float32")
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+@pytest.mark.parametrize("mode, topology", MODES)
+def test_a_fresh_residual_model_predicts_the_last_seen_frame_exactly(mode, topology, horizon):
+    eng = residual_engine(mode, topology, horizon=horizon)
+    clip = random_clip()
+    out = eng.predict_steps(clip)
+    scored = out["weights"].numpy() > 0
+    assert scored.sum() >= 4
+    # last_seen is x[t - lag] for this mode's lag (the copy-last baseline of evaluation).
+    predicted, last = out["outputs"].numpy()[:, scored], out["last_seen"].numpy()[:, scored]
+    np.testing.assert_array_equal(predicted, last)
+    # The training rule of the mode sees the same: its first loss is copy-last's loss.
+    copy_loss = np.mean(
+        (out["targets"].numpy()[:, scored] - last) ** 2, axis=(0, 2, 3, 4)
+    ).mean()  # mean over pixels and clips per step, then over the scored steps
+    metrics = eng.train_clip(clip)
+    assert float(metrics["valid_steps"]) == scored.sum()
+    np.testing.assert_allclose(float(metrics["loss"]), copy_loss, rtol=1e-5)
+
+
+def test_the_head_line_holds_the_lag_frames_the_head_has_not_read_yet():
+    eng = residual_engine("sideways", "chain")  # 3 units: lag 2
+    pipeline = eng.pipeline
+    assert pipeline.head_lag == 2
+    assert tuple(pipeline.head_line.shape) == (2, 2, 8, 8, 3)
+    assert any(b is pipeline.head_line for b in pipeline.state_variables())  # checkpointed
+    clip = random_clip(num_frames=5)
+    state = pipeline.zero_state()
+    for k in range(5):
+        state, _ = pipeline.forward_step(state, clip[:, k])
+    np.testing.assert_array_equal(state.delays[-1].numpy(), np.swapaxes(clip[:, 3:5], 0, 1))
+
+
+@pytest.mark.parametrize("mode, topology", MODES[:4])
+def test_training_moves_every_variable_of_a_residual_model(mode, topology):
+    eng = residual_engine(mode, topology, lr=0.1)
+    before = {v.path: np.array(v) for v in eng.variables}
+    clip = random_clip()
+    # The zero last conv lets only itself move on the first clip; then everything does.
+    eng.train_clip(clip)
+    moved = {v.path for v in eng.variables if np.any(np.array(v) != before[v.path])}
+    assert moved == {p for p in before if "/frame/" in p}, moved
+    eng.train_clip(random_clip(seed=1))
+    eng.train_clip(random_clip(seed=2))
+    for v in eng.variables:
+        new = np.array(v)
+        assert np.all(np.isfinite(new)), v.path
+        assert np.any(new != before[v.path]), f"{mode}: {v.path} did not change"
+    out = eng.predict_steps(clip)
+    scored = out["weights"].numpy() > 0
+    assert not np.array_equal(out["outputs"].numpy()[:, scored], out["last_seen"].numpy()[:, scored])
+
+
+def test_the_streaming_export_of_a_residual_model_reproduces_predict(tmp_path):
+    eng = residual_engine("skip_sideways", "skip(2, 1)", lr=0.5)
+    for seed in range(3):
+        eng.train_clip(random_clip(seed=seed))
+    pipeline = eng.pipeline
+    names = export.state_names(pipeline)
+    edge_lines = [b for u in pipeline.units for b in u.delay_buffers if b is not None]
+    assert len([n for n in names if n.startswith("delay_")]) == len(edge_lines) + 1  # + head's
+    module = export.StreamingModule(pipeline, {"format": "test"})
+    tf.saved_model.save(module, str(tmp_path / "export"), signatures=module.signatures())
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    clip = random_clip(num_frames=8, seed=7)
+    want = eng.predict_steps(clip)
+    assert not np.allclose(want["outputs"], want["last_seen"])  # the change is not zero
+    state = loaded.signatures["init_state"]()
+    for k in range(clip.shape[1]):
+        state = loaded.signatures["step"](frame=tf.constant(clip[:, k]), **state)
+        outputs = state.pop("outputs")
+        np.testing.assert_allclose(
+            outputs.numpy(), want["outputs"][:, k].numpy(), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_residual_decoder_config_round_trips_and_needs_the_last_frame():
+    decoder = FrameDecoder((8, 8, 3), width=4, residual=True)
+    clone = FrameDecoder.from_config(decoder.get_config())
+    assert clone.residual and clone.reads_last_frame
+    a = tf.random.normal((1, 2, 2, 5))
+    last = tf.random.normal((1, 8, 8, 3))
+    np.testing.assert_array_equal(clone(a, last_frame=last).numpy(), last.numpy())
+    with pytest.raises(ValueError, match="needs last_frame"):
+        clone(a)
+    assert not FrameDecoder((8, 8, 3)).reads_last_frame
