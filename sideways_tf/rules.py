@@ -106,7 +106,9 @@ def sideways_step(
                     inputs,
                     pipeline.unit_variables(i),
                     senders,
-                    head=lambda a: pipeline.apply_head(a, training=training, last_frame=last_frame),
+                    head=lambda a, f=last_frame: pipeline.apply_head(
+                        a, training=training, last_frame=f
+                    ),
                     loss=lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
                     training=training,
                     check=lambda a, i=i: pipeline.check_unit_output(i, a),

@@ -5,11 +5,11 @@ checks that the head's line delivers x[t - lag] for the mode's lag), training mo
 it away from there, and the streaming export carries the head's line.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 import sideways_tf as sw
 from sideways_tf import export
 from sideways_tf.models import convnet
@@ -92,7 +92,9 @@ def test_training_moves_every_variable_of_a_residual_model(mode, topology):
         assert np.any(new != before[v.path]), f"{mode}: {v.path} did not change"
     out = eng.predict_steps(clip)
     scored = out["weights"].numpy() > 0
-    assert not np.array_equal(out["outputs"].numpy()[:, scored], out["last_seen"].numpy()[:, scored])
+    assert not np.array_equal(
+        out["outputs"].numpy()[:, scored], out["last_seen"].numpy()[:, scored]
+    )
 
 
 def test_the_streaming_export_of_a_residual_model_reproduces_predict(tmp_path):

@@ -109,9 +109,7 @@ class FrameDecoder(keras.layers.Layer):
             self.stages.append(keras.layers.Resizing(height, width, name="resize"))
         init = "zeros" if self.residual else "glorot_uniform"  # residual: D = 0 at the start
         self.stages.append(
-            keras.layers.Conv2D(
-                channels, 3, padding="same", kernel_initializer=init, name="frame"
-            )
+            keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=init, name="frame")
         )
         shape = tuple(input_shape)
         for layer in self.stages:
