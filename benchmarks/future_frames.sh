@@ -3,6 +3,8 @@
 # same budget (train.num_steps, 1000 by default here).
 #   bash benchmarks/future_frames.sh [workdir_root] [num_steps] [modes...]
 # then: python benchmarks/plot_future.py --root [workdir_root]   (table + docs/future_frames.png)
+# HEAD=frames (or frame_delta, the shipped default) picks the future-frame head:
+#   HEAD=frames bash benchmarks/future_frames.sh workdirs/heads/frames 300 skip_sideways
 set -euo pipefail
 root=${1:-workdirs/moving_shapes_future}
 steps=${2:-1000}
@@ -14,6 +16,7 @@ for mode in $modes; do
   sideways-train --gin_file="experiments/moving_shapes_future_${mode}" \
     --workdir="$root/$mode" --gin_param=train.progress=False \
     --gin_param="train.num_steps=$steps" --gin_param="train.eval_every=$steps" \
-    --gin_param="train.checkpoint_every=$steps"
+    --gin_param="train.checkpoint_every=$steps" \
+    ${HEAD:+--gin_param="conv_pipeline.head='$HEAD'"}
   echo "$mode: $(( $(date +%s) - start )) s wall" | tee -a "$root/wall_times.txt"
 done

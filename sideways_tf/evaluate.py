@@ -24,6 +24,23 @@ def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -
     return engine.task.evaluate(engine, dataset, progress=progress)
 
 
+def check_eval_size(dataset: tf.data.Dataset, batch_size: int, binding="train.eval_data"):
+    """Raises unless the evaluation data holds at least one batch of clips.
+
+    A split smaller than one batch is almost always a wrong pattern or a split cut too
+    thin (its score would rest on a handful of clips, the rest of the batch padding).
+    Reads at most batch_size clips.
+    """
+    found = int(dataset.take(batch_size).reduce(0, lambda n, _: n + 1))
+    if found < batch_size:
+        raise ValueError(
+            f"The evaluation data ({binding}) holds {found} clip(s), fewer than one batch of "
+            f"{batch_size} (train.batch_size per process). Fix: give the evaluation split at "
+            f"least {batch_size} videos (e.g. convert more into it, or cut long videos into "
+            "several), raise clip_sampling.num_eval_clips, or lower train.batch_size."
+        )
+
+
 def evaluate_workdir(workdir, gin_params=(), progress: bool = True) -> dict:
     """Evaluates the newest readable checkpoint of a run with the config it saved.
 
@@ -40,7 +57,9 @@ def evaluate_workdir(workdir, gin_params=(), progress: bool = True) -> dict:
             f"{run.workdir.config} sets no train.eval_data: there is nothing to evaluate. Give "
             "one: --gin_param=train.eval_data=@eval/moving_shapes_dataset (or your reader)."
         )
-    metrics = evaluate(run.engine, run.eval_data(), progress=progress and run.runtime.is_chief)
+    eval_ds = run.eval_data()
+    check_eval_size(eval_ds, run.engine.batch_per_process)
+    metrics = evaluate(run.engine, eval_ds, progress=progress and run.runtime.is_chief)
     images = metrics.pop("images", None)
     if run.runtime.is_chief:
         writer = tf.summary.create_file_writer(run.workdir.summaries("eval"))

@@ -28,7 +28,7 @@ import tqdm
 
 from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf import workdir as workdir_lib
-from sideways_tf.evaluate import evaluate
+from sideways_tf.evaluate import check_eval_size, evaluate
 from sideways_tf.runs import (
     Run,
     Settings,
@@ -137,6 +137,8 @@ def _train(
     eval_ds = (
         settings.eval_data() if settings.eval_data is not None else None
     )  # finite; re-read each time
+    if eval_ds is not None:
+        check_eval_size(eval_ds, engine.batch_per_process)  # before the first step
 
     def run_eval():
         if eval_ds is None:

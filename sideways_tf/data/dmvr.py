@@ -33,7 +33,9 @@ Damaged data does not stop training; at either level a warning names the shard:
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -318,6 +320,72 @@ def _parse_video(element: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {"encoded": encoded, "label": features["label"], "video_index": element["video_index"]}
 
 
+def _short_video_message(pattern, sampling: ClipSampling, steps: int) -> str:
+    """Why a video is too short for one clip, naming the bindings and the fixes."""
+    need = (sampling.num_frames - 1) * sampling.stride + 1
+    extra = sampling.num_frames - steps
+    horizon = (
+        f" + dmvr_dataset.extra_frames = {extra} (the future-frame targets, frame_loss.horizon)"
+        if extra
+        else ""
+    )
+    return (
+        f"A video in {pattern} is shorter than one clip: a clip spans (K - 1) * stride + 1 = "
+        f"{need} frames, K = clip_sampling.num_frames = {steps}{horizon}, stride = "
+        f"clip_sampling.stride = {sampling.stride}. Fix: lower clip_sampling.num_frames (or "
+        "the horizon, or the stride), convert the videos at a higher --fps, or leave out the "
+        f"videos shorter than {need} frames"
+    )
+
+
+def check_video_lengths(files, pattern, sampling: ClipSampling, steps: int) -> bool:
+    """Raises if a converted video is shorter than one clip; False if the shards do not say.
+
+    Reads the converter's per-shard record (_shards_meta/<shard>.json: frames stored per
+    record), so nothing is decoded. Shards without it (other converters, older runs)
+    are checked while reading instead (_check_video_length).
+    """
+    need = (sampling.num_frames - 1) * sampling.stride + 1
+    short, total = [], 0
+    for f in files:
+        meta = f"{f.rsplit('/', 1)[0]}/_shards_meta/{f.rsplit('/', 1)[-1]}.json"
+        if not tf.io.gfile.exists(meta):
+            return False
+        with tf.io.gfile.GFile(meta) as fh:
+            frames = json.load(fh).get("frames")
+        if frames is None:
+            return False
+        total += len(frames)
+        short += [(f, r, n) for r, n in enumerate(frames) if n < need]
+    if short:
+        f, r, n = min(short, key=lambda x: x[2])
+        raise ValueError(
+            f"{_short_video_message(pattern, sampling, steps)}: {len(short)} of {total} "
+            f"videos are (the shortest: record {r} of {f}, {n} frames)."
+        )
+    return True
+
+
+def _check_video_length(video, *, pattern, sampling: ClipSampling, steps: int, files):
+    """Passes a video on if one clip fits in it; else stops reading, naming the bindings."""
+    need = (sampling.num_frames - 1) * sampling.stride + 1
+    message = (
+        _short_video_message(pattern, sampling, steps)
+        + " (the shard, record and frame count follow)."
+    )
+    shard = tf.math.floordiv(video["video_index"], _SHARD_STRIDE)
+    record = tf.math.floormod(video["video_index"], _SHARD_STRIDE)
+    ok = tf.debugging.assert_greater_equal(
+        tf.size(video["encoded"]),
+        need,
+        message=message,
+        data=[tf.gather(tf.constant(files), shard), record, tf.size(video["encoded"])],
+        summarize=3,
+    )
+    with tf.control_dependencies([ok]):
+        return {**video, "encoded": tf.identity(video["encoded"])}
+
+
 @gin.configurable(module="sideways_tf.data")
 def dmvr_dataset(
     pattern: str | Sequence[str],
@@ -326,6 +394,8 @@ def dmvr_dataset(
     cycle_length: int = 16,  # shards read in parallel
     repeat: bool = False,  # training only: repeat the records forever
     frames_only: bool = False,  # {"frames"} only (future-frame prediction): labels not needed
+    extra_frames: int = 0,  # frames past K in each clip: the future-frame targets (horizon h)
+    short_videos: str = "loop",  # a video shorter than a clip: "loop" it, or stop with an "error"
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Clips of DMVR records, unbatched, for training or evaluation.
@@ -339,6 +409,11 @@ def dmvr_dataset(
         apply.
       frames_only: yield {"frames"} only, for future-frame prediction; unlabelled splits
         (the Kinetics test split) work too.
+      extra_frames: clips hold K + extra_frames frames (K = clip_sampling.num_frames): the
+        frames a future-frame model's last steps predict (frame_loss.horizon).
+      short_videos: what a video shorter than one clip, (K + extra_frames - 1) * stride + 1
+        frames, does: "loop" (frames wrap around: harmless for classification) or "error"
+        (reading stops with a message naming the bindings: future frames must not wrap).
       input_context: from tf.distribute; each input pipeline reads its share of shards.
     Returns:
       tf.data.Dataset of {"frames": float32 [K, S, S, 3] (normalised), "label": int32 [],
@@ -346,6 +421,15 @@ def dmvr_dataset(
       `sampling.num_eval_clips` consecutive clips with the same video_index.
     """
     sampling = sampling_lib.clip_sampling() if sampling is None else sampling
+    if isinstance(extra_frames, bool) or not isinstance(extra_frames, int) or extra_frames < 0:
+        raise ValueError(
+            f"dmvr_dataset.extra_frames = {extra_frames!r}; give an integer >= 0 (the future "
+            "frames past K in each clip, e.g. %HORIZON)."
+        )
+    if short_videos not in ("loop", "error"):
+        raise ValueError(f"dmvr_dataset.short_videos = {short_videos!r}; use 'loop' or 'error'.")
+    steps = sampling.num_frames
+    sampling = dataclasses.replace(sampling, num_frames=steps + extra_frames)
     training = bool(split_is_training)
     files = list_shards(pattern)
     ds = _read_shards(files, training, cycle_length, input_context)
@@ -353,6 +437,11 @@ def dmvr_dataset(
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     parse_or_skip = _map_skipping_failures("not a SequenceExample with frames", files)
     ds = parse_or_skip(ds, _parse_video, **parallel)
+    if short_videos == "error" and not check_video_lengths(files, pattern, sampling, steps):
+        check = functools.partial(
+            _check_video_length, pattern=pattern, sampling=sampling, steps=steps, files=files
+        )
+        ds = ds.map(check, **parallel)
     if training and repeat:
         ds = ds.repeat()  # after parsing: an epoch without one parsable record ends the data
     # Records whose sampled frames do not decode are skipped and counted (skipped_records).

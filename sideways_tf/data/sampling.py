@@ -29,6 +29,7 @@ import tensorflow as tf
 # ImageNet statistics, the usual choice for Kinetics / UCF101 / HMDB51 frames.
 MEAN_RGB = (0.485, 0.456, 0.406)
 STDDEV_RGB = (0.229, 0.224, 0.225)
+PIXELS = ("imagenet", "symmetric")  # how frames are normalised (ClipSampling.pixels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ClipSampling:
     flip: bool = True  # training: one random horizontal flip per clip
     eval_crop_fraction: float = 1.0  # evaluation: centred square, fraction of the short side
     shuffle_buffer: int = 512  # training: clips (K encoded frames each) held for shuffling
+    pixels: str = "imagenet"  # "imagenet": (x/255 - mean)/std per channel; "symmetric": [-1, 1]
 
     def __post_init__(self):
         object.__setattr__(self, "area_range", tuple(float(a) for a in self.area_range))
@@ -60,6 +62,12 @@ class ClipSampling:
             )
         if self.shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}.")
+        if self.pixels not in PIXELS:
+            raise ValueError(
+                f"clip_sampling.pixels = {self.pixels!r}; use 'imagenet' (classification, "
+                "ImageNet statistics) or 'symmetric' (x / 127.5 - 1 in [-1, 1]: future frames, "
+                "whose PSNR / SSIM take frames in [-1, 1])."
+            )
 
 
 @gin.configurable(module="sideways_tf.data")
@@ -72,6 +80,7 @@ def clip_sampling(
     flip: bool = ClipSampling.flip,
     eval_crop_fraction: float = ClipSampling.eval_crop_fraction,
     shuffle_buffer: int = ClipSampling.shuffle_buffer,
+    pixels: str = ClipSampling.pixels,
 ) -> ClipSampling:
     """The ClipSampling that gin binds (`clip_sampling.num_frames = 32`, `eval/...`).
 
@@ -86,6 +95,7 @@ def clip_sampling(
         flip=flip,
         eval_crop_fraction=eval_crop_fraction,
         shuffle_buffer=shuffle_buffer,
+        pixels=pixels,
     )
 
 
@@ -280,7 +290,10 @@ def augment_clips(
     frames = crop_and_resize(frames, box, size)  # [C*K, S, S, 3]
     if training and sampling.flip:
         frames = random_flip(frames)
-    frames = normalize(frames)
+    if sampling.pixels == "symmetric":
+        frames = normalize(frames, mean=(0.5, 0.5, 0.5), stddev=(0.5, 0.5, 0.5))  # [-1, 1]
+    else:
+        frames = normalize(frames)
     return tf.reshape(frames, [-1, sampling.num_frames, size, size, 3])
 
 

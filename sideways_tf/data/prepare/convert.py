@@ -13,7 +13,8 @@ Output, in --output_dir:
   <split>-report.json               counts, records per shard, labels, unreadable,
                                     partial, missing
   <split>-unreadable.txt            one line per skipped video: path<TAB>reason
-  _shards_meta/<shard>.json         per-shard record of what went in (for resuming)
+  _shards_meta/<shard>.json         per-shard record of what went in (for resuming), and
+                                    the frames stored per record (the reader's length check)
 
 Resuming: a shard is written to `<shard>.incomplete` and renamed when complete, so a
 re-run with the same flags keeps finished shards and redoes the rest. Ctrl-C stops
@@ -77,8 +78,8 @@ class ConversionReport(NamedTuple):
 
 def video_record(
     entry: VideoEntry, fps: float | None, short_side: int | None, jpeg_quality: int = 90
-) -> tuple[bytes, FrameCounts]:
-    """One video as a serialized DMVR SequenceExample, and its source frame counts.
+) -> tuple[bytes, FrameCounts, int]:
+    """One video as a serialized DMVR SequenceExample, its source frame counts, frames stored.
 
     Raises:
       UnreadableVideoError.
@@ -92,16 +93,17 @@ def video_record(
         frame_rate=rate,
         data_path=entry.path,
     )
-    return example.SerializeToString(deterministic=True), counts  # same bytes in any process
+    serialized = example.SerializeToString(deterministic=True)  # same bytes in any process
+    return serialized, counts, len(jpegs)
 
 
-def _record_or_error(task) -> tuple[bytes | None, FrameCounts | str]:
-    """Worker: (serialized record, frame counts) or (None, reason it is unreadable)."""
+def _record_or_error(task) -> tuple[bytes | None, FrameCounts | str, int]:
+    """Worker: (serialized record, frame counts, frames stored) or (None, why unreadable, 0)."""
     entry, fps, short_side, quality = task
     try:
         return video_record(entry, fps, short_side, quality)
     except UnreadableVideoError as e:
-        return None, str(e)
+        return None, str(e), 0
 
 
 def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
@@ -343,10 +345,10 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
     """Writes one shard from the next len(shard) results; temp file, then rename."""
     final = os.path.join(output_dir, name)
     tmp = final + ".incomplete"
-    unreadable, partial, records = [], [], 0
+    unreadable, partial, records, frames = [], [], 0, []
     with tf.io.TFRecordWriter(tmp) as writer:
         for entry in shard:
-            record, counts = next(results)  # counts: FrameCounts, or why it is unreadable
+            record, counts, stored = next(results)  # counts: FrameCounts, or why unreadable
             if record is None:
                 unreadable.append({"path": entry.path, "reason": counts})
                 failed[0] += 1
@@ -354,6 +356,7 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
             else:
                 writer.write(record)
                 records += 1
+                frames.append(stored)
                 if counts.partial:
                     partial.append(
                         {
@@ -370,6 +373,7 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
         "paths": [e.path for e in shard],
         "unreadable": unreadable,
         "partial": partial,
+        "frames": frames,  # frames stored per record, in record order (readers check clips)
     }
     _write_json(os.path.join(output_dir, META_DIR, name + ".json"), meta)
     tf.io.gfile.rename(tmp, final, overwrite=True)
