@@ -6,7 +6,8 @@ Heads (a factory's `head` argument):
                  frame (sideways_tf.tasks.frame_loss: norm and horizon in gin); the
                  decoder paints the whole frame;
   "frame_delta"  the same decoder predicts the change from the last frame seen:
-                 x^[t - lag + h] = x[t - lag] + D(a_L[t]), zero-initialised, so a fresh
+                 x^[t - lag + h] = x[t - lag] + D(a_L[t], x[t - lag]), zero-initialised
+                 last conv (FrameDecoder(residual=True)), so a fresh
                  model predicts exactly the copy-last baseline (the shipped
                  future-frame configs use it; README, "Future-frame prediction").
 
@@ -68,11 +69,13 @@ class FrameDecoder(keras.layers.Layer):
     a linear conv3x3 to C channels (frames are in [-1, 1]); call that D(a_L[t]).
 
     residual=False: the prediction is D(a_L[t]) (the decoder paints the frame).
-    residual=True:  the prediction is x[t - lag] + D(a_L[t]), the last frame the
-      top output has seen plus a predicted change; call(a, last_frame=x[t - lag]),
-      which the Pipeline gives it from a delay line (Pipeline.head_frame). The last
-      conv starts at zero, so a fresh model predicts exactly x[t - lag] (copy-last),
-      and the sum is taken in float32 whatever the compute dtype.
+    residual=True:  the prediction is x[t - lag] + D(a_L[t], x[t - lag]), the last
+      frame the top output has seen plus a predicted change; the upsampled features
+      and x[t - lag] are concatenated into a conv3x3(width) + ReLU ("fuse") before the
+      last conv, so the change can follow what the frame holds. call(a, last_frame=
+      x[t - lag]), which the Pipeline gives it from a delay line (Pipeline.head_frame).
+      The last conv starts at zero, so a fresh model predicts exactly x[t - lag]
+      (copy-last), and the sum is taken in float32 whatever the compute dtype.
     """
 
     def __init__(self, frame_shape, width: int = 32, residual: bool = False, **kwargs):
@@ -107,27 +110,39 @@ class FrameDecoder(keras.layers.Layer):
             h, w = 2 * h, 2 * w
         if (h, w) != (height, width):
             self.stages.append(keras.layers.Resizing(height, width, name="resize"))
-        init = "zeros" if self.residual else "glorot_uniform"  # residual: D = 0 at the start
-        self.stages.append(
-            keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=init, name="frame")
-        )
         shape = tuple(input_shape)
         for layer in self.stages:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
+        self.fuse = None
+        if self.residual:
+            # The change is read off the features and the last frame together, so that it
+            # can move what the frame holds (an edge, a texture), not only paint over it.
+            self.fuse = keras.layers.Conv2D(
+                self.width, 3, padding="same", activation="relu", name="fuse"
+            )
+            self.fuse.build((*shape[:-1], shape[-1] + channels))
+            shape = (*shape[:-1], self.width)
+        init = "zeros" if self.residual else "glorot_uniform"  # residual: D = 0 at the start
+        self.frame = keras.layers.Conv2D(
+            channels, 3, padding="same", kernel_initializer=init, name="frame"
+        )
+        self.frame.build(shape)
 
     def call(self, x, last_frame=None):
         """x: a_L[t] [B, h, w, c]; last_frame: x[t - lag] [B, H, W, C] (residual only)."""
         for layer in self.stages:
             x = layer(x)
         if not self.residual:
-            return x
+            return self.frame(x)
         if last_frame is None:
             raise ValueError(
-                "FrameDecoder(residual=True) predicts x[t - lag] + D(a_L[t]) and needs "
-                "last_frame=x[t - lag] [B, H, W, C]; inside a Pipeline it is given."
+                "FrameDecoder(residual=True) predicts x[t - lag] + D(a_L[t], x[t - lag]) and "
+                "needs last_frame=x[t - lag] [B, H, W, C]; inside a Pipeline it is given."
             )
-        return ops.cast(last_frame, "float32") + ops.cast(x, "float32")
+        last = ops.cast(last_frame, "float32")
+        x = self.fuse(ops.concatenate([x, ops.cast(last, x.dtype)], axis=-1))
+        return last + ops.cast(self.frame(x), "float32")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.frame_shape)
