@@ -93,8 +93,8 @@ def convert(root: str, log) -> str:
     return records
 
 
-def train(root: str, records: str, mode: str, steps: int, eval_clips: int, log) -> dict:
-    workdir = os.path.join(root, "runs", mode)
+def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log) -> dict:
+    workdir = os.path.join(root, "runs", head, mode)
     params = [
         f"TRAIN_RECORDS='{records}/train-*-of-*.tfrecord'",
         f"EVAL_RECORDS='{records}/eval-*-of-*.tfrecord'",
@@ -104,6 +104,7 @@ def train(root: str, records: str, mode: str, steps: int, eval_clips: int, log) 
         f"train.checkpoint_every={steps}",
         "train.fidelity_every=0",
         "train.progress=False",
+        f"conv_pipeline.head='{head}'",
     ]
     argv = [
         sys.executable,
@@ -115,7 +116,13 @@ def train(root: str, records: str, mode: str, steps: int, eval_clips: int, log) 
     seconds = run(argv, log)
     with open(os.path.join(workdir, "eval_metrics.json")) as f:
         history = json.load(f)["history"]
-    return {"mode": mode, "workdir": workdir, "wall_s": round(seconds), "history": history}
+    return {
+        "mode": mode,
+        "head": head,
+        "workdir": workdir,
+        "wall_s": round(seconds),
+        "history": history,
+    }
 
 
 def strip(result: dict, path: str, num_frames: int = 8) -> None:
@@ -157,13 +164,13 @@ def strip(result: dict, path: str, num_frames: int = 8) -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| mode | steps | wall s | PSNR dB | SSIM | copy last PSNR dB | copy last SSIM |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | head | steps | wall s | PSNR dB | SSIM | copy last PSNR dB | copy last SSIM |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for e in r["history"]:
             lines.append(
-                f"| {r['mode']} | {e['step']} | {r['wall_s'] if e is r['history'][-1] else ''} "
+                f"| {r['mode']} | {r['head']} | {e['step']} | {r['wall_s'] if e is r['history'][-1] else ''} "
                 f"| {e['psnr']:.2f} | {e['ssim']:.3f} | {e['psnr_copy_last']:.2f} "
                 f"| {e['ssim_copy_last']:.3f} |"
             )
@@ -180,7 +187,8 @@ def main():
     p.add_argument("--size", default="228x128", help="frames written for conversion, WxH")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--modes", nargs="+", default=["sideways", "skip_sideways", "bptt"])
-    p.add_argument("--strip", default=os.path.join(HERE, "..", "docs", "own_video_strip.png"))
+    p.add_argument("--head", default="frame_delta", help="frame_delta (shipped) or frames")
+    p.add_argument("--strip", help="PNG path (default: docs/own_video_<head>.png)")
     args = p.parse_args()
     os.makedirs(args.root, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
@@ -189,13 +197,16 @@ def main():
     print(f"frames: {counts} (held out from frame {args.split}); {eval_clips} eval clips")
     with open(os.path.join(args.root, "log.txt"), "a") as log:
         records = convert(args.root, log)
-        results = [train(args.root, records, m, args.steps, eval_clips, log) for m in args.modes]
+        results = [
+            train(args.root, records, m, args.head, args.steps, eval_clips, log) for m in args.modes
+        ]
     print(table(results))
-    with open(os.path.join(args.root, "results.json"), "w") as f:
+    with open(os.path.join(args.root, f"results_{args.head}.json"), "w") as f:
         json.dump({"video": args.video, "split": args.split, "counts": counts, "runs": results}, f)
     best = max(results, key=lambda r: r["history"][-1]["psnr"] - r["history"][-1]["psnr_copy_last"])
-    strip(best, args.strip)
-    print(f"strip ({best['mode']}): {args.strip}")
+    path = args.strip or os.path.join(HERE, "..", "docs", f"own_video_{args.head}.png")
+    strip(best, path)
+    print(f"strip ({best['mode']}): {os.path.normpath(path)}")
 
 
 if __name__ == "__main__":
