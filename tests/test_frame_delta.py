@@ -130,3 +130,26 @@ def test_residual_decoder_config_round_trips_and_needs_the_last_frame():
     with pytest.raises(ValueError, match="needs last_frame"):
         clone(a)
     assert not FrameDecoder((8, 8, 3)).reads_last_frame
+
+
+def test_a_fresh_residual_model_is_copy_last_exactly_in_bfloat16_too():
+    from sideways_tf import precision
+
+    keras.utils.set_random_seed(0)
+    with precision.policy_scope("mixed_bfloat16"):
+        pipeline = convnet.tiny_conv_pipeline(
+            batch_size=2,
+            frame_shape=(8, 8, 3),
+            num_classes=None,
+            topology="skip(2)",
+            head="frame_delta",
+        )
+    assert pipeline.units[0].output_buffer.dtype == "bfloat16"
+    assert pipeline.head_line.dtype == "float32"  # frames are not rounded on the way
+    eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1))
+    out = eng.predict_steps(random_clip())
+    scored = out["weights"].numpy() > 0
+    assert out["outputs"].dtype == tf.float32
+    np.testing.assert_array_equal(
+        out["outputs"].numpy()[:, scored], out["last_seen"].numpy()[:, scored]
+    )
