@@ -69,7 +69,7 @@ class Settings:
     )  # (batch_size, frame_shape, num_classes, placement) -> Pipeline
     train_data: Callable = gin.REQUIRED  # () -> unbatched {"frames"[, "label"]} dataset
     eval_data: Callable | None = None  # () -> finite dataset scored by the task's evaluation
-    num_classes: int | None = None  # classes of the task (None: a head="frames" model)
+    num_classes: int | None = None  # classes of the task (None: a future-frame head)
     seed: int = 0  # parameter initialisation (data seeds are the data's own bindings)
     # -- Schedule
     batch_size: int = 16  # global: clips per training step over all replicas (B = this / R)

@@ -55,7 +55,7 @@ class Classification(Task):
         if labels is None:
             raise ValueError(
                 "This pipeline classifies clips, so training and fidelity need labels [B]; "
-                "the data must yield 'label' (or give the model head='frames' to predict frames)."
+                "the data must yield 'label' (or give the model head='frame_delta' to predict frames)."
             )
         num_frames = tf.shape(clip)[1]
         labels = tf.convert_to_tensor(labels)
