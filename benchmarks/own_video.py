@@ -20,6 +20,7 @@ Nothing is tuned against the held-out part: it is scored once per evaluation.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -31,8 +32,19 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def split_video(video: str, out_dir: str, split: int, width: int, height: int) -> dict:
-    """Writes frames [0, split) to train/all/train.mp4 and [split, end) to eval/all/heldout.mp4."""
+def split_video(
+    video: str, out_dir: str, split: int, width: int, height: int, by: str = "time"
+) -> dict:
+    """Writes the training part to train/all/train.mp4 and the held-out part to
+    eval/all/heldout.mp4.
+
+    by="time": frames [0, split) for training, [split, end) held out.
+    by="space": every frame, split by columns: the left `split` percent of the width for
+    training, the rest held out (the same time span, pixels never trained on).
+    by="blocks": consecutive blocks of `split` frames, alternating: even blocks train,
+    odd blocks are held out (each block its own video, so no clip crosses a boundary):
+    the held-out frames are never seen, and their motion is the shot's, not its end's.
+    """
     import av
 
     with av.open(video) as source:
@@ -42,23 +54,43 @@ def split_video(video: str, out_dir: str, split: int, width: int, height: int) -
             f.reformat(width=width, height=height, format="rgb24").to_ndarray()
             for f in source.decode(stream)
         ]
-    if not 0 < split < len(frames):
-        raise SystemExit(f"--split={split} must be inside the video's {len(frames)} frames.")
-    parts = {"train": frames[:split], "eval": frames[split:]}
+    if by == "blocks":
+        blocks = [frames[i : i + split] for i in range(0, len(frames) - split + 1, split)]
+        parts = {"train": blocks[0::2], "eval": blocks[1::2]}
+        for name, part in parts.items():
+            for k, block in enumerate(part):
+                _write(os.path.join(out_dir, "videos", name, "all", f"{name}{k}.mp4"), block, rate)
+        return {name: sum(len(b) for b in part) for name, part in parts.items()}
+    if by == "space":
+        if not 0 < split < 100:
+            raise SystemExit(f"--split={split}: with --split_by=space, a percent of the width.")
+        column = int(width * split / 100) // 2 * 2  # (even widths for yuv420p)
+        parts = {"train": [f[:, :column] for f in frames], "eval": [f[:, column:] for f in frames]}
+    else:
+        if not 0 < split < len(frames):
+            raise SystemExit(f"--split={split} must be inside the video's {len(frames)} frames.")
+        parts = {"train": frames[:split], "eval": frames[split:]}
     for name, part in parts.items():
-        folder = os.path.join(out_dir, "videos", name, "all")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "train.mp4" if name == "train" else "heldout.mp4")
-        with av.open(path, "w") as container:
-            out = container.add_stream("libx264", rate=rate)
-            out.width, out.height, out.pix_fmt = width, height, "yuv420p"
-            out.options = {"crf": "18"}  # near-lossless: the source's own compression dominates
-            for image in part:
-                for packet in out.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    container.mux(packet)
-            for packet in out.encode():
-                container.mux(packet)
+        video_name = "train.mp4" if name == "train" else "heldout.mp4"
+        _write(os.path.join(out_dir, "videos", name, "all", video_name), part, rate)
     return {name: len(part) for name, part in parts.items()}
+
+
+def _write(path: str, frames: list, rate) -> None:
+    """Frames [H, W, 3] uint8 as a near-lossless H.264 video at `path`."""
+    import av
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with av.open(path, "w") as container:
+        out = container.add_stream("libx264", rate=rate)
+        out.height, out.width = frames[0].shape[:2]
+        out.pix_fmt = "yuv420p"
+        out.options = {"crf": "18"}  # near-lossless: the source's own compression dominates
+        for image in frames:
+            for packet in out.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in out.encode():
+            container.mux(packet)
 
 
 def run(argv: list[str], log) -> None:
@@ -183,7 +215,14 @@ def main():
         "--video", default=os.path.join(HERE, "..", "..", "shared/data/bigbuckbunny.mp4")
     )
     p.add_argument("--root", default="workdirs/own_video")
-    p.add_argument("--split", type=int, default=100, help="first held-out frame")
+    p.add_argument(
+        "--split",
+        type=int,
+        default=100,
+        help="first held-out frame (--split_by=time), or percent of the width to train on (space)",
+    )
+    p.add_argument("--split_by", choices=["time", "space", "blocks"], default="time")
+    p.add_argument("--jobs", type=int, default=1, help="modes trained at once")
     p.add_argument("--size", default="228x128", help="frames written for conversion, WxH")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--modes", nargs="+", default=["sideways", "skip_sideways", "bptt"])
@@ -192,17 +231,35 @@ def main():
     args = p.parse_args()
     os.makedirs(args.root, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
-    counts = split_video(args.video, args.root, args.split, width, height)
-    eval_clips = counts["eval"] - 17 + 1  # one clip at every offset: K + h = 17 frames
+    counts = split_video(args.video, args.root, args.split, width, height, args.split_by)
+    # time: one clip at every offset of the short held-out part (K + h = 17 frames);
+    # space: 16 clips spread over the whole video.
+    # blocks: every offset of each held-out block.
+    eval_clips = {"time": counts["eval"] - 17 + 1, "space": 16, "blocks": args.split - 17 + 1}[
+        args.split_by
+    ]
     print(f"frames: {counts} (held out from frame {args.split}); {eval_clips} eval clips")
     with open(os.path.join(args.root, "log.txt"), "a") as log:
         records = convert(args.root, log)
-        results = [
-            train(args.root, records, m, args.head, args.steps, eval_clips, log) for m in args.modes
-        ]
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            results = list(
+                pool.map(
+                    lambda m: train(args.root, records, m, args.head, args.steps, eval_clips, log),
+                    args.modes,
+                )
+            )
     print(table(results))
     with open(os.path.join(args.root, f"results_{args.head}.json"), "w") as f:
-        json.dump({"video": args.video, "split": args.split, "counts": counts, "runs": results}, f)
+        json.dump(
+            {
+                "video": args.video,
+                "split": args.split,
+                "split_by": args.split_by,
+                "counts": counts,
+                "runs": results,
+            },
+            f,
+        )
     best = max(results, key=lambda r: r["history"][-1]["psnr"] - r["history"][-1]["psnr_copy_last"])
     path = args.strip or os.path.join(HERE, "..", "docs", f"own_video_{args.head}.png")
     strip(best, path)
