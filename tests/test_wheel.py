@@ -69,12 +69,12 @@ def test_wheel_install_trains_and_evaluates_with_the_shipped_configs(tmp_path):
             "--gin_param=train.checkpoint_every = 2",
             "--gin_param=train.fidelity_every = 0",
             "--gin_param=train.progress = False",
-            "--gin_param=eval/moving_shapes_dataset.num_examples = 4",
+            "--gin_param=eval/moving_shapes_dataset.num_examples = 16",  # (one batch)
         ],
         cwd=elsewhere,
     )
     assert "Done: step 2" in out
     out = _run([str(bin_dir / "sideways-eval"), f"--workdir={workdir}"], cwd=elsewhere)
-    assert out.startswith("step 2 (") and "ckpt-2): " in out and "'num_videos': 4" in out
+    assert out.startswith("step 2 (") and "ckpt-2): " in out and "'num_videos': 16" in out
     out = _run([str(bin_dir / "sideways-train"), "--help"], cwd=elsewhere, timeout=60)
     assert "experiments/moving_shapes_skip_sideways" in out
