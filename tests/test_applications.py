@@ -1,7 +1,7 @@
 """keras.applications networks (weights=None, 32x32 frames) cut into 4 units and trained.
 
-MobileNetV2 (alpha=0.35) in all four modes; ResNet50 in one mode (its four-mode
-run, minutes of tracing, is benchmarks/applications.py). The toy task is learnable
+MobileNetV2 (alpha=0.35) and ResNet50, each in all four modes (benchmarks/applications.py
+runs them longer). The toy task is learnable
 in a few dozen steps: two classes, bright vs dark clips.
 """
 
@@ -128,10 +128,18 @@ def test_fidelity_on_a_cut_mobilenet_with_dropout_is_exact_at_the_top_and_change
     assert not changed, changed
 
 
-def test_resnet50_cut_in_4_units_learns_in_sideways():
+@pytest.fixture(scope="module")
+def resnet_cuts():
+    """The FLOP-balanced 4-unit cuts of ResNet50; at B = 3 its strided 1x1 shortcuts are
+    refused before they could abort the process (oneDNN)."""
     units = sw.units_from_model(sw.replace_batch_norm(resnet50()), num_units=4)
     odd = sw.Pipeline(units, "chain", head=keras.layers.Dense(2), batch_size=3, frame_shape=FRAME)
-    with pytest.raises(ValueError, match="TF_ENABLE_ONEDNN_OPTS=0"):  # it would abort
+    with pytest.raises(ValueError, match="TF_ENABLE_ONEDNN_OPTS=0"):
         sw.Engine(odd, "sideways", keras.optimizers.Adam(1e-3))
-    pipeline = pipeline_of(resnet50, cut_names(units), "chain")
-    train_and_check(pipeline, "sideways", steps=10)  # (about 1 s a step)
+    return cut_names(units)
+
+
+@pytest.mark.parametrize("mode", list(TOPOLOGY))
+def test_resnet50_cut_in_4_units_learns_in_every_mode(resnet_cuts, mode):
+    pipeline = pipeline_of(resnet50, resnet_cuts, TOPOLOGY[mode])
+    train_and_check(pipeline, mode, steps=10)  # (about 1 s a step)
