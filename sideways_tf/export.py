@@ -243,25 +243,42 @@ def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     run = load_run(workdir, batch_size=batch_size, runtime=single, precision="float32", place=False)
     pipeline = run.pipeline
     _unpin(pipeline)
+    metadata = _metadata(
+        pipeline,
+        run.frame_shape,
+        batch_size,
+        run.class_names,
+        mode=run.settings.mode,
+        trained_precision=run.settings.precision,
+        checkpoint=os.path.basename(run.checkpoint),
+        checkpoint_step=run.step,
+    )
+    return pipeline, metadata
+
+
+def _metadata(pipeline: Pipeline, frame_shape, batch_size: int, class_names, **run) -> dict:
+    """sideways_export.json: what a server needs to feed and read the exported step.
+
+    run: mode, trained_precision, checkpoint, checkpoint_step (where it came from).
+    """
     topology = pipeline.topology
-    metadata = dict(
+    return dict(
         format="sideways_tf streaming export 1",
-        frame_shape=list(run.frame_shape),
+        frame_shape=list(frame_shape),
         frame_dtype="float32",
         batch_size=batch_size,
-        **pipeline.task.export_metadata(pipeline, run.class_names),
+        **pipeline.task.export_metadata(pipeline, class_names),
         fill_steps=topology.fill_steps,
         newest_lag=topology.newest_lag(topology.num_units),
         oldest_lag=topology.fill_steps - 1,
         num_units=topology.num_units,
-        mode=run.settings.mode,
-        trained_precision=run.settings.precision,
+        mode=run["mode"],
+        trained_precision=run["trained_precision"],
         topology=topology.describe(),
-        checkpoint=os.path.basename(run.checkpoint),
-        checkpoint_step=run.step,
+        checkpoint=run["checkpoint"],
+        checkpoint_step=run["checkpoint_step"],
         state_names=state_names(pipeline),
     )
-    return pipeline, metadata
 
 
 def _check_batch_size(batch_size):
@@ -337,23 +354,15 @@ def pipeline_from_memory(model, batch_size: int = 1) -> tuple[Pipeline, dict]:
                 "not rebuild them as they are. Fix their get_config, or export a workdir."
             )
         new.assign(old.numpy())
-    topology = copy.topology
-    metadata = dict(
-        format="sideways_tf streaming export 1",
-        frame_shape=list(copy.frame_shape),
-        frame_dtype="float32",
-        batch_size=batch_size,
-        **copy.task.export_metadata(copy, None),
-        fill_steps=topology.fill_steps,
-        newest_lag=topology.newest_lag(topology.num_units),
-        oldest_lag=topology.fill_steps - 1,
-        num_units=topology.num_units,
+    metadata = _metadata(
+        copy,
+        copy.frame_shape,
+        batch_size,
+        None,
         mode=mode,
         trained_precision="float32",
-        topology=topology.describe(),
         checkpoint=None,
         checkpoint_step=None,
-        state_names=state_names(copy),
     )
     return copy, metadata
 

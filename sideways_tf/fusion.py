@@ -15,6 +15,17 @@ import keras
 from keras import ops
 
 
+def strided_shape(input_shape, stride: int, channels: int) -> tuple:
+    """[B, H, W, C] -> [B, ceil(H / s), ceil(W / s), channels] (None stays None)."""
+    b, h, w, _ = input_shape
+    return (
+        b,
+        None if h is None else -(-h // stride),
+        None if w is None else -(-w // stride),
+        channels,
+    )
+
+
 @keras.saving.register_keras_serializable(package="sideways_tf")
 class StridedPointwiseConv(keras.layers.Conv2D):
     """Conv2D(filters, 1, strides=s) computed as x[:, ::s, ::s] then a stride-1 1x1 conv.
@@ -37,14 +48,7 @@ class StridedPointwiseConv(keras.layers.Conv2D):
         return super().call(inputs[:, ::s, ::s, :] if s > 1 else inputs)
 
     def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        s = self.stride
-        return (
-            b,
-            None if h is None else -(-h // s),
-            None if w is None else -(-w // s),
-            self.filters,
-        )
+        return strided_shape(input_shape, self.stride, self.filters)
 
     def get_config(self):
         return {**super().get_config(), "stride": self.stride}

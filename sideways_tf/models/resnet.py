@@ -29,7 +29,7 @@ import gin
 import keras
 
 from sideways_tf import placement as placement_lib
-from sideways_tf.fusion import StridedPointwiseConv
+from sideways_tf.fusion import StridedPointwiseConv, strided_shape
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
@@ -95,14 +95,7 @@ class BasicBlock(keras.Layer):
         return keras.ops.relu(y + shortcut)
 
     def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        s = self.stride
-        return (
-            b,
-            None if h is None else -(-h // s),
-            None if w is None else -(-w // s),
-            self.channels,
-        )
+        return strided_shape(input_shape, self.stride, self.channels)
 
     def get_config(self):
         config = super().get_config()
