@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+from future_study import quiet_budget, train_cli  # (this directory)
 
 MODES = {"sideways": "chain", "skip_sideways": "skip(2)"}
 
@@ -35,30 +36,13 @@ def train_classifier(root: str, mode: str, seed: int, steps: int, extra=()) -> s
     workdir = os.path.join(root, f"classifier_{mode}_seed{seed}")
     if os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{steps}.index")):
         return workdir
-    args = [
-        sys.executable,
-        "-c",
-        "import sys; from sideways_tf import cli; cli.train_main(sys.argv[1:])",
-        f"--gin_file=experiments/moving_shapes_{mode}",
-        f"--workdir={workdir}",
-    ]
-    for p in (
-        f"train.seed = {seed}",
-        f"train/moving_shapes_dataset.seed = {seed}",
-        f"train.num_steps = {steps}",
-        f"train.eval_every = {steps}",
-        f"train.checkpoint_every = {steps}",
-        "train.progress = False",
-        "train.fidelity_every = 0",
-        "train.images_every = 0",
-        *extra,
-    ):
-        args.append(f"--gin_param={p}")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    with open(workdir + ".log", "w") as log:
-        code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code != 0:
-        raise RuntimeError(f"{workdir} failed (exit {code}); see {workdir}.log")
+    params = [f"train.seed = {seed}", f"train/moving_shapes_dataset.seed = {seed}"]
+    train_cli(
+        workdir,
+        f"experiments/moving_shapes_{mode}",
+        params + quiet_budget(steps) + list(extra),
+        workdir + ".log",
+    )
     return workdir
 
 

@@ -62,12 +62,7 @@ class Cell:
             f"train/moving_shapes_future_dataset.seed = {seed}",
             f"HORIZON = {self.horizon}",
             f"moving_shapes_future_dataset.speed = {self.speed}",
-            f"train.num_steps = {steps}",
-            f"train.eval_every = {steps}",
-            f"train.checkpoint_every = {steps}",
-            "train.progress = False",
-            "train.fidelity_every = 0",
-            "train.images_every = 0",
+            *quiet_budget(steps),
         ]
         if self.mode in ("skip_sideways", "bptt", "frame_bp"):  # the same skip network
             params.append(f"conv_pipeline.topology = {self.topology!r}")
@@ -97,24 +92,45 @@ def run_one(root: str, cell: Cell, seed: int, steps: int, extra: list[str]) -> d
         done = _final(metrics_file, steps)
         if done is not None:
             return done
+    start = time.time()
+    train_cli(
+        workdir,
+        f"experiments/moving_shapes_future_{cell.mode}",
+        cell.gin_params(seed, steps) + list(extra),
+        os.path.join(root, cell.name(seed) + ".log"),
+    )
+    result = _final(metrics_file, steps)
+    result["wall_seconds"] = time.time() - start
+    return result
+
+
+def train_cli(workdir: str, gin_file: str, params: list, log_path: str) -> None:
+    """sideways-train in a subprocess, its output in log_path; raises naming the log."""
     args = [
         sys.executable,
         "-c",
         "import sys; from sideways_tf import cli; cli.train_main(sys.argv[1:])",
-        f"--gin_file=experiments/moving_shapes_future_{cell.mode}",
+        f"--gin_file={gin_file}",
         f"--workdir={workdir}",
-    ]
-    for p in cell.gin_params(seed, steps) + list(extra):
-        args.append(f"--gin_param={p}")
+    ] + [f"--gin_param={p}" for p in params]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    start = time.time()
-    with open(os.path.join(root, cell.name(seed) + ".log"), "w") as log:
+    with open(log_path, "w") as log:
         code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
-        raise RuntimeError(f"{cell.name(seed)} failed (exit {code}); see its .log in {root}")
-    result = _final(metrics_file, steps)
-    result["wall_seconds"] = time.time() - start
-    return result
+        raise RuntimeError(f"{workdir} failed (exit {code}); see {log_path}")
+
+
+def quiet_budget(steps: int) -> list[str]:
+    """Bindings of a study run: `steps` steps, one evaluation and checkpoint at the end,
+    no progress bar, fidelity or images."""
+    return [
+        f"train.num_steps = {steps}",
+        f"train.eval_every = {steps}",
+        f"train.checkpoint_every = {steps}",
+        "train.progress = False",
+        "train.fidelity_every = 0",
+        "train.images_every = 0",
+    ]
 
 
 def _final(metrics_file: str, steps: int) -> dict | None:

@@ -69,6 +69,7 @@ class Runtime:
         self.cluster_resolver = cluster_resolver
         self.is_distributed = strategy is not None
         self.distributed_input = distributed_input and self.is_distributed
+        self._sum_over_replicas = None  # per_worker's all-reduce, traced on first use
 
     # -- Facts ---------------------------------------------------------------------
 
@@ -117,7 +118,7 @@ class Runtime:
         """
         if self.num_workers == 1:
             return [int(value)]
-        if getattr(self, "_sum_over_replicas", None) is None:
+        if self._sum_over_replicas is None:
             strategy = self.strategy
 
             @tf.function
