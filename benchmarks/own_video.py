@@ -1,18 +1,22 @@
 """Future frames of real footage through the own-videos path, against copying the last frame.
 
-    python benchmarks/own_video.py --video=../shared/data/bigbuckbunny.mp4 \
-        --root=workdirs/own_video --steps=300 --modes sideways skip_sideways bptt
+    python benchmarks/own_video.py --root=workdirs/own_video --jobs=2
 
-1. Splits the video in time: frames [0, split) for training, [split, end) held out (the
-   model never sees a held-out frame), each written as its own small video (PyAV).
-2. Converts both with `sideways-convert --dataset=folder` and trains each mode with
-   `sideways-train --gin_file=experiments/folder_future_<mode>` (head "frame_delta",
-   h = 1, 32x32, B = 16, K = 16 + 1); the only extra bindings are the record patterns,
-   the schedule, and eval/clip_sampling.num_eval_clips (one clip at every offset of the
-   short held-out part, so that it fills one batch).
+1. Splits ../shared/data/bigbuckbunny.mp4 (132 frames) into blocks of 26 frames that
+   alternate: blocks 0, 2, 4 train, blocks 1 and 3 are held out (the model never sees a
+   held-out frame), each block written as its own small lossless video (PyAV). Or in
+   time (--split_by=time: frames [0, split) train) or by columns (--split_by=space).
+2. Converts both with `sideways-convert --dataset=folder --drop_repeats=55` (the video's
+   pulldown repeats go) and trains each mode with `sideways-train
+   --gin_file=experiments/folder_future_<mode>` (head "frame_motion", h = 1, 32x32,
+   B = 16, K = 16 + 1, 300 steps); the only extra bindings are the record patterns, the
+   schedule, and eval/clip_sampling.num_eval_clips (one clip at every offset of each
+   held-out block, so that the two fill a batch).
 3. Prints the table (held-out PSNR / SSIM of the model and of the copy-the-last-seen-
-   frame baseline, over the same scored steps) and writes it as JSON, and draws a strip
-   of held-out frames: target, prediction, copy-last, |prediction - last frame|.
+   frame baseline, over the same scored steps), the same PSNR split into frames that
+   repeat the last one seen and the others, writes it all as JSON, and draws a strip of
+   held-out frames: target, prediction, copy-last, |prediction - last frame|, |target -
+   last frame| (one scale).
 
 Nothing is tuned against the held-out part: it is scored once per evaluation.
 """
@@ -85,7 +89,7 @@ def _write(path: str, frames: list, rate) -> None:
         out = container.add_stream("libx264", rate=rate)
         out.height, out.width = frames[0].shape[:2]
         out.pix_fmt = "yuv420p"
-        out.options = {"crf": "18"}  # near-lossless: the source's own compression dominates
+        out.options = {"crf": "0"}  # lossless: the parts hold the source's frames as decoded
         for image in frames:
             for packet in out.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
@@ -101,7 +105,7 @@ def run(argv: list[str], log) -> None:
     return time.time() - start
 
 
-def convert(root: str, log) -> str:
+def convert(root: str, log, drop_repeats: float | None = None) -> str:
     records = os.path.join(root, "records")
     for split in ("train", "eval"):
         if os.path.exists(os.path.join(records, f"{split}-report.json")):
@@ -119,13 +123,24 @@ def convert(root: str, log) -> str:
                 "--short_side=64",
                 "--workers=1",
                 "--no_progress",
+                f"--drop_repeats={'none' if drop_repeats is None else drop_repeats}",
             ],
             log,
         )
     return records
 
 
-def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log) -> dict:
+def stored_frames(records: str, split: str) -> list[int]:
+    """Frames stored per video of a converted split (the converter's shard metadata)."""
+    frames = []
+    for name in sorted(os.listdir(os.path.join(records, "_shards_meta"))):
+        if name.startswith(split + "-"):
+            with open(os.path.join(records, "_shards_meta", name)) as f:
+                frames += json.load(f)["frames"]
+    return frames
+
+
+def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log, extra=()) -> dict:
     workdir = os.path.join(root, "runs", head, mode)
     params = [
         f"TRAIN_RECORDS='{records}/train-*-of-*.tfrecord'",
@@ -137,6 +152,7 @@ def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log)
         "train.fidelity_every=0",
         "train.progress=False",
         f"conv_pipeline.head='{head}'",
+        *extra,
     ]
     argv = [
         sys.executable,
@@ -154,6 +170,45 @@ def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log)
         "workdir": workdir,
         "wall_s": round(seconds),
         "history": history,
+    }
+
+
+def finished(root: str, mode: str, head: str) -> dict:
+    """A run trained before (--report_only): its evaluations, as `train` returns them."""
+    workdir = os.path.join(root, "runs", head, mode)
+    with open(os.path.join(workdir, "eval_metrics.json")) as f:
+        history = json.load(f)["history"]
+    return {"mode": mode, "head": head, "workdir": workdir, "wall_s": "", "history": history}
+
+
+def per_frame(result: dict, repeat_db: float = 45.0) -> dict:
+    """Held-out PSNR of the model and of copy-last, split by whether the target nearly
+    repeats the last frame seen (copy-last above `repeat_db` dB at 32x32: a repeated or
+    still frame, where a model that moves pixels can only lose)."""
+    from sideways_tf.runs import load_run
+
+    loaded = load_run(result["workdir"])
+    model, copy = [], []
+    size = loaded.engine.batch_per_process
+    for batch in loaded.eval_data().batch(size):
+        clips = batch["frames"].numpy()
+        n = len(clips)  # the last batch is padded to a full one; only its n clips count
+        clips = np.concatenate([clips, np.repeat(clips[:1], size - n, axis=0)])
+        out = {k: v.numpy() for k, v in loaded.engine.predict_steps(clips).items()}
+        out = {k: v[:n] if v.ndim > 1 else v for k, v in out.items()}  # weights: [K]
+        scored = np.broadcast_to(out["weights"] > 0, out["outputs"].shape[:2])
+        targets = out["targets"][scored]
+        for name, into in (("outputs", model), ("last_seen", copy)):
+            mse = np.mean((out[name][scored] - targets) ** 2, axis=(1, 2, 3))
+            into.append(np.minimum(10 * np.log10(4.0 / np.maximum(mse, 1e-12)), 100.0))
+    model, copy = np.concatenate(model), np.concatenate(copy)
+    repeat = copy > repeat_db
+    split = {"repeats": repeat, "others": ~repeat}
+    return {
+        "frames": {k: int(v.sum()) for k, v in split.items()},
+        "psnr": {k: float(model[v].mean()) if v.any() else None for k, v in split.items()},
+        "psnr_copy_last": {k: float(copy[v].mean()) if v.any() else None for k, v in split.items()},
+        "model_better_share": float(np.mean(model[~repeat] > copy[~repeat])),
     }
 
 
@@ -176,15 +231,18 @@ def strip(result: dict, path: str, num_frames: int = 8) -> None:
         "copy last x[t-lag]": out["last_seen"].numpy()[0, steps],
     }
     change = np.abs(rows[f"{result['mode']} prediction"] - rows["copy last x[t-lag]"])
-    fig, axes = plt.subplots(4, len(steps), figsize=(1.3 * len(steps), 5.6))
+    truth = np.abs(rows["target x[t-lag+1]"] - rows["copy last x[t-lag]"])
+    fig, axes = plt.subplots(5, len(steps), figsize=(1.3 * len(steps), 7.0))
     for r, (name, frames) in enumerate(rows.items()):
         for c, frame in enumerate(frames):
             axes[r, c].imshow(np.clip((frame + 1) / 2, 0, 1))
         axes[r, 0].set_ylabel(name, fontsize=7)
-    scale = max(float(change.max()), 1e-6)
-    for c, frame in enumerate(change):
-        axes[3, c].imshow(frame.mean(-1) / scale, cmap="magma", vmin=0, vmax=1)
+    scale = max(float(change.max()), float(truth.max()), 1e-6)
+    for c in range(len(steps)):
+        axes[3, c].imshow(change[c].mean(-1) / scale, cmap="magma", vmin=0, vmax=1)
+        axes[4, c].imshow(truth[c].mean(-1) / scale, cmap="magma", vmin=0, vmax=1)
     axes[3, 0].set_ylabel(f"|pred - last| (max {scale:.2f})", fontsize=7)
+    axes[4, 0].set_ylabel("|target - last|", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -218,43 +276,87 @@ def main():
     p.add_argument(
         "--split",
         type=int,
-        default=100,
-        help="first held-out frame (--split_by=time), or percent of the width to train on (space)",
+        default=26,
+        help="frames per block (--split_by=blocks), first held-out frame (time), or percent "
+        "of the width to train on (space)",
     )
-    p.add_argument("--split_by", choices=["time", "space", "blocks"], default="time")
+    p.add_argument("--split_by", choices=["time", "space", "blocks"], default="blocks")
     p.add_argument("--jobs", type=int, default=1, help="modes trained at once")
     p.add_argument("--size", default="228x128", help="frames written for conversion, WxH")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--modes", nargs="+", default=["sideways", "skip_sideways", "bptt"])
-    p.add_argument("--head", default="frame_delta", help="frame_delta (shipped) or frames")
+    p.add_argument("--modes", nargs="+", default=["skip_sideways", "sideways"])
+    p.add_argument(
+        "--report_only", action="store_true", help="table, split and strip of finished runs"
+    )
+    p.add_argument(
+        "--head", default="frame_motion", help="frame_motion (shipped), frame_delta or frames"
+    )
     p.add_argument("--strip", help="PNG path (default: docs/own_video_<head>.png)")
+    p.add_argument("--gin_param", action="append", default=[], help="added to every run")
+    p.add_argument(
+        "--drop_repeats",
+        type=float,
+        default=55.0,
+        help="sideways-convert --drop_repeats (dB): drops the video's pulldown repeats (one "
+        "frame in 25 repeats the one before it, a 24 fps film at 25 fps); 0: keep them",
+    )
     args = p.parse_args()
     os.makedirs(args.root, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
     counts = split_video(args.video, args.root, args.split, width, height, args.split_by)
-    # time: one clip at every offset of the short held-out part (K + h = 17 frames);
-    # space: 16 clips spread over the whole video.
-    # blocks: every offset of each held-out block.
-    eval_clips = {"time": counts["eval"] - 17 + 1, "space": 16, "blocks": args.split - 17 + 1}[
-        args.split_by
-    ]
-    print(f"frames: {counts} (held out from frame {args.split}); {eval_clips} eval clips")
     with open(os.path.join(args.root, "log.txt"), "a") as log:
-        records = convert(args.root, log)
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            results = list(
-                pool.map(
-                    lambda m: train(args.root, records, m, args.head, args.steps, eval_clips, log),
-                    args.modes,
+        records = convert(args.root, log, args.drop_repeats or None)
+        # time: one clip at every offset of the short held-out part (K + h = 17 frames);
+        # space: 16 clips spread over the whole video.
+        # blocks: every offset of each held-out block (the shortest, after dropping repeats).
+        shortest = min(stored_frames(records, "eval"))
+        eval_clips = {"time": shortest - 17 + 1, "space": 16, "blocks": shortest - 17 + 1}[
+            args.split_by
+        ]
+        print(
+            f"frames: {counts} written, {sum(stored_frames(records, 'train'))} / "
+            f"{sum(stored_frames(records, 'eval'))} stored (repeats dropped); split "
+            f"{args.split_by} {args.split}; {eval_clips} eval clips per held-out video",
+            flush=True,
+        )
+        if args.report_only:
+            results = [finished(args.root, m, args.head) for m in args.modes]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+                results = list(
+                    pool.map(
+                        lambda m: train(
+                            args.root,
+                            records,
+                            m,
+                            args.head,
+                            args.steps,
+                            eval_clips,
+                            log,
+                            args.gin_param,
+                        ),
+                        args.modes,
+                    )
                 )
-            )
     print(table(results))
+    for r in results:
+        r["per_frame"] = per_frame(r)
+        f = r["per_frame"]
+        print(
+            f"{r['mode']}: {f['frames']['repeats']} scored frames nearly repeat the last one "
+            f"seen (copy-last > 45 dB): model {f['psnr']['repeats'] or float('nan'):.2f}, copy-last "
+            f"{f['psnr_copy_last']['repeats'] or float('nan'):.2f} dB; the other "
+            f"{f['frames']['others']}: model {f['psnr']['others']:.2f}, copy-last "
+            f"{f['psnr_copy_last']['others']:.2f} dB (model ahead on "
+            f"{100 * f['model_better_share']:.0f}% of them)"
+        )
     with open(os.path.join(args.root, f"results_{args.head}.json"), "w") as f:
         json.dump(
             {
                 "video": args.video,
                 "split": args.split,
                 "split_by": args.split_by,
+                "drop_repeats": args.drop_repeats,
                 "counts": counts,
                 "runs": results,
             },

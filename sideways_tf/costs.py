@@ -74,7 +74,9 @@ def _traced_unit_step(pipeline, i: int):
             last = None  # a residual head's x[t - lag]: its value does not change the cost
             if pipeline.head_reads_frame:
                 last = tf.zeros((pipeline.batch_size, *pipeline.frame_shape), tf.float32)
-            head = functools.partial(pipeline.apply_head, training=True, last_frame=last)
+            head = functools.partial(
+                pipeline.apply_head, training=True, last_frame=last, previous_frame=last
+            )
             return unit_step(unit, list(inputs), theta, senders, head=head, loss=tf.reduce_sum)
         ones = tf.ones(unit.output_shape_, unit.compute_dtype)  # m_i [B, *out_i]
         return unit_step(unit, list(inputs), theta, senders, message=ones)

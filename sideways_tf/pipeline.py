@@ -34,7 +34,9 @@ class PipelineState(NamedTuple):
     delays:   one line [d, B, *in] per delayed edge, oldest first; then, when the
               head reads the last frame seen (a residual head, e.g. FrameDecoder(
               residual=True)) and lag > 0, the head's line [lag, B, *frame] holding
-              x[t-lag] .. x[t-1], lag = Topology.newest_lag(L).
+              x[t-lag] .. x[t-1], lag = Topology.newest_lag(L); a head that also reads
+              the frame before it (FrameDecoder(previous_frame=True)) has a line one
+              longer, [lag + 1, B, *frame], from x[t-lag-1].
     """
 
     t: tf.Tensor
@@ -57,7 +59,9 @@ class Pipeline(keras.Layer):
         given x[t - lag], the newest frame in a_L[t] (lag = Topology.newest_lag(L);
         the frame itself in the per-frame network), carried to it by a delay line
         from the input (the last entry of PipelineState.delays; a buffer, like the
-        units' lines, so it is checkpointed and streams in export).
+        units' lines, so it is checkpointed and streams in export). A head that also
+        has `reads_previous_frame = True` is given x[t - lag - 1] too (the line is one
+        longer; before the clip's first frame it holds that frame, as copy-last does).
       task: what the top output is trained to be (sideways_tf.tasks): a Task
         (tasks.Classification(), tasks.FutureFrames(horizon=h)), or, for
         classification, a loss name of tasks.LOSSES or a per-example loss callable
@@ -180,19 +184,21 @@ class Pipeline(keras.Layer):
         self._build_head_line()
 
     def _build_head_line(self):
-        """The head's line from the input: x[t-lag] .. x[t-1], [lag, B, *frame] float32.
+        """The head's line from the input: x[t-lag] .. x[t-1], [lag, B, *frame] float32
+        (from x[t-lag-1], [lag + 1, B, *frame], for a head that reads the previous frame).
 
-        Only for a head that reads the last frame seen, and only when lag > 0 (the
-        one-unit pipeline's top output sees x[t] itself). Frames stay float32 in every
-        precision, so that a residual head's x[t - lag] + 0 is the frame exactly.
+        Only for a head that reads the last frame seen, and only when the line is not
+        empty (the one-unit pipeline's top output sees x[t] itself). Frames stay float32
+        in every precision, so that a residual head's x[t - lag] + 0 is the frame exactly.
         """
         self.head_lag = self.topology.newest_lag(self.num_units)
         self.head_line = None
-        if not self.head_reads_frame or self.head_lag == 0:
+        length = self.head_lag + int(self.head_reads_previous_frame)
+        if not self.head_reads_frame or length == 0:
             return
         with self.unit_variable_scope(self.num_units), _per_replica_buffers():
             self.head_line = self.add_weight(
-                shape=(self.head_lag, self.batch_size, *self.frame_shape),
+                shape=(length, self.batch_size, *self.frame_shape),
                 initializer="zeros",
                 trainable=False,
                 name="head_line",
@@ -204,6 +210,11 @@ class Pipeline(keras.Layer):
     def head_reads_frame(self) -> bool:
         """Whether the head takes the last frame seen, x[t - lag], besides a_L[t]."""
         return bool(getattr(self.head, "reads_last_frame", False))
+
+    @property
+    def head_reads_previous_frame(self) -> bool:
+        """Whether the head also takes the frame before it, x[t - lag - 1]."""
+        return self.head_reads_frame and bool(getattr(self.head, "reads_previous_frame", False))
 
     # -- Variables ---------------------------------------------------------------
 
@@ -307,26 +318,35 @@ class Pipeline(keras.Layer):
         return a
 
     def head_frame(self, state: PipelineState, x_t):
-        """What the head reads besides a_L[t] at step t: (x[t - lag] or None, new head line).
+        """What the head reads besides a_L[t] at step t: (x[t - lag] or None,
+        x[t - lag - 1] or None, new head line).
 
-        x_t: [B, *frame]. The line [lag, B, *frame] holds x[t-lag] .. x[t-1]: the head
-        reads its oldest entry and x[t] goes in last. Returns (None, None) for a head
-        that reads no frame, (x_t, None) when lag = 0 (no line).
+        x_t: [B, *frame]. The line holds x[t-lag] .. x[t-1] (from x[t-lag-1] for a head
+        that reads the previous frame): the head reads its oldest entries and x[t] goes
+        in last. At a fresh state (t = 0) the line is read as if it held x[0] (the clip's
+        start repeats, as in the copy-last baseline). Returns (None, None, None) for a
+        head that reads no frame, (x_t, None, None) when the line is empty (lag = 0).
         """
         if not self.head_reads_frame:
-            return None, None
+            return None, None, None
         if self.head_line is None:
-            return x_t, None
+            return x_t, None, None
         line = state.delays[-1]  # the head's line is the last one
         newest = tf.cast(x_t, line.dtype)
-        return line[0], tf.concat([line[1:], newest[None]], axis=0)
+        line = tf.where(state.t == 0, tf.broadcast_to(newest[None], tf.shape(line)), line)
+        new_line = tf.concat([line[1:], newest[None]], axis=0)
+        if not self.head_reads_previous_frame:
+            return line[0], None, new_line
+        last = line[1] if self.head_lag > 0 else newest
+        return last, line[0], new_line
 
-    def apply_head(self, a_top, training=None, last_frame=None):
+    def apply_head(self, a_top, training=None, last_frame=None, previous_frame=None):
         """The task head on the top unit's output, in float32 (Keras' convention for a
         model's outputs under mixed precision: losses and metrics are taken in float32).
 
         last_frame: x[t - lag] [B, *frame], for a head that reads the last frame seen
-        (head_frame gives it); ignored by other heads.
+        (head_frame gives it); previous_frame: x[t - lag - 1], for a head that also reads
+        the frame before it; both ignored by other heads.
         """
         if self.head is None:
             out = a_top
@@ -337,7 +357,8 @@ class Pipeline(keras.Layer):
                     "and needs last_frame= (x[t - lag], Pipeline.head_frame); the pipeline's "
                     "forward passes give it."
                 )
-            out = self.head(a_top, last_frame=last_frame, training=training)
+            extra = {"previous_frame": previous_frame} if self.head_reads_previous_frame else {}
+            out = self.head(a_top, last_frame=last_frame, training=training, **extra)
         else:
             out = self.head(a_top, training=training)
         return tf.cast(out, tf.float32)
@@ -353,21 +374,30 @@ class Pipeline(keras.Layer):
                 for k, line in new_lines.items():
                     lines[k] = line
         with self.unit_scope(self.num_units):
-            last_frame, head_line = self.head_frame(state, x_t)
+            last_frame, previous_frame, head_line = self.head_frame(state, x_t)
             if head_line is not None:
                 lines[-1] = head_line
-            logits = self.apply_head(outputs[-1], training=training, last_frame=last_frame)
+            logits = self.apply_head(
+                outputs[-1],
+                training=training,
+                last_frame=last_frame,
+                previous_frame=previous_frame,
+            )
         return state._replace(t=state.t + 1, outputs=tuple(outputs), delays=tuple(lines)), logits
 
-    def frame_forward(self, x, training=None):
-        """The per-frame network: every unit works on the same frame. x: [N, *frame]."""
+    def frame_forward(self, x, training=None, previous=None):
+        """The per-frame network: every unit works on the same frame. x: [N, *frame];
+        previous: the frame before each [N, *frame], for a head that reads it (default x)."""
         activations = [x]
         for i, (unit, into) in enumerate(zip(self.units, self.topology.sources), start=1):
             with self.unit_scope(i):
                 activations.append(unit([activations[e.source] for e in into], training=training))
         with self.unit_scope(self.num_units):
             # No delays: the newest frame in the top's output is x itself.
-            return self.apply_head(activations[-1], training=training, last_frame=x)
+            previous = x if previous is None else previous
+            return self.apply_head(
+                activations[-1], training=training, last_frame=x, previous_frame=previous
+            )
 
     def call(self, clip, training=None):
         """Pipelined outputs of a whole clip from a zero state: [B, K, ...] -> [B, K, out]."""

@@ -98,7 +98,7 @@ def sideways_step(
             inputs, new_lines = pipeline.gather(i, previous, state)
             if i == num_units:
                 # A residual head also reads x[t - lag], from its own line (no gradient).
-                last_frame, head_line = pipeline.head_frame(state, x_t)
+                last_frame, previous_frame, head_line = pipeline.head_frame(state, x_t)
                 if head_line is not None:
                     lines[-1] = head_line
                 out = unit_step(
@@ -106,8 +106,8 @@ def sideways_step(
                     inputs,
                     pipeline.unit_variables(i),
                     senders,
-                    head=lambda a, f=last_frame: pipeline.apply_head(
-                        a, training=training, last_frame=f
+                    head=lambda a, f=last_frame, p=previous_frame: pipeline.apply_head(
+                        a, training=training, last_frame=f, previous_frame=p
                     ),
                     loss=lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
                     training=training,
@@ -260,7 +260,11 @@ def frame_outputs(pipeline: Pipeline, clip, training=True):
     """
     clip = tf.convert_to_tensor(clip)
     frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
-    outputs = pipeline.frame_forward(frames, training=training)  # [B*K, ...]
+    previous = None
+    if pipeline.head_reads_previous_frame:  # x[t - 1], x[0] before the clip's first frame
+        previous = tf.concat([clip[:, :1], clip[:, :-1]], axis=1)
+        previous = tf.reshape(previous, (-1, *pipeline.frame_shape))
+    outputs = pipeline.frame_forward(frames, training=training, previous=previous)
     per_step = tf.reshape(outputs, (pipeline.batch_size, -1, *outputs.shape[1:]))  # [B, K, ...]
     return per_step, tf.reduce_mean(per_step, axis=1)
 

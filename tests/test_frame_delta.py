@@ -1,8 +1,11 @@
-"""The residual future-frame head: x^[t - lag + h] = x[t - lag] + D(a_L[t]).
+"""The residual future-frame heads: x^[t - lag + h] = x[t - lag] + D(a_L[t], ...).
 
-A fresh model is exactly the copy-the-last-seen-frame baseline in every mode (which
-checks that the head's line delivers x[t - lag] for the mode's lag), training moves
-it away from there, and the streaming export carries the head's line.
+"frame_delta" paints the change D; "frame_motion" mixes shifted copies of x[t - lag]
+(D = sum_k w_k (S_k x - x)) with weights read off a_L[t], x[t - lag] and the last change
+seen, x[t - lag] - x[t - lag - 1]. A fresh model of either is exactly the copy-the-last-
+seen-frame baseline in every mode (which checks that the head's line delivers x[t - lag]
+for the mode's lag), training moves it away from there, and the streaming export carries
+the head's line.
 """
 
 import keras
@@ -24,14 +27,17 @@ MODES = [
 ]
 
 
-def residual_engine(mode, topology, frame_shape=(8, 8, 3), lr=0.1, horizon=1):
+HEADS = ["frame_delta", "frame_motion"]
+
+
+def residual_engine(mode, topology, frame_shape=(8, 8, 3), lr=0.1, horizon=1, head="frame_delta"):
     keras.utils.set_random_seed(0)
     pipeline = convnet.tiny_conv_pipeline(
         batch_size=2,
         frame_shape=frame_shape,
         num_classes=None,
         topology=topology,
-        head="frame_delta",
+        head=head,
     )
     pipeline.task.horizon = horizon
     return sw.Engine(pipeline, mode, keras.optimizers.SGD(lr))
@@ -42,10 +48,11 @@ def random_clip(num_frames=9, frame_shape=(8, 8, 3), seed=0):
     return rng.uniform(-1, 1, (2, num_frames, *frame_shape)).astype("float32")
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("horizon", [1, 2])
 @pytest.mark.parametrize("mode, topology", MODES)
-def test_a_fresh_residual_model_predicts_the_last_seen_frame_exactly(mode, topology, horizon):
-    eng = residual_engine(mode, topology, horizon=horizon)
+def test_a_fresh_residual_model_predicts_the_last_seen_frame_exactly(mode, topology, horizon, head):
+    eng = residual_engine(mode, topology, horizon=horizon, head=head)
     clip = random_clip()
     out = eng.predict_steps(clip)
     scored = out["weights"].numpy() > 0
@@ -75,9 +82,61 @@ def test_the_head_line_holds_the_lag_frames_the_head_has_not_read_yet():
     np.testing.assert_array_equal(state.delays[-1].numpy(), np.swapaxes(clip[:, 3:5], 0, 1))
 
 
+def test_a_motion_head_reads_the_frame_before_the_last_from_a_longer_line():
+    eng = residual_engine("sideways", "chain", head="frame_motion")  # 3 units: lag 2
+    pipeline = eng.pipeline
+    assert pipeline.head_lag == 2 and pipeline.head_reads_previous_frame
+    assert tuple(pipeline.head_line.shape) == (3, 2, 8, 8, 3)  # x[t-3] .. x[t-1]
+    clip = random_clip(num_frames=6)
+    state = pipeline.zero_state()
+    last, previous, line = pipeline.head_frame(state, clip[:, 0])
+    # Before the clip's first frame the line reads as that frame (as copy-last does).
+    np.testing.assert_array_equal(last, clip[:, 0])
+    np.testing.assert_array_equal(previous, clip[:, 0])
+    for k in range(5):
+        state, _ = pipeline.forward_step(state, clip[:, k])
+    last, previous, _ = pipeline.head_frame(state, clip[:, 5])
+    np.testing.assert_array_equal(last.numpy(), clip[:, 3])  # x[t - lag], t = 5
+    np.testing.assert_array_equal(previous.numpy(), clip[:, 2])  # x[t - lag - 1]
+
+
+def test_the_motion_head_moves_the_last_frame_and_follows_the_last_change():
+    decoder = FrameDecoder((8, 8, 3), width=4, residual=True, motion_radius=2, previous_frame=True)
+    a = tf.random.normal((1, 2, 2, 5))
+    last = tf.random.normal((1, 8, 8, 3))
+    np.testing.assert_array_equal(decoder(a, last_frame=last, previous_frame=last), last)
+    assert len(decoder.offsets) == 24 and decoder.reads_previous_frame
+    kernel, bias = decoder.frame.get_weights()
+    bias[decoder.offsets.index((0, 1))] = 40.0  # softmax: all weight on x one to the right
+    bias[-1] = 20.0  # the amount, tanh(20) = 1: all the way
+    decoder.frame.set_weights([kernel, bias])
+    moved = decoder(a, last_frame=last, previous_frame=last).numpy()
+    bias[-1] = 0.5  # halfway: a convex mix of the pixel and its neighbour
+    decoder.frame.set_weights([kernel, bias])
+    half = decoder(a, last_frame=last, previous_frame=last).numpy()
+    s = np.tanh(0.5)
+    np.testing.assert_allclose(
+        half[:, :, :-1], (1 - s) * last.numpy()[:, :, :-1] + s * last.numpy()[:, :, 1:], atol=1e-5
+    )
+    np.testing.assert_allclose(moved[:, :, :-1], last.numpy()[:, :, 1:], atol=1e-6)
+    np.testing.assert_allclose(moved[:, :, -1], last.numpy()[:, :, -1], atol=1e-6)  # edge repeats
+    # The weights read the last change seen: another previous frame, another prediction.
+    decoder.frame.set_weights([np.full_like(kernel, 0.1), np.linspace(-1, 1, len(bias))])
+    one = decoder(a, last_frame=last, previous_frame=last).numpy()
+    other = decoder(a, last_frame=last, previous_frame=last + 0.5).numpy()
+    assert np.abs(one - other).max() > 1e-3
+    clone = FrameDecoder.from_config(decoder.get_config())
+    assert clone.motion_radius == 2 and clone.reads_previous_frame
+    with pytest.raises(ValueError, match="previous_frame=x"):
+        clone(a, last_frame=last)
+    with pytest.raises(ValueError, match="needs residual=True"):
+        FrameDecoder((8, 8, 3), motion_radius=1)
+
+
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("mode, topology", MODES[:4])
-def test_training_moves_every_variable_of_a_residual_model(mode, topology):
-    eng = residual_engine(mode, topology, lr=0.1)
+def test_training_moves_every_variable_of_a_residual_model(mode, topology, head):
+    eng = residual_engine(mode, topology, lr=0.1, head=head)
     before = {v.path: np.array(v) for v in eng.variables}
     clip = random_clip()
     # The zero last conv lets only itself move on the first clip; then everything does.
@@ -97,8 +156,9 @@ def test_training_moves_every_variable_of_a_residual_model(mode, topology):
     )
 
 
-def test_the_streaming_export_of_a_residual_model_reproduces_predict(tmp_path):
-    eng = residual_engine("skip_sideways", "skip(2, 1)", lr=0.5)
+@pytest.mark.parametrize("head", HEADS)
+def test_the_streaming_export_of_a_residual_model_reproduces_predict(tmp_path, head):
+    eng = residual_engine("skip_sideways", "skip(2, 1)", lr=0.5, head=head)
     for seed in range(3):
         eng.train_clip(random_clip(seed=seed))
     pipeline = eng.pipeline

@@ -100,7 +100,7 @@ def test_a_folder_of_videos_trains_both_tasks_evaluates_and_exports(records, tmp
     assert metrics["num_videos"] == 2 and metrics["num_clips"] == 8  # 4 clips per eval video
     assert 0.0 <= metrics["accuracy"] <= 1.0
 
-    # Future frames (head frame_delta, h = 1): clips of K + 1 = 9 frames in [-1, 1].
+    # Future frames (head frame_motion, h = 1): clips of K + 1 = 9 frames in [-1, 1].
     future = str(tmp_path / "future")
     gin.clear_config()  # (each command parses and locks its own config)
     cli.train_main(train_argv(future, "experiments/folder_future_sideways", records))
@@ -127,7 +127,8 @@ def test_a_folder_of_videos_trains_both_tasks_evaluates_and_exports(records, tmp
     assert meta["state_names"][-1] == "delay_1"  # the head's line (a chain has no other)
     loaded = tf.saved_model.load(exported)
     state = loaded.signatures["init_state"]()
-    assert tuple(state["delay_1"].shape) == (3, 1, 16, 16, 3)  # x[t-3] .. x[t-1]
+    # x[t-4] .. x[t-1]: the motion head reads x[t-3] and the frame before it.
+    assert tuple(state["delay_1"].shape) == (4, 1, 16, 16, 3)
     frames = np.random.default_rng(0).uniform(-1, 1, (5, 1, 16, 16, 3)).astype("float32")
     for frame in frames:
         state = loaded.signatures["step"](frame=tf.constant(frame), **state)

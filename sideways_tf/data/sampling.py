@@ -4,7 +4,8 @@ One path for every reader (DMVR records, TFDS ucf101) and every mode of the engi
 
   training    one clip at a random offset, frames t0, t0 + s, ..., t0 + (K-1)s
               (s = stride; a video shorter than (K-1)s + 1 frames loops), one random
-              resized crop and one horizontal flip shared by all K frames
+              resized crop (or evaluation's square at a random position, train_crop =
+              "eval_scale") and one horizontal flip shared by all K frames
   evaluation  C clips at evenly spaced offsets (C = 1: the middle clip), a centred crop
 
 Only the sampled frames are decoded: `encoded` holds one JPEG/PNG string per frame and
@@ -30,6 +31,7 @@ import tensorflow as tf
 MEAN_RGB = (0.485, 0.456, 0.406)
 STDDEV_RGB = (0.229, 0.224, 0.225)
 PIXELS = ("imagenet", "symmetric")  # how frames are normalised (ClipSampling.pixels)
+TRAIN_CROPS = ("random_resized", "eval_scale")  # ClipSampling.train_crop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,10 @@ class ClipSampling:
     image_size: int = 112  # S: output frames are S x S
     num_eval_clips: int = 1  # C, evenly spaced clips per video in evaluation (1: the middle)
     area_range: tuple[float, float] = (0.3, 1.0)  # training: random resized crop, frame fraction
+    # training: "random_resized" (Inception style, area_range) or "eval_scale" (the
+    # evaluation square, eval_crop_fraction x the short side, at a random position: frames
+    # keep evaluation's scale and sharpness, and motion its size in pixels)
+    train_crop: str = "random_resized"
     flip: bool = True  # training: one random horizontal flip per clip
     eval_crop_fraction: float = 1.0  # evaluation: centred square, fraction of the short side
     shuffle_buffer: int = 512  # training: clips (K encoded frames each) held for shuffling
@@ -62,6 +68,12 @@ class ClipSampling:
             )
         if self.shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}.")
+        if self.train_crop not in TRAIN_CROPS:
+            raise ValueError(
+                f"clip_sampling.train_crop = {self.train_crop!r}; use 'random_resized' "
+                "(Inception-style crops, area_range) or 'eval_scale' (evaluation's square at "
+                "a random position: future frames, whose motion must keep its size)."
+            )
         if self.pixels not in PIXELS:
             raise ValueError(
                 f"clip_sampling.pixels = {self.pixels!r}; use 'imagenet' (classification, "
@@ -77,6 +89,7 @@ def clip_sampling(
     image_size: int = ClipSampling.image_size,
     num_eval_clips: int = ClipSampling.num_eval_clips,
     area_range: Sequence[float] = ClipSampling.area_range,
+    train_crop: str = ClipSampling.train_crop,
     flip: bool = ClipSampling.flip,
     eval_crop_fraction: float = ClipSampling.eval_crop_fraction,
     shuffle_buffer: int = ClipSampling.shuffle_buffer,
@@ -92,6 +105,7 @@ def clip_sampling(
         image_size=image_size,
         num_eval_clips=num_eval_clips,
         area_range=tuple(area_range),
+        train_crop=train_crop,
         flip=flip,
         eval_crop_fraction=eval_crop_fraction,
         shuffle_buffer=shuffle_buffer,
@@ -178,6 +192,20 @@ def center_crop_box(height: tf.Tensor, width: tf.Tensor, fraction: float = 1.0) 
     return tf.stack([(1.0 - dy) / 2, (1.0 - dx) / 2, (1.0 + dy) / 2, (1.0 + dx) / 2])
 
 
+def random_square_box(height: tf.Tensor, width: tf.Tensor, fraction: float = 1.0) -> tf.Tensor:
+    """A square of side `fraction` x the short side at a uniformly random position:
+    float32 [4] (y0, x0, y1, x1), the same size as `center_crop_box`'s."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"crop fraction must be in (0, 1], got {fraction}.")
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    side = fraction * tf.minimum(h, w)
+    dy, dx = side / h, side / w
+    y0 = tf.random.uniform([], 0.0, 1.0) * (1.0 - dy)
+    x0 = tf.random.uniform([], 0.0, 1.0) * (1.0 - dx)
+    return tf.stack([y0, x0, y0 + dy, x0 + dx])
+
+
 def crop_and_resize(frames: tf.Tensor, box: tf.Tensor, image_size: int) -> tf.Tensor:
     """The same box cropped from every frame and resized (bilinear).
 
@@ -257,8 +285,8 @@ def augment_clips(
 ) -> tf.Tensor:
     """Decodes, crops, flips and normalises the output of `select_frames`.
 
-    Training: one random resized crop and one flip for all frames; evaluation: the
-    centred square. All clips of one video share the crop.
+    Training: one random crop (resized, or at evaluation's scale: `train_crop`) and one
+    flip for all frames; evaluation: the centred square. All clips of one video share the crop.
     Args:
       frames: [C*K] encoded strings, or uint8 [C*K, H, W, 3].
       jpeg: the strings are JPEGs: only the crop window is decoded (faster).
@@ -273,7 +301,9 @@ def augment_clips(
         if frames.dtype == tf.string:
             frames = decode_frames(frames)  # [C*K, H, W, 3]
         height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-    if training:
+    if training and sampling.train_crop == "eval_scale":
+        box = random_square_box(height, width, sampling.eval_crop_fraction)
+    elif training:
         box = random_crop_box(height, width, sampling.area_range)
     else:
         box = center_crop_box(height, width, sampling.eval_crop_fraction)

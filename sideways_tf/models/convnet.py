@@ -43,12 +43,12 @@ def conv_pipeline(
     topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
     fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
     devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
+    head: str = "classes",  # "classes" (logits), "frame_delta", "frame_motion" or "frames"
     placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
 ) -> Pipeline:
     """Builds the conv pipeline; the last unit pools, the head is Dense(num_classes).
 
-    head="frame_delta" or "frames": the last unit keeps its map and a FrameDecoder
+    head="frame_delta", "frame_motion" or "frames": the last unit keeps its map and a FrameDecoder
     predicts a frame (a change from the last frame seen, or the whole frame).
     """
     if len(widths) != len(strides):

@@ -8,8 +8,16 @@ Heads (a factory's `head` argument):
   "frame_delta"  the same decoder predicts the change from the last frame seen:
                  x^[t - lag + h] = x[t - lag] + D(a_L[t], x[t - lag]), zero-initialised
                  last conv (FrameDecoder(residual=True)), so a fresh
-                 model predicts exactly the copy-last baseline (the shipped
-                 future-frame configs use it; README, "Future-frame prediction").
+                 model predicts exactly the copy-last baseline (the moving_shapes
+                 future-frame configs use it; README, "Future-frame prediction");
+  "frame_motion" the change moves the last frame's pixels: D = s (sum_k w_k S_k x - x)
+                 over the shifts S_k of x = x[t - lag] by up to MOTION_RADIUS pixels,
+                 softmax weights w and an amount s = tanh(.) read off a_L[t],
+                 x[t - lag] and the last change seen, x[t - lag] - x[t - lag - 1]
+                 (FrameDecoder(residual=True, motion_radius=2, previous_frame=True));
+                 also exactly copy-last when fresh. A moved pixel is a pixel of the frame, whatever the footage, so
+                 it carries to videos the model never saw (the own-videos configs use
+                 it; README, "Real footage").
 
 Normalisation is GroupNorm, per frame and per example, never over the batch: in
 a pipeline each unit holds a different frame at every step, and the VJP of step
@@ -30,8 +38,9 @@ from keras import ops
 
 from sideways_tf import tasks
 
-HEADS = ("classes", "frames", "frame_delta")
-FRAME_HEADS = ("frames", "frame_delta")  # heads that predict a frame (no classes)
+HEADS = ("classes", "frames", "frame_delta", "frame_motion")
+FRAME_HEADS = ("frames", "frame_delta", "frame_motion")  # heads that predict a frame
+MOTION_RADIUS = 2  # head "frame_motion": pixels move by up to 2 px per prediction
 
 
 def scaled_width(width: int, width_multiplier: float) -> int:
@@ -76,10 +85,37 @@ class FrameDecoder(keras.layers.Layer):
       x[t - lag]), which the Pipeline gives it from a delay line (Pipeline.head_frame).
       The last conv starts at zero, so a fresh model predicts exactly x[t - lag]
       (copy-last), and the sum is taken in float32 whatever the compute dtype.
+    motion_radius=r > 0: D = s (sum_k w_k S_k x - x), x = x[t - lag], over the last frame's
+      shifts S_k by (dy, dx), |dy|, |dx| <= r, (0, 0) excluded (edges repeat), with
+      w = softmax of N = (2r + 1)^2 - 1 channels of the last conv (where each pixel comes
+      from) and s = tanh of one more (how far towards them; 0 when fresh, from the zero
+      conv). With s in [0, 1] the prediction is a convex mix of the last frame's pixels
+      around each pixel: the change moves pixels, it never paints new values.
+    previous_frame=True: the weights also read the last change seen, x[t - lag] -
+      x[t - lag - 1] (call(..., previous_frame=x[t - lag - 1]); the Pipeline's head line
+      is one frame longer): the motion the frames show, whatever the features carry.
     """
 
-    def __init__(self, frame_shape, width: int = 32, residual: bool = False, **kwargs):
+    def __init__(
+        self,
+        frame_shape,
+        width: int = 32,
+        residual: bool = False,
+        motion_radius: int = 0,
+        previous_frame: bool = False,
+        **kwargs,
+    ):
         kwargs.setdefault("name", "head")
+        if motion_radius and not residual:
+            raise ValueError(
+                f"FrameDecoder(motion_radius={motion_radius}) moves the last frame seen and "
+                "needs residual=True (head='frame_motion')."
+            )
+        if previous_frame and not residual:
+            raise ValueError(
+                "FrameDecoder(previous_frame=True) reads x[t - lag - 1] next to the last frame "
+                "seen and needs residual=True (head='frame_motion')."
+            )
         if residual:
             # last_frame stays float32 (the sublayers still cast their own inputs).
             kwargs["autocast"] = False
@@ -87,10 +123,19 @@ class FrameDecoder(keras.layers.Layer):
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.width = int(width)
         self.residual = bool(residual)
+        self.motion_radius = int(motion_radius)
+        self.previous_frame = bool(previous_frame)
+        r = self.motion_radius
+        # (dy, dx) of the shifted copies of x[t - lag] the change mixes, the centre excluded.
+        self.offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy or dx]
 
     @property
     def reads_last_frame(self) -> bool:
         return self.residual
+
+    @property
+    def reads_previous_frame(self) -> bool:
+        return self.previous_frame
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -121,16 +166,22 @@ class FrameDecoder(keras.layers.Layer):
             self.fuse = keras.layers.Conv2D(
                 self.width, 3, padding="same", activation="relu", name="fuse"
             )
-            self.fuse.build((*shape[:-1], shape[-1] + channels))
+            frames_in = channels * (2 if self.previous_frame else 1)
+            self.fuse.build((*shape[:-1], shape[-1] + frames_in))
             shape = (*shape[:-1], self.width)
         init = "zeros" if self.residual else "glorot_uniform"  # residual: D = 0 at the start
         self.frame = keras.layers.Conv2D(
-            channels, 3, padding="same", kernel_initializer=init, name="frame"
+            len(self.offsets) + 1 if self.offsets else channels,
+            3,
+            padding="same",
+            kernel_initializer=init,
+            name="frame",
         )
         self.frame.build(shape)
 
-    def call(self, x, last_frame=None):
-        """x: a_L[t] [B, h, w, c]; last_frame: x[t - lag] [B, H, W, C] (residual only)."""
+    def call(self, x, last_frame=None, previous_frame=None):
+        """x: a_L[t] [B, h, w, c]; last_frame: x[t - lag] [B, H, W, C] (residual only);
+        previous_frame: x[t - lag - 1] [B, H, W, C] (previous_frame=True only)."""
         for layer in self.stages:
             x = layer(x)
         if not self.residual:
@@ -141,15 +192,44 @@ class FrameDecoder(keras.layers.Layer):
                 "needs last_frame=x[t - lag] [B, H, W, C]; inside a Pipeline it is given."
             )
         last = ops.cast(last_frame, "float32")
-        x = self.fuse(ops.concatenate([x, ops.cast(last, x.dtype)], axis=-1))
-        return last + ops.cast(self.frame(x), "float32")
+        seen = [last]
+        if self.previous_frame:
+            if previous_frame is None:
+                raise ValueError(
+                    "FrameDecoder(previous_frame=True) also needs previous_frame=x[t - lag - 1] "
+                    "[B, H, W, C]; inside a Pipeline it is given."
+                )
+            seen.append(last - ops.cast(previous_frame, "float32"))  # the last change seen
+        x = self.fuse(ops.concatenate([x] + [ops.cast(f, x.dtype) for f in seen], axis=-1))
+        if not self.motion_radius:
+            return last + ops.cast(self.frame(x), "float32")
+        out = ops.cast(self.frame(x), "float32")  # [B, H, W, N + 1]
+        weights = ops.softmax(out[..., :-1], axis=-1)  # [B, H, W, N]: where pixels come from
+        amount = ops.tanh(out[..., -1:])  # [B, H, W, 1]: how far towards them, 0 when fresh
+        mix = ops.sum(weights[..., None] * self._differences(last), axis=3)  # sum_k w_k S_k x - x
+        return last + amount * mix
+
+    def _differences(self, frame):
+        """S_k x - x for every offset k: [B, H, W, C] -> [B, H, W, N, C] (edge pixels repeat)."""
+        r = self.motion_radius
+        height, width = self.frame_shape[:2]
+        padded = ops.pad(frame, [[0, 0], [r, r], [r, r], [0, 0]], mode="symmetric")
+        shifted = [
+            padded[:, r + dy : r + dy + height, r + dx : r + dx + width, :]
+            for dy, dx in self.offsets
+        ]
+        return ops.stack(shifted, axis=3) - frame[:, :, :, None, :]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.frame_shape)
 
     def get_config(self):
         config = {**super().get_config(), "frame_shape": self.frame_shape, "width": self.width}
-        config.update(residual=self.residual)
+        config.update(
+            residual=self.residual,
+            motion_radius=self.motion_radius,
+            previous_frame=self.previous_frame,
+        )
         config.pop("autocast", None)
         return config
 
@@ -160,7 +240,13 @@ def task_head(head: str, num_classes, frame_shape, model: str):
     if head == "classes":
         return classification_head(int(num_classes)), "sparse_softmax_cross_entropy"
     if head in FRAME_HEADS:
-        return FrameDecoder(frame_shape, residual=head == "frame_delta"), tasks.frame_loss()
+        decoder = FrameDecoder(
+            frame_shape,
+            residual=head != "frames",
+            motion_radius=MOTION_RADIUS if head == "frame_motion" else 0,
+            previous_frame=head == "frame_motion",
+        )
+        return decoder, tasks.frame_loss()
     raise ValueError(f"{model}: head = {head!r}; choose one of {list(HEADS)}.")
 
 

@@ -172,7 +172,7 @@ def frame_loss(
     norm: str = "l2",  # "l2" (mean squared error) or "l1" (mean absolute error)
     horizon: int = 1,  # frames ahead of the newest frame the top output has seen
 ) -> FutureFrames:
-    """The future-frame task a model factory puts on its pipeline (head="frame_delta" or "frames")."""
+    """The future-frame task a model factory puts on its pipeline (head="frame_delta", "frame_motion" or "frames")."""
     return FutureFrames(norm=norm, horizon=horizon)
 
 

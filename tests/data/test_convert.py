@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import av
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -83,6 +84,48 @@ def test_decode_video_resamples_fps_and_resizes_short_side(tmp_path):
     frames, rate = decode.decode_video(path, fps=None, short_side=64)
     assert rate == 10 and frames.shape == (8, 64, 96, 3)
     assert frame_indices(frames) == list(range(8))
+
+
+def test_drop_repeats_drops_pulldown_repeats_and_keeps_every_change(tmp_path):
+    # Frames 0..9 with frame 3 and frame 7 shown twice (a pulldown): 12 frames, 2 repeats.
+    shown = [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9]
+    path = str(tmp_path / "pulldown.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.options = {"crf": "0"}
+        for t in shown:
+            image = np.empty((HEIGHT, WIDTH, 3), np.uint8)
+            image[...] = frame_colour(t, 0)
+            image[: HEIGHT // 2, : WIDTH // 2] = 255 - image[0, 0]  # some structure
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    def frame_indices(frames):  # R = 16 + 24 t, read off the unmarked corner
+        return [round((f[-1, -1, 0] - 16) / 24) for f in frames]
+
+    kept, _ = decode.decode_video(path, drop_repeats=50.0)
+    assert frame_indices(kept) == list(range(10))
+    every, _ = decode.decode_video(path)
+    assert frame_indices(every) == shown
+    # The resampler's own repeats (24 fps from a 12 fps video) go too.
+    assert frame_indices(decode.decode_video(path, fps=24, drop_repeats=50.0)[0]) == list(range(10))
+    os.makedirs(tmp_path / "videos" / "all")
+    os.replace(path, tmp_path / "videos" / "all" / "pulldown.mp4")
+    listing = listings.list_class_folders(str(tmp_path / "videos"))
+    out = str(tmp_path / "records")
+    kwargs = dict(fps=None, short_side=None, progress=False)
+    report = convert.convert_videos(listing, out, "train", drop_repeats=50.0, **kwargs)
+    assert report.repeats_dropped == 2
+    with open(report.report_path) as f:
+        written = json.load(f)
+    assert written["repeats_dropped"] == 2 and written["settings"]["drop_repeats"] == 50.0
+    ((_, _, frames),) = read_back(report.shards).values()
+    assert frame_indices(frames) == list(range(10))
+    with pytest.raises(ValueError, match="other settings"):  # resuming without the flag
+        convert.convert_videos(listing, out, "train", **kwargs)
 
 
 def test_truncated_video_with_readable_start_is_reported(tmp_path):

@@ -267,6 +267,35 @@ def test_crop_and_flip_are_shared_by_all_frames_of_a_clip():
     assert 0 < flipped < 12
 
 
+def test_eval_scale_training_crops_keep_evaluations_scale_and_move_its_window():
+    # A horizontal ramp of slope 3 per source pixel: a crop's slope per output pixel is its
+    # scale. eval_scale crops must match evaluation's slope exactly, at varying positions.
+    ramp = tf.tile(tf.range(96, dtype=tf.float32)[None, None, :, None], [2, 32, 1, 3]) * 2
+    frames = tf.cast(ramp, tf.uint8)  # [2, 32, 96, 3]: short side 32, 64 columns of play
+    kwargs = dict(num_frames=2, image_size=16, pixels="symmetric", flip=False)
+    evaluated = sampling.sample_clips(frames, training=False, sampling=ClipSampling(**kwargs))
+    eval_slope = np.diff(evaluated[0, 0, 0, :, 0]).mean()
+    crop = ClipSampling(train_crop="eval_scale", **kwargs)
+    starts, slopes = set(), []
+    for _ in range(12):
+        clip = sampling.sample_clips(frames, training=True, sampling=crop)[0].numpy()
+        slopes.append(np.diff(clip[0, 0, :, 0]).mean())
+        starts.add(round(float(clip[0, 0, 0, 0]), 2))
+        assert np.ptp(clip[:, :, :, 0], axis=1).max() < 1e-6  # the ramp has no vertical change
+    np.testing.assert_allclose(slopes, eval_slope, rtol=1e-4)
+    assert len(starts) > 6  # the window moves
+    resized = ClipSampling(**kwargs)  # the default (random resized) crop changes the scale
+    slopes = [
+        np.diff(
+            sampling.sample_clips(frames, training=True, sampling=resized)[0, 0, 0, :, 0]
+        ).mean()
+        for _ in range(12)
+    ]
+    assert np.ptp(slopes) > 0.05 * eval_slope
+    with pytest.raises(ValueError, match="train_crop = 'center'.*eval_scale"):
+        ClipSampling(train_crop="center")
+
+
 def test_training_iterator_can_be_checkpointed_and_restored(tmp_path):
     # The trainer checkpoints its data iterator; augmentation RNGs must not block that.
     write_shards(str(tmp_path), [(8, i) for i in range(6)], num_shards=2)

@@ -74,17 +74,22 @@ class ConversionReport(NamedTuple):
     missing: list[str]  # listed in the annotations, absent on disk
     partial: list[tuple[str, int, int]]  # (path, frames decoded, frames announced), stored
     report_path: str
+    repeats_dropped: int = 0  # frames dropped as repeats (drop_repeats), over all shards
 
 
 def video_record(
-    entry: VideoEntry, fps: float | None, short_side: int | None, jpeg_quality: int = 90
+    entry: VideoEntry,
+    fps: float | None,
+    short_side: int | None,
+    jpeg_quality: int = 90,
+    drop_repeats: float | None = None,
 ) -> tuple[bytes, FrameCounts, int]:
     """One video as a serialized DMVR SequenceExample, its source frame counts, frames stored.
 
     Raises:
       UnreadableVideoError.
     """
-    jpegs, rate, counts = decode_to_jpegs(entry.path, fps, short_side, jpeg_quality)
+    jpegs, rate, counts = decode_to_jpegs(entry.path, fps, short_side, jpeg_quality, drop_repeats)
     example = dmvr.make_sequence_example(
         jpegs,
         entry.label_index,
@@ -99,9 +104,9 @@ def video_record(
 
 def _record_or_error(task) -> tuple[bytes | None, FrameCounts | str, int]:
     """Worker: (serialized record, frame counts, frames stored) or (None, why unreadable, 0)."""
-    entry, fps, short_side, quality = task
+    entry, fps, short_side, quality, drop_repeats = task
     try:
-        return video_record(entry, fps, short_side, quality)
+        return video_record(entry, fps, short_side, quality, drop_repeats)
     except UnreadableVideoError as e:
         return None, str(e), 0
 
@@ -216,6 +221,7 @@ def convert_videos(
     jpeg_quality: int = 90,
     seed: int = 0,
     progress: bool = True,
+    drop_repeats: float | None = None,
 ) -> ConversionReport:
     """Writes the videos of `listing` as DMVR shards `<output_dir>/<split>-*-of-*.tfrecord`.
 
@@ -223,6 +229,8 @@ def convert_videos(
       num_shards: default ceil(#videos / videos_per_shard).
       workers: decoding processes (1: in this process).
       seed: shuffles videos across shards; keep it (and the other flags) when resuming.
+      drop_repeats: drop a frame whose PSNR against the frame kept before it exceeds this
+        many dB (decode.decode_video); None keeps every frame. The report counts them.
     Returns:
       A ConversionReport; the same facts are written to <split>-report.json and
       <split>-unreadable.txt.
@@ -241,6 +249,8 @@ def convert_videos(
             f"num_shards={num_shards} for {len(entries)} videos. Fix: choose 1..{len(entries)}."
         )
     settings = dict(fps=fps, short_side=short_side, jpeg_quality=jpeg_quality, seed=seed)
+    if drop_repeats is not None:  # (absent otherwise: shards of earlier runs still resume)
+        settings["drop_repeats"] = float(drop_repeats)
     tf.io.gfile.makedirs(os.path.join(output_dir, META_DIR))
     names = [dmvr.shard_name(split, i, num_shards) for i in range(num_shards)]
     _check_no_foreign_shards(output_dir, split, names)
@@ -262,7 +272,9 @@ def convert_videos(
             pending.append((name, shard))
 
     total = sum(len(shard) for _, shard in pending)
-    tasks = ((e, fps, short_side, jpeg_quality) for _, shard in pending for e in shard)
+    tasks = (
+        (e, fps, short_side, jpeg_quality, drop_repeats) for _, shard in pending for e in shard
+    )
     results = _ordered_map(_record_or_error, tasks, workers)
     failed = [0]  # unreadable videos so far, shown on the progress bar
     try:
@@ -284,6 +296,7 @@ def convert_videos(
             "num_unreadable": len(unreadable),
             "num_partial": len(partial),
             "num_missing": len(listing.missing),
+            "repeats_dropped": sum(metas[n].get("repeats_dropped", 0) for n in names),
             "settings": settings,
             "labels": list(listing.labels),
             "shards": [{"name": n, "records": metas[n]["records"]} for n in names],
@@ -325,6 +338,7 @@ def convert_videos(
         missing=list(listing.missing),
         partial=[(p["path"], p["decoded_frames"], p["expected_frames"]) for p in partial],
         report_path=report_path,
+        repeats_dropped=sum(metas[n].get("repeats_dropped", 0) for n in names),
     )
 
 
@@ -345,7 +359,7 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
     """Writes one shard from the next len(shard) results; temp file, then rename."""
     final = os.path.join(output_dir, name)
     tmp = final + ".incomplete"
-    unreadable, partial, records, frames = [], [], 0, []
+    unreadable, partial, records, frames, repeats = [], [], 0, [], 0
     with tf.io.TFRecordWriter(tmp) as writer:
         for entry in shard:
             record, counts, stored = next(results)  # counts: FrameCounts, or why unreadable
@@ -357,6 +371,7 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
                 writer.write(record)
                 records += 1
                 frames.append(stored)
+                repeats += counts.repeats
                 if counts.partial:
                     partial.append(
                         {
@@ -374,6 +389,7 @@ def _write_shard(output_dir, name, shard, results, settings, bar, failed) -> dic
         "unreadable": unreadable,
         "partial": partial,
         "frames": frames,  # frames stored per record, in record order (readers check clips)
+        "repeats_dropped": repeats,
     }
     _write_json(os.path.join(output_dir, META_DIR, name + ".json"), meta)
     tf.io.gfile.rename(tmp, final, overwrite=True)
@@ -443,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--short_side", type=_optional_number(int), default=256, help="resize short side, or none"
     )
+    p.add_argument(
+        "--drop_repeats",
+        type=_optional_number(float),
+        default=None,
+        help="drop a frame that repeats the frame kept before it: PSNR above this many dB, "
+        "e.g. 50 (pulldown from 24 to 25 fps, frozen frames: a future frame without motion "
+        "that copying the last frame predicts exactly); none (default) keeps every frame",
+    )
     p.add_argument("--num_shards", type=int, help="default: ceil(#videos / videos_per_shard)")
     p.add_argument("--videos_per_shard", type=int, default=100)
     p.add_argument(
@@ -476,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{report.num_records} videos in {len(report.shards)} shards "
         f"({report.written_shards} written, {report.kept_shards} kept); "
-        f"{len(report.unreadable)} unreadable, {len(report.partial)} partial (stored with "
+        + (f"{report.repeats_dropped} repeated frames dropped; " if report.repeats_dropped else "")
+        + f"{len(report.unreadable)} unreadable, {len(report.partial)} partial (stored with "
         f"fewer frames than announced), {len(report.missing)} missing. "
         f"Report: {report.report_path}",
         file=sys.stderr,
@@ -503,6 +528,7 @@ def _convert_from_flags(args: argparse.Namespace) -> ConversionReport:
         jpeg_quality=args.jpeg_quality,
         seed=args.seed,
         progress=not args.no_progress,
+        drop_repeats=args.drop_repeats,
     )
 
 

@@ -8,6 +8,7 @@ video stream or no frames, or stops before 75% of the frames its container annou
 from __future__ import annotations
 
 import io
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +27,7 @@ class FrameCounts(NamedTuple):
     decoded: int
     expected: int  # stream.frames, else duration x rate; 0 when the container does not say
     exact: bool  # expected is the container's frame count (not estimated from the duration)
+    repeats: int = 0  # output frames dropped as repeats of the frame before (drop_repeats)
 
     @property
     def partial(self) -> bool:
@@ -52,7 +54,10 @@ def _resized_shape(height: int, width: int, short_side: int | None) -> tuple[int
 
 
 def decode_video(
-    path: str, fps: float | None = None, short_side: int | None = None
+    path: str,
+    fps: float | None = None,
+    short_side: int | None = None,
+    drop_repeats: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decodes a video to RGB frames, resampled in time and resized.
 
@@ -61,13 +66,16 @@ def decode_video(
       fps: output frame rate; output frame k shows the source frame nearest in time to
         k / fps (frames are dropped or repeated). None keeps every source frame.
       short_side: the frames' short side after resizing (aspect kept); None keeps the size.
+      drop_repeats: drop an output frame whose PSNR against the frame kept before it
+        exceeds this many dB (a repeat: pulldown from 24 to 25 fps, frozen frames, the
+        resampler's own repeats), after resizing; None keeps every frame.
     Returns:
       (uint8 [T, H, W, 3], frame rate of the output).
     Raises:
       UnreadableVideoError: the file cannot be decoded, has no video stream or no frames,
         or stops well before the frame count its header announces (truncated).
     """
-    frames, rate, _ = _decode(path, fps, short_side, convert=lambda image: image)
+    frames, rate, _ = _decode(path, fps, short_side, lambda image: image, drop_repeats)
     return np.stack(frames), rate
 
 
@@ -79,9 +87,11 @@ def decode_video_to_jpegs(
     return jpegs, rate
 
 
-def decode_to_jpegs(path, fps, short_side, quality) -> tuple[list[bytes], float, FrameCounts]:
+def decode_to_jpegs(
+    path, fps, short_side, quality, drop_repeats=None
+) -> tuple[list[bytes], float, FrameCounts]:
     """As `decode_video_to_jpegs`, and the source frame counts (for the converter's report)."""
-    return _decode(path, fps, short_side, convert=lambda image: encode_jpeg(image, quality))
+    return _decode(path, fps, short_side, lambda image: encode_jpeg(image, quality), drop_repeats)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -89,7 +99,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return tf.io.encode_jpeg(image, quality=quality).numpy()
 
 
-def _decode(path, fps, short_side, convert):
+def _decode(path, fps, short_side, convert, drop_repeats=None):
     """Decodes like decode_video: (converted output frames, output frame rate, FrameCounts)."""
     av = _import_av()
     try:
@@ -108,7 +118,9 @@ def _decode(path, fps, short_side, convert):
             exact = announced > 0
             if not announced and container.duration:
                 announced = int(container.duration / 1e6 * rate)
-            frames, decoded = _resample(container.decode(stream), rate, fps, short_side, convert)
+            frames, decoded, repeats = _resample(
+                container.decode(stream), rate, fps, short_side, convert, drop_repeats
+            )
     except UnreadableVideoError:
         raise
     except Exception as e:  # PyAV raises FFmpegError subclasses, also OSError/ValueError
@@ -119,22 +131,41 @@ def _decode(path, fps, short_side, convert):
         raise UnreadableVideoError(
             f"truncated: decoded {decoded} of the {announced} frames its header announces"
         )
-    return frames, float(fps or rate), FrameCounts(decoded, announced, exact)
+    return frames, float(fps or rate), FrameCounts(decoded, announced, exact, repeats)
 
 
-def _resample(decoded_frames, rate, fps, short_side, convert):
-    """(converted frames resampled to fps and resized, number of source frames decoded)."""
+def repeat_psnr(image: np.ndarray, kept: np.ndarray) -> float:
+    """PSNR (dB, max 255) of uint8 frames [H, W, 3]; inf when identical."""
+    mse = float(np.mean((image.astype(np.float32) - kept.astype(np.float32)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _resample(decoded_frames, rate, fps, short_side, convert, drop_repeats=None):
+    """(converted frames resampled to fps and resized, number of source frames decoded,
+    number of output frames dropped as repeats)."""
     out = []
     shape = None
     last = [None, None]  # the frame emitted last and its conversion: repeats reuse it
+    kept = [None]  # with drop_repeats: the last image kept, [h, w, 3] uint8
+    repeats = 0
 
     def emit(frame):
-        nonlocal shape
-        if frame is not last[0]:
+        nonlocal shape, repeats
+        if frame is last[0]:
+            if drop_repeats is not None:  # the resampler's own repeat
+                repeats += 1
+                return
+        else:
             if shape is None:
                 shape = _resized_shape(frame.height, frame.width, short_side)
             h, w = shape
             image = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+            if drop_repeats is not None:
+                if kept[0] is not None and repeat_psnr(image, kept[0]) > drop_repeats:
+                    repeats += 1
+                    last[:] = [frame, None]
+                    return
+                kept[0] = image
             last[:] = [frame, convert(image)]  # [h, w, 3] uint8 -> whatever convert makes
         out.append(last[1])
 
@@ -159,4 +190,4 @@ def _resample(decoded_frames, rate, fps, short_side, convert):
         while next_slot / fps <= prev_t + 1e-9:
             emit(prev)
             next_slot += 1
-    return out, count
+    return out, count, repeats
