@@ -3,7 +3,7 @@
 # same budget (train.num_steps, 1000 by default here).
 #   bash benchmarks/future_frames.sh [workdir_root] [num_steps] [modes...]
 # then: python benchmarks/plot_future.py --root [workdir_root]   (table + docs/future_frames.png)
-# HEAD=frames (or frame_delta, the shipped default) picks the future-frame head:
+# HEAD=frames (or frame_delta; frame_motion is the shipped default) picks the head:
 #   HEAD=frames bash benchmarks/future_frames.sh workdirs/heads/frames 300 skip_sideways
 set -euo pipefail
 root=${1:-workdirs/moving_shapes_future}

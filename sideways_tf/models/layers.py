@@ -8,16 +8,17 @@ Heads (a factory's `head` argument):
   "frame_delta"  the same decoder predicts the change from the last frame seen:
                  x^[t - lag + h] = x[t - lag] + D(a_L[t], x[t - lag]), zero-initialised
                  last conv (FrameDecoder(residual=True)), so a fresh
-                 model predicts exactly the copy-last baseline (the moving_shapes
-                 future-frame configs use it; README, "Future-frame prediction");
+                 model predicts exactly the copy-last baseline (benchmarks/
+                 future_study.py pins it: its change comes from the features);
   "frame_motion" the change moves the last frame's pixels: D = s (sum_k w_k S_k x - x)
                  over the shifts S_k of x = x[t - lag] by up to MOTION_RADIUS pixels,
                  softmax weights w and an amount s = tanh(.) read off a_L[t],
                  x[t - lag] and the last change seen, x[t - lag] - x[t - lag - 1]
                  (FrameDecoder(residual=True, motion_radius=2, previous_frame=True));
-                 also exactly copy-last when fresh. A moved pixel is a pixel of the frame, whatever the footage, so
-                 it carries to videos the model never saw (the own-videos configs use
-                 it; README, "Real footage").
+                 also exactly copy-last when fresh. A moved pixel is a pixel of the
+                 frame, whatever the footage, so it carries to videos the model never
+                 saw (the future-frame configs ship it; README, "Future-frame
+                 prediction" and "Real footage").
 
 Normalisation is GroupNorm, per frame and per example, never over the batch: in
 a pipeline each unit holds a different frame at every step, and the VJP of step
