@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_optional_number(float),
         default=None,
         help="drop a frame that repeats the frame kept before it: PSNR above this many dB, "
-        "e.g. 50 (pulldown from 24 to 25 fps, frozen frames: a future frame without motion "
+        "e.g. 55 (pulldown from 24 to 25 fps, frozen frames: a future frame without motion "
         "that copying the last frame predicts exactly); none (default) keeps every frame",
     )
     p.add_argument("--num_shards", type=int, help="default: ceil(#videos / videos_per_shard)")
