@@ -135,7 +135,7 @@ def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
         while window:
             item, future = window.popleft()
             try:
-                result = future.result()
+                result = _result_interruptibly(future)
             except concurrent.futures.process.BrokenProcessPool as e:
                 raise RuntimeError(
                     f"A converter worker process died while decoding {item[0].path!r}. Fix: "
@@ -152,6 +152,20 @@ def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
         raise
     finally:
         pool.shutdown(wait=True)  # at once after the kill above
+
+
+def _result_interruptibly(future: concurrent.futures.Future):
+    """future.result(), in short timed waits: Ctrl-C is handled within one of them.
+
+    An untimed wait blocks the main thread in a lock that only a signal delivered to the
+    main thread itself interrupts; with TensorFlow's threads in the process the kernel
+    may deliver SIGINT to another thread, and the wait (and Ctrl-C) would hang.
+    """
+    while True:
+        try:
+            return future.result(timeout=_PARENT_POLL_SECONDS)
+        except concurrent.futures.TimeoutError:
+            continue
 
 
 @contextlib.contextmanager
