@@ -328,6 +328,18 @@ def wait_until(condition, seconds, what):
         time.sleep(0.1)
 
 
+def _sigint_as_at_a_terminal():
+    """In the child: SIGINT unblocked and at its default, as a shell gives a command.
+
+    A test runner's worker may run with SIGINT ignored or blocked (pytest-xdist's
+    workers leave Ctrl-C to the controller), and a child inherits both through exec:
+    Python then installs no KeyboardInterrupt handler and the converter never sees
+    the Ctrl-C this test sends.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def converter_blocked_on_a_pipe(tmp_path):
     """A `sideways-convert --workers=2` process, one of its workers stuck reading a video.
@@ -351,7 +363,14 @@ def converter_blocked_on_a_pipe(tmp_path):
     command += [f"--videos_dir={videos.parent}", f"--output_dir={tmp_path / 'out'}", "--split=t"]
     stderr = tmp_path / "stderr.txt"
     with open(stderr, "wb") as err:
-        process = subprocess.Popen(command, env=env, stdout=err, stderr=err, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=_sigint_as_at_a_terminal,
+        )
     pipe, workers = [], []
 
     def a_worker_reads_the_pipe():
