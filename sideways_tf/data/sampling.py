@@ -182,27 +182,27 @@ def center_crop_box(height: tf.Tensor, width: tf.Tensor, fraction: float = 1.0) 
     Cropping it and resizing to S equals resizing the short side to S / fraction and
     taking the centre S x S.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"eval crop fraction must be in (0, 1], got {fraction}.")
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    side = fraction * tf.minimum(h, w)
-    dy = side / h
-    dx = side / w
-    return tf.stack([(1.0 - dy) / 2, (1.0 - dx) / 2, (1.0 + dy) / 2, (1.0 + dx) / 2])
+    return _square_box(height, width, fraction, 0.5, 0.5)
 
 
 def random_square_box(height: tf.Tensor, width: tf.Tensor, fraction: float = 1.0) -> tf.Tensor:
     """A square of side `fraction` x the short side at a uniformly random position:
     float32 [4] (y0, x0, y1, x1), the same size as `center_crop_box`'s."""
+    return _square_box(
+        height, width, fraction, tf.random.uniform([], 0.0, 1.0), tf.random.uniform([], 0.0, 1.0)
+    )
+
+
+def _square_box(height, width, fraction: float, at_y, at_x) -> tf.Tensor:
+    """The square of side `fraction` x the short side, its corner at (at_y, at_x) of the
+    room left around it (0: top / left, 1: bottom / right)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"crop fraction must be in (0, 1], got {fraction}.")
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
     side = fraction * tf.minimum(h, w)
     dy, dx = side / h, side / w
-    y0 = tf.random.uniform([], 0.0, 1.0) * (1.0 - dy)
-    x0 = tf.random.uniform([], 0.0, 1.0) * (1.0 - dx)
+    y0, x0 = at_y * (1.0 - dy), at_x * (1.0 - dx)
     return tf.stack([y0, x0, y0 + dy, x0 + dx])
 
 
