@@ -322,14 +322,9 @@ def pipeline_from_memory(model, batch_size: int = 1) -> tuple[Pipeline, dict]:
         )
     config = model.get_config()
     config.update(batch_size=batch_size, frame_shape=tuple(model.frame_shape))
-    # Unbuilt (the buffers take the new batch) and unpinned (traced on the default device).
-    config["units"] = [
-        {
-            **{k: v for k, v in u.items() if k != "build_config"},
-            "config": {**u["config"], "device": None},
-        }
-        for u in config["units"]
-    ]
+    # Unpinned: traced on the default device (from_config leaves the units unbuilt, so
+    # their buffers take the new batch).
+    config["units"] = [{**u, "config": {**u["config"], "device": None}} for u in config["units"]]
     try:
         copy = Pipeline.from_config(config)
     except Exception as e:

@@ -163,7 +163,7 @@ class Pipeline(keras.Layer):
         shapes = [input_shape]
         for i, (unit, into) in enumerate(zip(self.units, self.topology.sources), start=1):
             source_shapes = [shapes[e.source] for e in into]
-            if not unit.built:  # (units restored from a config arrive built)
+            if not unit.built:
                 with self.unit_variable_scope(i):
                     unit.build(source_shapes)
             elif unit.source_shapes != source_shapes:
@@ -473,13 +473,31 @@ class Pipeline(keras.Layer):
 
     @classmethod
     def from_config(cls, config):
+        """The pipeline of get_config, its units and head unbuilt until Pipeline.build.
+
+        Every nested build_config is dropped, so each layer is built by its parent and
+        its variables' paths name the parent ("block1/conv/kernel"). Deserialized built,
+        a sublayer is built alone: two units' convs would both be "conv/kernel", a path
+        that checkpoints and the export (variables by path) cannot tell apart.
+        """
         config = dict(config)
-        config["units"] = [keras.saving.deserialize_keras_object(u) for u in config["units"]]
+        config["units"] = [
+            keras.saving.deserialize_keras_object(_unbuilt(u)) for u in config["units"]
+        ]
         if config["head"] is not None:
-            config["head"] = keras.saving.deserialize_keras_object(config["head"])
+            config["head"] = keras.saving.deserialize_keras_object(_unbuilt(config["head"]))
         if isinstance(config.get("task"), dict):
             config["task"] = keras.saving.deserialize_keras_object(config["task"])
         return cls(**config)
+
+
+def _unbuilt(config):
+    """A Keras config without any "build_config", at every depth."""
+    if isinstance(config, dict):
+        return {k: _unbuilt(v) for k, v in config.items() if k != "build_config"}
+    if isinstance(config, (list, tuple)):
+        return type(config)(_unbuilt(v) for v in config)
+    return config
 
 
 def _plan_for(

@@ -74,6 +74,8 @@ def test_model_checkpoint_and_load_model_continue_like_an_uninterrupted_run(tmp_
     model.fit(data, epochs=1, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(path)])
     loaded = keras.saving.load_model(str(tmp_path / "epoch1.keras"))
     assert loaded.engine.mode.name == "skip_sideways"
+    paths = [v.path for v in loaded.pipeline.variables]  # each unit's conv apart, not conv/kernel
+    assert len(set(paths)) == len(paths), sorted(p for p in paths if paths.count(p) > 1)
     assert int(loaded.optimizer.iterations) == 2
     for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))
