@@ -11,7 +11,7 @@ JSON, a Markdown table and a plot:
 Grid, one factor at a time around a base (skip(2), horizon h = 1, 2 px/frame), every
 cell over --seeds seeds (3): the base for sideways and skip_sideways, with bptt and
 frame_bp of the same network as references; then h = 3; speed 1 and 3 px/frame
-(both modes); and for skip_sideways the skip patterns skip(3), dense(2) and a skip
+(both modes); and for skip_sideways the skip patterns skip(3), dense(3) and a skip
 delayed by one more step, skip(2, 1) (plain Sideways has no skips: its base is its
 reference). Every run is the shipped experiment
 `experiments/moving_shapes_future_<mode>` (32x32, B = 16, K = 16) with a different
@@ -85,7 +85,9 @@ def grid(include_references: bool = True) -> list[Cell]:
         cells += [Cell(f"speed={v}", mode, speed=v) for mode in ("sideways", "skip_sideways")]
     cells += [
         Cell("skip(3)", "skip_sideways", topology="skip(3)"),
-        Cell("dense(2)", "skip_sideways", topology="dense(2)"),
+        # dense(w): every unit reads the w below it. dense(2) is skip(2), the base, edge for
+        # edge; dense(3) adds edges spanning three units (i - 3 -> i) to skip(2)'s.
+        Cell("dense(3)", "skip_sideways", topology="dense(3)"),
         Cell("skip(2,1)", "skip_sideways", topology="skip(2, 1)"),
     ]
     return cells
