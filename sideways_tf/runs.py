@@ -461,7 +461,8 @@ def load_run(
       of the run's (export: "float32"). place=False: units on their own devices
       (export unpins them afterwards). Restores parameters only: never buffers,
       optimizer state or data position. The training data is never read: shapes
-      come from the datasets' element specs.
+      come from the datasets' element specs. gin has one config per process: this
+      clears yours and leaves the run's parsed (re-parse your own files afterwards).
     """
     workdir = Workdir.of(workdir)
     workdir.require_run()
