@@ -244,8 +244,7 @@ def test_a_residual_model_trains_alike_compiled_by_xla_and_not(head):
         return eng
 
     plain, xla = trained(False), trained(True)
-    moved = 0
     for a, b in zip(plain.variables, xla.variables):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5, err_msg=a.path)
-        moved += "/frame/" in a.path and bool(np.any(np.array(a) != 0))
-    assert moved  # the head's zero-initialised conv trained in both
+    # The head's zero-initialised last conv trained (so the comparison covers the head).
+    assert any(np.any(np.array(v) != 0) for v in plain.variables if "/frame/" in v.path)
