@@ -52,8 +52,10 @@ def run(model: str, mode: str, cuts, steps: int, batch: int, frames: int, lr: fl
     keras.utils.set_random_seed(0)
     base = sw.replace_batch_norm(base_model(model))
     units = sw.units_from_model(base, cut_after=cuts)
-    head = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
-    pipeline = sw.Pipeline(units, MODES[mode], head=head, batch_size=batch, frame_shape=FRAME)
+    task = sw.tasks.Classification(num_classes=2)  # its head pools the map, then Dense(2)
+    pipeline = sw.Pipeline(
+        units, MODES[mode], head=task.head(FRAME), task=task, batch_size=batch, frame_shape=FRAME
+    )
     engine = sw.Engine(pipeline, mode, keras.optimizers.Adam(lr))
     before = [v.numpy() for v in pipeline.trainable_variables]
     losses, times = [], []

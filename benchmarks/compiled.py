@@ -52,7 +52,7 @@ def pipeline_for(topology, batch):
     return convnet.small_conv_pipeline(
         batch_size=batch,
         frame_shape=(32, 32, 3),
-        num_classes=12,
+        task=sw.tasks.Classification(num_classes=12),
         topology=topology,
         fusion="sum",  # (the README's numbers were measured with sum)
     )

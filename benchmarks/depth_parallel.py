@@ -131,7 +131,7 @@ def build_workloads(args) -> dict:
         pipeline = convnet.conv_pipeline(
             batch_size=args.batch,
             frame_shape=frame,
-            num_classes=NUM_CLASSES,
+            task=sw.tasks.Classification(num_classes=NUM_CLASSES),
             widths=(args.channels,) * args.units,
             strides=(1,) * args.units,
             topology=topology,

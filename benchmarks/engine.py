@@ -29,7 +29,7 @@ def make_engine(mode, batch):
     pipeline = convnet.small_conv_pipeline(
         batch_size=batch,
         frame_shape=(32, 32, 3),
-        num_classes=12,
+        task=sw.tasks.Classification(num_classes=12),
         topology=MODES[mode],
         fusion="sum",  # (the README's numbers were measured with sum)
     )
@@ -70,7 +70,7 @@ def main():
     for mode in MODES:
         engine = make_engine(mode, args.batch)
         peaks = [peak_step_bytes(engine, *clip(args.batch, k)) / 2**20 for k in args.frames]
-        growth = peaks[-1] / peaks[0]
+        growth = peaks[-1] / peaks[0] if peaks[0] else float("nan")  # (0: below what TF counts)
         print(mode.ljust(15) + "".join(f"{p:10.1f}" for p in peaks) + f"   x{growth:.2f}")
 
     print("\nTraining speed, K=16 (frames/s; ratio to frame_bp)")

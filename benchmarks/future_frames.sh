@@ -3,13 +3,21 @@
 # same budget (train.num_steps, 1000 by default here).
 #   bash benchmarks/future_frames.sh [workdir_root] [num_steps] [modes...]
 # then: python benchmarks/plot_future.py --root [workdir_root]   (table + docs/future_frames.png)
-# HEAD=frames (or frame_delta; frame_motion is the shipped default) picks the head:
-#   HEAD=frames bash benchmarks/future_frames.sh workdirs/heads/frames 300 skip_sideways
+# DECODER=whole (or delta; motion is the shipped default) picks the head's decoder
+# (FutureFrames.decoder; the older HEAD=frames / frame_delta / frame_motion still works):
+#   DECODER=whole bash benchmarks/future_frames.sh workdirs/heads/whole 300 skip_sideways
 set -euo pipefail
 root=${1:-workdirs/moving_shapes_future}
 steps=${2:-1000}
 shift 2 || shift $# || true
 modes=${*:-frame_bp sideways skip_sideways bptt}
+case "${HEAD:-}" in  # the older head names
+  frames) DECODER=${DECODER:-whole} ;;
+  frame_delta) DECODER=${DECODER:-delta} ;;
+  frame_motion) DECODER=${DECODER:-motion} ;;
+  "") ;;
+  *) echo "HEAD=$HEAD: use DECODER=motion, delta or whole" >&2; exit 2 ;;
+esac
 mkdir -p "$root"
 for mode in $modes; do
   start=$(date +%s)
@@ -17,6 +25,6 @@ for mode in $modes; do
     --workdir="$root/$mode" --gin_param=train.progress=False \
     --gin_param="train.num_steps=$steps" --gin_param="train.eval_every=$steps" \
     --gin_param="train.checkpoint_every=$steps" \
-    ${HEAD:+--gin_param="conv_pipeline.head='$HEAD'"}
+    ${DECODER:+--gin_param="FutureFrames.decoder='$DECODER'"}
   echo "$mode: $(( $(date +%s) - start )) s wall" | tee -a "$root/wall_times.txt"
 done

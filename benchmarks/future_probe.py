@@ -2,11 +2,13 @@
 
 Trains moving_shapes classifiers (sideways on a chain, skip_sideways on skip(2):
 the shipped experiments) for each seed, freezes them, and trains the same frame
-decoder (models.layers.FrameDecoder, width 32) on each one's top features (the
-top unit's map before its global pool, as the pipelined network computes it at
-step t) to predict x[t - lag + h], the frame h steps after the newest frame those
-features have seen. Every decoder gets the same budget and the same clips.
-Held-out PSNR / SSIM against copying the last seen frame, mean ± std over seeds.
+decoder (tasks.FrameDecoder, decoder "whole", width 32) on each one's top features
+(the top unit's map, which the classification head pools, as the pipelined network
+computes it at step t) to predict x[t - lag + h], the frame h steps after the
+newest frame those features have seen. Every decoder gets the same budget and the
+same clips. Held-out PSNR / SSIM against copying the last seen frame, scored by
+the future-frame task's Metrics (what the evaluation loop, sideways_tf.evaluate,
+accumulates), mean ± std over seeds.
 
     python benchmarks/future_probe.py --root workdirs/future_probe \
         --classifier_steps 1000 --decoder_steps 400 --jobs 2
@@ -28,13 +30,15 @@ import time
 import numpy as np
 from future_study import quiet_budget, train_cli  # (this directory)
 
+from sideways_tf import workdir as workdir_lib
+
 MODES = {"sideways": "chain", "skip_sideways": "skip(2)"}
 
 
 def train_classifier(root: str, mode: str, seed: int, steps: int, extra=()) -> str:
     """A moving_shapes classifier (the shipped experiment), in its own workdir."""
     workdir = os.path.join(root, f"classifier_{mode}_seed{seed}")
-    if os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{steps}.index")):
+    if os.path.exists(workdir_lib.checkpoint_index(workdir_lib.Workdir(workdir).checkpoint(steps))):
         return workdir
     params = [f"train.seed = {seed}", f"train/moving_shapes_dataset.seed = {seed}"]
     train_cli(
@@ -51,36 +55,30 @@ def probe(workdir: str, horizon: int, steps: int, batch_size: int, eval_clips: i
     import keras
     import tensorflow as tf
 
-    from sideways_tf import modes
+    from sideways_tf import modes, tasks
     from sideways_tf.data.moving_shapes import moving_shapes_future_dataset
-    from sideways_tf.models.layers import FrameDecoder
     from sideways_tf.runs import load_run
-    from sideways_tf.tasks.future_frames import frame_metrics, frame_targets, last_seen_frames
+    from sideways_tf.tasks.future_frames import frame_targets, last_seen_frames
 
     run = load_run(workdir, batch_size=batch_size)
     pipeline, mode = run.pipeline, modes.get(run.settings.mode)
     lag, first = mode.input_lag(pipeline), mode.first_step(pipeline)
-    top, num_frames = pipeline.units[-1], run.num_frames
-    if not isinstance(top.module.layers[-1], keras.layers.GlobalAveragePooling2D):
-        raise ValueError(f"{workdir}: the top unit does not end in a global pool.")
-
-    def top_map(previous, state):
-        inputs, _ = pipeline.gather(pipeline.num_units, previous, state)
-        u = top.fusion(inputs) if top.fusion is not None else inputs[0]
-        for layer in top.module.layers[:-1]:
-            u = layer(u, training=False)
-        return u
+    num_frames = run.num_frames
+    if len(pipeline.output_shapes[-1]) != 4:
+        raise ValueError(
+            f"{workdir}: the top unit's output {pipeline.output_shapes[-1]} is not a map."
+        )
 
     @tf.function
     def features(clip):  # [B, K + h, H, W, C] -> [B, K, h', w', c] (pipelined, frozen)
         state, maps = pipeline.zero_state(), []
         for k in range(num_frames):
-            maps.append(top_map((clip[:, k], *state.outputs), state))
             state, _ = pipeline.forward_step(state, clip[:, k], training=False)
+            maps.append(state.outputs[-1])  # a_L[t], the map the class head pools
         return tf.stack(maps, axis=1)
 
     keras.utils.set_random_seed(seed)
-    decoder = FrameDecoder(run.frame_shape, width=32, name="probe")
+    decoder = tasks.FrameDecoder(run.frame_shape, width=32, name="probe")
     optimizer = keras.optimizers.Adam(2e-3)
     scored = np.arange(num_frames) >= first - 1  # full pipeline from step T_fill
 
@@ -106,7 +104,9 @@ def probe(workdir: str, horizon: int, steps: int, batch_size: int, eval_clips: i
     train = moving_shapes_future_dataset("train", seed=100 + seed, **options)
     for clips in train.batch(batch_size, drop_remainder=True).take(steps):
         train_step(clips["frames"])
-    sums = dict(psnr=0.0, ssim=0.0, psnr_copy_last=0.0, ssim_copy_last=0.0, weight=0.0)
+    # Scored as the evaluation loop scores future frames: the task's Metrics, one
+    # EvalBatch per batch (the probe is no pipeline's head, so not evaluate() itself).
+    metrics = tasks.FutureFrames(horizon=horizon).metrics()
     held_out = moving_shapes_future_dataset("eval", num_examples=eval_clips, **options)
     for clips in held_out.batch(batch_size, drop_remainder=True):
         clip = clips["frames"]
@@ -114,14 +114,11 @@ def probe(workdir: str, horizon: int, steps: int, batch_size: int, eval_clips: i
         flat = tf.reshape(maps, (-1, *maps.shape[2:]))
         pred = tf.reshape(decoder(flat), tf.shape(targets))
         last = last_seen_frames(clip, lag)[:, :num_frames]
-        model, copy = frame_metrics(pred, targets, weights), frame_metrics(last, targets, weights)
-        sums["psnr"] += model["psnr_sum"]
-        sums["ssim"] += model["ssim_sum"]
-        sums["psnr_copy_last"] += copy["psnr_sum"]
-        sums["ssim_copy_last"] += copy["ssim_sum"]
-        sums["weight"] += model["weight"]
-    weight = sums.pop("weight")
-    out = {k: v / weight for k, v in sums.items()}
+        metrics.update(
+            tasks.EvalBatch(pred, targets, weights, {"last_seen": last}, None, clips["video_index"])
+        )
+    result = metrics.result()
+    out = {k: float(result[k]) for k in ("psnr", "ssim", "psnr_copy_last", "ssim_copy_last")}
     out.update(classifier_step=run.step, lag=lag, first_step=first)
     return out
 

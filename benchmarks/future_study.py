@@ -16,10 +16,11 @@ delayed by one more step, skip(2, 1) (plain Sideways has no skips: its base is i
 reference). Every run is the shipped experiment
 `experiments/moving_shapes_future_<mode>` (32x32, B = 16, K = 16) with a different
 seed (the initial parameters and the videos), --steps steps, evaluated on 256
-held-out clips against copying the last seen frame, and with head "frame_delta": its
-change is read off the top unit's features and the last frame, so what it predicts
-of motion is what the network's features carry (the shipped "frame_motion" head also
-reads the last change seen, x[t - lag] - x[t - lag - 1], and sees motion in any mode).
+held-out clips against copying the last seen frame, and with FutureFrames.decoder
+"delta": its change is read off the top unit's features and the last frame, so what
+it predicts of motion is what the network's features carry (the shipped decoder,
+"motion", also reads the last change seen, x[t - lag] - x[t - lag - 1], and sees
+motion in any mode).
 
 Each cell reports PSNR and SSIM as mean ± standard deviation over the seeds, and the
 PSNR gain over copy-last on the same steps. Skip-Sideways "wins" a setting when its
@@ -37,6 +38,8 @@ import os
 import subprocess
 import sys
 import time
+
+from sideways_tf import workdir as workdir_lib
 
 BASE = {"topology": "skip(2)", "horizon": 1, "speed": 2}
 
@@ -65,9 +68,9 @@ class Cell:
             f"train/moving_shapes_future_dataset.seed = {seed}",
             f"HORIZON = {self.horizon}",
             f"moving_shapes_future_dataset.speed = {self.speed}",
-            # The change from the features alone: "frame_motion" (the shipped head) also
+            # The change from the features alone: "motion" (the shipped decoder) also
             # reads the last change seen, so it would see motion in any mode.
-            "conv_pipeline.head = 'frame_delta'",
+            "FutureFrames.decoder = 'delta'",
             *quiet_budget(steps),
         ]
         if self.mode in ("skip_sideways", "bptt", "frame_bp"):  # the same skip network
@@ -96,11 +99,9 @@ def grid(include_references: bool = True) -> list[Cell]:
 def run_one(root: str, cell: Cell, seed: int, steps: int, extra: list[str]) -> dict:
     """Trains one cell with one seed in its own workdir; returns its final evaluation."""
     workdir = os.path.join(root, cell.name(seed))
-    metrics_file = os.path.join(workdir, "eval_metrics.json")
-    if os.path.exists(metrics_file):  # finished before: the grid resumes
-        done = _final(metrics_file, steps)
-        if done is not None:
-            return done
+    done = _final(workdir, steps)
+    if done is not None:  # finished before: the grid resumes
+        return done
     start = time.time()
     train_cli(
         workdir,
@@ -108,7 +109,7 @@ def run_one(root: str, cell: Cell, seed: int, steps: int, extra: list[str]) -> d
         cell.gin_params(seed, steps) + list(extra),
         os.path.join(root, cell.name(seed) + ".log"),
     )
-    result = _final(metrics_file, steps)
+    result = _final(workdir, steps)
     result["wall_seconds"] = time.time() - start
     return result
 
@@ -142,10 +143,9 @@ def quiet_budget(steps: int) -> list[str]:
     ]
 
 
-def _final(metrics_file: str, steps: int) -> dict | None:
-    with open(metrics_file) as f:
-        history = json.load(f).get("history", [])
-    done = [h for h in history if h["step"] == steps]
+def _final(workdir: str, steps: int) -> dict | None:
+    """The training run's evaluation at step `steps`; None before it (or no run)."""
+    done = [h for h in workdir_lib.training_evaluations(workdir) if h["step"] == steps]
     return done[-1] if done else None
 
 
@@ -279,9 +279,9 @@ def main(argv=None):
     results = {}
     if args.report_only:
         for c, s in jobs:
-            f = os.path.join(args.root, c.name(s), "eval_metrics.json")
-            if os.path.exists(f) and _final(f, args.steps) is not None:
-                results[(c, s)] = _final(f, args.steps)
+            done = _final(os.path.join(args.root, c.name(s)), args.steps)
+            if done is not None:
+                results[(c, s)] = done
     else:
         # One thread per run, --jobs runs at a time: the runs are small and do not scale
         # past a core each, so a grid over the cores beats one run with every core.

@@ -43,7 +43,7 @@ def training_frames_per_sec(batch, clip, mode: str, steps: int = 3) -> float:
     pipeline = convnet.small_conv_pipeline(
         batch_size=batch,
         frame_shape=tuple(clip.shape[2:]),
-        num_classes=10,
+        task=sw.tasks.Classification(num_classes=10),
         topology=topology,
         fusion="sum",  # (the README's numbers were measured with sum)
     )

@@ -32,7 +32,7 @@ def model(args):
     pipeline = convnet.small_conv_pipeline(
         batch_size=args.batch,
         frame_shape=(32, 32, 3),
-        num_classes=12,
+        task=sw.tasks.Classification(num_classes=12),
         topology="skip(2)",
         fusion="sum",  # (the README's numbers were measured with sum)
     )

@@ -8,13 +8,14 @@
    time (--split_by=time: frames [0, split) train) or by columns (--split_by=space).
 2. Converts both with `sideways-convert --dataset=folder --drop_repeats=55` (the video's
    pulldown repeats go) and trains each mode with `sideways-train
-   --gin_file=experiments/folder_future_<mode>` (head "frame_motion", h = 1, 32x32,
+   --gin_file=experiments/folder_future_<mode>` (FutureFrames.decoder "motion", h = 1, 32x32,
    B = 16, K = 16 + 1, 300 steps); the only extra bindings are the record patterns, the
    schedule, and eval/clip_sampling.num_eval_clips (one clip at every offset of each
    held-out block, so that the two fill a batch).
 3. Prints the table (held-out PSNR / SSIM of the model and of the copy-the-last-seen-
    frame baseline, over the same scored steps), the same PSNR split into frames that
-   repeat the last one seen and the others, writes it all as JSON, and draws a strip of
+   repeat the last one seen and the others (scored by the library's one evaluation
+   loop, sideways_tf.evaluate.score_batch), writes it all as JSON, and draws a strip of
    held-out frames: target, prediction, copy-last, |prediction - last frame|, |target -
    last frame| (one scale).
 
@@ -33,7 +34,23 @@ import time
 
 import numpy as np
 
+from sideways_tf import workdir as workdir_lib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+# FutureFrames.decoder of the older head names (conv_pipeline.head), still accepted.
+OLD_HEADS = {"frame_motion": "motion", "frame_delta": "delta", "frames": "whole"}
+DECODERS = ("motion", "delta", "whole")
+
+
+def decoder_name(value: str) -> str:
+    """A FutureFrames.decoder from a decoder name or an older head name."""
+    decoder = OLD_HEADS.get(value, value)
+    if decoder not in DECODERS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: choose a decoder, {', '.join(DECODERS)} (or an older head name, "
+            f"{', '.join(OLD_HEADS)})"
+        )
+    return decoder
 
 
 def split_video(
@@ -140,8 +157,10 @@ def stored_frames(records: str, split: str) -> list[int]:
     return frames
 
 
-def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log, extra=()) -> dict:
-    workdir = os.path.join(root, "runs", head, mode)
+def train(
+    root, records, mode: str, decoder: str, steps: int, eval_clips: int, log, extra=()
+) -> dict:
+    workdir = os.path.join(root, "runs", decoder, mode)
     params = [
         f"TRAIN_RECORDS='{records}/train-*-of-*.tfrecord'",
         f"EVAL_RECORDS='{records}/eval-*-of-*.tfrecord'",
@@ -151,7 +170,7 @@ def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log,
         f"train.checkpoint_every={steps}",
         "train.fidelity_every=0",
         "train.progress=False",
-        f"conv_pipeline.head='{head}'",
+        f"FutureFrames.decoder='{decoder}'",
         *extra,
     ]
     argv = [
@@ -162,46 +181,59 @@ def train(root, records, mode: str, head: str, steps: int, eval_clips: int, log,
         f"--gin_file=experiments/folder_future_{mode}",
     ] + [f"--gin_param={p}" for p in params]
     seconds = run(argv, log)
-    with open(os.path.join(workdir, "eval_metrics.json")) as f:
-        history = json.load(f)["history"]
     return {
         "mode": mode,
-        "head": head,
+        "decoder": decoder,
         "workdir": workdir,
         "wall_s": round(seconds),
-        "history": history,
+        "history": workdir_lib.training_evaluations(workdir),
     }
 
 
-def finished(root: str, mode: str, head: str) -> dict:
-    """A run trained before (--report_only): its evaluations, as `train` returns them."""
-    workdir = os.path.join(root, "runs", head, mode)
-    with open(os.path.join(workdir, "eval_metrics.json")) as f:
-        history = json.load(f)["history"]
-    return {"mode": mode, "head": head, "workdir": workdir, "wall_s": "", "history": history}
+def finished(root: str, mode: str, decoder: str) -> dict:
+    """A run trained before (--report_only): its evaluations, as `train` returns them.
+    (A run from before the decoder names is found under its older head name.)"""
+    workdir = os.path.join(root, "runs", decoder, mode)
+    old = {v: k for k, v in OLD_HEADS.items()}[decoder]
+    if not os.path.exists(workdir_lib.Workdir(workdir).config):
+        workdir = os.path.join(root, "runs", old, mode)
+    history = workdir_lib.training_evaluations(workdir, set_aside=False)
+    if not history:
+        raise SystemExit(f"--report_only: no evaluation of {mode} in {workdir}; train it first.")
+    return {"mode": mode, "decoder": decoder, "workdir": workdir, "wall_s": "", "history": history}
 
 
 def per_frame(result: dict, repeat_db: float = 45.0) -> dict:
     """Held-out PSNR of the model and of copy-last, split by whether the target nearly
     repeats the last frame seen (copy-last above `repeat_db` dB at 32x32: a repeated or
-    still frame, where a model that moves pixels can only lose)."""
+    still frame, where a model that moves pixels can only lose).
+
+    The clips are scored by the one evaluation loop, batch by batch
+    (sideways_tf.evaluate.score_batch): "evaluation" is its result, the same figures
+    as sideways-eval; the split reads the scored frames of each batch.
+    """
+    from sideways_tf import evaluate as evaluation
     from sideways_tf.runs import load_run
 
     loaded = load_run(result["workdir"])
-    model, copy = [], []
-    size = loaded.engine.batch_per_process
-    for batch in loaded.eval_data().batch(size):
-        clips = batch["frames"].numpy()
-        n = len(clips)  # the last batch is padded to a full one; only its n clips count
-        clips = np.concatenate([clips, np.repeat(clips[:1], size - n, axis=0)])
-        out = {k: v.numpy() for k, v in loaded.engine.predict_steps(clips).items()}
-        out = {k: v[:n] if v.ndim > 1 else v for k, v in out.items()}  # weights: [K]
-        scored = np.broadcast_to(out["weights"] > 0, out["outputs"].shape[:2])
-        targets = out["targets"][scored]
-        for name, into in (("outputs", model), ("last_seen", copy)):
-            mse = np.mean((out[name][scored] - targets) ** 2, axis=(1, 2, 3))
-            into.append(np.minimum(10 * np.log10(4.0 / np.maximum(mse, 1e-12)), 100.0))
+    engine = loaded.engine
+    metrics = engine.task.metrics()
+    model, copy, next_video = [], [], 0
+    for batch in loaded.eval_data().batch(engine.batch_per_process):
+        scored, next_video = evaluation.score_batch(
+            engine, metrics, batch["frames"], None, batch.get("video_index"), next_video
+        )
+        steps = np.asarray(scored.weights) > 0  # [K]
+        targets = np.asarray(scored.targets)[:, steps]  # [n, scored steps, H, W, C]
+        for values, into in (
+            (scored.outputs, model),
+            (scored.references["last_seen"], copy),
+        ):
+            mse = np.mean((np.asarray(values)[:, steps] - targets) ** 2, axis=(2, 3, 4))
+            into.append(np.minimum(10 * np.log10(4.0 / np.maximum(mse, 1e-12)), 100.0).ravel())
     model, copy = np.concatenate(model), np.concatenate(copy)
+    figures = metrics.result()
+    figures.pop("images", None)
     repeat = copy > repeat_db
     split = {"repeats": repeat, "others": ~repeat}
     return {
@@ -209,6 +241,7 @@ def per_frame(result: dict, repeat_db: float = 45.0) -> dict:
         "psnr": {k: float(model[v].mean()) if v.any() else None for k, v in split.items()},
         "psnr_copy_last": {k: float(copy[v].mean()) if v.any() else None for k, v in split.items()},
         "model_better_share": float(np.mean(model[~repeat] > copy[~repeat])),
+        "evaluation": {k: float(v) for k, v in figures.items()},
     }
 
 
@@ -219,16 +252,18 @@ def strip(result: dict, path: str, num_frames: int = 8) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sideways_tf import evaluate as evaluation
     from sideways_tf.runs import load_run
 
     loaded = load_run(result["workdir"])
-    batch = next(iter(loaded.eval_data().batch(loaded.engine.batch_per_process)))
-    out = loaded.engine.predict_steps(batch["frames"])
-    steps = np.flatnonzero(out["weights"].numpy() > 0)[:num_frames]
+    engine = loaded.engine
+    batch = next(iter(loaded.eval_data().batch(engine.batch_per_process)))
+    scored, _ = evaluation.score_batch(engine, engine.task.metrics(), batch["frames"])
+    steps = np.flatnonzero(np.asarray(scored.weights) > 0)[:num_frames]
     rows = {
-        "target x[t-lag+1]": out["targets"].numpy()[0, steps],
-        f"{result['mode']} prediction": out["outputs"].numpy()[0, steps],
-        "copy last x[t-lag]": out["last_seen"].numpy()[0, steps],
+        "target x[t-lag+1]": np.asarray(scored.targets)[0, steps],
+        f"{result['mode']} prediction": np.asarray(scored.outputs)[0, steps],
+        "copy last x[t-lag]": np.asarray(scored.references["last_seen"])[0, steps],
     }
     change = np.abs(rows[f"{result['mode']} prediction"] - rows["copy last x[t-lag]"])
     truth = np.abs(rows["target x[t-lag+1]"] - rows["copy last x[t-lag]"])
@@ -254,13 +289,13 @@ def strip(result: dict, path: str, num_frames: int = 8) -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| mode | head | steps | wall s | PSNR dB | SSIM | copy last PSNR dB | copy last SSIM |",
+        "| mode | decoder | steps | wall s | PSNR dB | SSIM | copy last PSNR dB | copy last SSIM |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for e in r["history"]:
             lines.append(
-                f"| {r['mode']} | {r['head']} | {e['step']} | {r['wall_s'] if e is r['history'][-1] else ''} "
+                f"| {r['mode']} | {r['decoder']} | {e['step']} | {r['wall_s'] if e is r['history'][-1] else ''} "
                 f"| {e['psnr']:.2f} | {e['ssim']:.3f} | {e['psnr_copy_last']:.2f} "
                 f"| {e['ssim_copy_last']:.3f} |"
             )
@@ -289,9 +324,14 @@ def main():
         "--report_only", action="store_true", help="table, split and strip of finished runs"
     )
     p.add_argument(
-        "--head", default="frame_motion", help="frame_motion (shipped), frame_delta or frames"
+        "--decoder",
+        "--head",
+        type=decoder_name,
+        default="motion",
+        help="FutureFrames.decoder: motion (shipped), delta or whole (the older head names "
+        "frame_motion, frame_delta, frames are taken too)",
     )
-    p.add_argument("--strip", help="PNG path (default: docs/own_video_<head>.png)")
+    p.add_argument("--strip", help="PNG path (default: docs/own_video_<decoder>.png)")
     p.add_argument("--gin_param", action="append", default=[], help="added to every run")
     p.add_argument(
         "--drop_repeats",
@@ -320,7 +360,7 @@ def main():
             flush=True,
         )
         if args.report_only:
-            results = [finished(args.root, m, args.head) for m in args.modes]
+            results = [finished(args.root, m, args.decoder) for m in args.modes]
         else:
             with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
                 results = list(
@@ -329,7 +369,7 @@ def main():
                             args.root,
                             records,
                             m,
-                            args.head,
+                            args.decoder,
                             args.steps,
                             eval_clips,
                             log,
@@ -350,7 +390,7 @@ def main():
             f"{f['psnr_copy_last']['others']:.2f} dB (model ahead on "
             f"{100 * f['model_better_share']:.0f}% of them)"
         )
-    with open(os.path.join(args.root, f"results_{args.head}.json"), "w") as f:
+    with open(os.path.join(args.root, f"results_{args.decoder}.json"), "w") as f:
         json.dump(
             {
                 "video": args.video,
@@ -363,7 +403,7 @@ def main():
             f,
         )
     best = max(results, key=lambda r: r["history"][-1]["psnr"] - r["history"][-1]["psnr_copy_last"])
-    path = args.strip or os.path.join(HERE, "..", "docs", f"own_video_{args.head}.png")
+    path = args.strip or os.path.join(HERE, "..", "docs", f"own_video_{args.decoder}.png")
     strip(best, path)
     print(f"strip ({best['mode']}): {os.path.normpath(path)}")
 

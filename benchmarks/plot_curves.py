@@ -2,11 +2,12 @@
 
     python benchmarks/plot_curves.py --root workdirs/moving_shapes --out docs/moving_shapes_curves.png
 
-Left: training loss (TensorBoard scalars); right: eval accuracy (eval_metrics.json).
+Left: training loss (TensorBoard scalars); right: the training run's evaluations,
+video accuracy (workdir.training_evaluations; a workdir written before the key was
+renamed holds it as "accuracy").
 """
 
 import argparse
-import json
 import os
 
 import matplotlib
@@ -14,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from sideways_tf import workdir as workdir_lib  # noqa: E402
 
 MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
 
@@ -29,6 +32,12 @@ def scalars(directory: str, tag: str) -> tuple[list, list]:
     return steps, values
 
 
+def video_accuracy(evaluation: dict) -> float:
+    """The per-video accuracy of an evaluation ("accuracy" in workdirs written before
+    it was named video_accuracy)."""
+    return evaluation.get("video_accuracy", evaluation.get("accuracy"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="workdirs/moving_shapes")
@@ -40,16 +49,19 @@ def main():
         if not os.path.isdir(workdir):
             print(f"skipping {mode}: no {workdir}")
             continue
-        ax_loss.plot(*scalars(os.path.join(workdir, "train"), "loss"), label=mode)
-        with open(os.path.join(workdir, "eval_metrics.json")) as f:
-            history = json.load(f)["history"]
+        wd = workdir_lib.Workdir(workdir)
+        ax_loss.plot(*scalars(wd.summaries("train"), "loss"), label=mode)
+        history = workdir_lib.training_evaluations(wd, set_aside=False)
         ax_acc.plot(
-            [h["step"] for h in history], [h["accuracy"] for h in history], "o-", label=mode
+            [h["step"] for h in history], [video_accuracy(h) for h in history], "o-", label=mode
         )
     ax_acc.axhline(0.25, color="gray", ls="--", lw=1, label="per-frame ceiling")
     ax_loss.set(xlabel="step", ylabel="training loss", title="moving_shapes: training loss")
     ax_acc.set(
-        xlabel="step", ylabel="eval accuracy (512 videos)", title="eval accuracy", ylim=(0, 1)
+        xlabel="step",
+        ylabel="eval video accuracy (512 videos)",
+        title="eval video accuracy",
+        ylim=(0, 1),
     )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -3,14 +3,13 @@
     bash benchmarks/future_frames.sh workdirs/moving_shapes_future 1000
     python benchmarks/plot_future.py --root workdirs/moving_shapes_future --out docs/future_frames.png
 
-Table: the final evaluation of each mode (eval_metrics.json: PSNR, SSIM, the
-copy-the-last-seen-frame baseline on the same steps) and its wall time
-(wall_times.txt). Picture: each mode's last "predictions" image from TensorBoard
+Table: the last training evaluation of each mode (workdir.training_evaluations:
+PSNR, SSIM, the copy-the-last-seen-frame baseline on the same steps) and its wall
+time (wall_times.txt). Picture: each mode's last "predictions" image from TensorBoard
 (first eval clip: target row above prediction row, scored steps only).
 """
 
 import argparse
-import json
 import os
 
 import matplotlib
@@ -18,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from sideways_tf import workdir as workdir_lib  # noqa: E402
 
 MODES = ("frame_bp", "bptt", "sideways", "skip_sideways")
 
@@ -58,20 +59,19 @@ def main():
     print("| mode | PSNR (dB) | SSIM | copy last frame: PSNR / SSIM | steps | wall time |")
     print("|---|---|---|---|---|---|")
     for mode in MODES:
-        workdir = os.path.join(args.root, mode)
-        metrics_file = os.path.join(workdir, "eval_metrics.json")
-        if not os.path.exists(metrics_file):
+        workdir = workdir_lib.Workdir(os.path.join(args.root, mode))
+        evaluations = workdir_lib.training_evaluations(workdir, set_aside=False)
+        if not evaluations:
             print(f"| {mode} | (no run in {workdir}) |||||")
             continue
-        with open(metrics_file) as f:
-            m = json.load(f)["history"][-1]
+        m = evaluations[-1]
         wall = f"{times[mode] / 60:.1f} min" if mode in times else "?"
         print(
             f"| {mode} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['psnr_copy_last']:.2f} / "
             f"{m['ssim_copy_last']:.3f} | {m['step']} | {wall} |"
         )
         rows.append(mode)
-        images.append(last_image(os.path.join(workdir, "eval")))
+        images.append(last_image(workdir.summaries("eval")))
     shown = [(mode, image) for mode, image in zip(rows, images) if image is not None]
     if not shown:
         return

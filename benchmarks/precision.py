@@ -37,7 +37,7 @@ def make_engine(policy, mode, batch):
         pipeline = convnet.small_conv_pipeline(
             batch_size=batch,
             frame_shape=(32, 32, 3),
-            num_classes=12,
+            task=sw.tasks.Classification(num_classes=12),
             topology=TOPOLOGY.get(mode, "skip(2)"),
             fusion="sum",  # (the README's numbers were measured with sum)
         )

@@ -97,7 +97,7 @@ def _build(args, devices=None):
         pipeline = convnet.conv_pipeline(
             batch_size=args.batch,
             frame_shape=frame,
-            num_classes=NUM_CLASSES,
+            task=sw.tasks.Classification(num_classes=NUM_CLASSES),
             widths=(args.channels,) * args.units,
             strides=(1,) * args.units,
             devices=devices,
@@ -604,7 +604,7 @@ def report_measured(args, m: dict, p: dict):
 
 
 def _model_builders():
-    """name -> (batch_size, frame_shape, num_classes, topology) -> Pipeline: the README's models."""
+    """name -> (batch_size, frame_shape, task, topology) -> Pipeline: the README's models."""
     from sideways_tf import models
     from sideways_tf.models import convnet
 
@@ -633,7 +633,7 @@ def project(args) -> dict:
     """Predictions for D x R accelerators, D * R in {8, 32}, from FLOPs and an assumed device."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from sideways_tf import costs as costs_lib
-    from sideways_tf import placement
+    from sideways_tf import placement, tasks
 
     flops = args.peak_tflops * 1e12 * args.mfu
     links = _parse_links(args.links)
@@ -644,7 +644,7 @@ def project(args) -> dict:
             pipeline = build(
                 batch_size=args.proj_batch,
                 frame_shape=(args.proj_size, args.proj_size, 3),
-                num_classes=args.proj_classes,
+                task=tasks.Classification(num_classes=args.proj_classes),
                 topology=topology,
             )
             per_topology[topology] = (

@@ -229,9 +229,8 @@ def load_engines(mode: str, workdir: str, batch_size: int) -> tuple[dict, dict]:
     init = load_run(workdir, batch_size=batch_size, restore=False)
     gin.clear_config()  # the clips below pass every option explicitly
     engines = {"trained": trained.engine, "init": init.engine}  # no optimizer
-    evaluation = workdir_lib.read_evaluations(workdir)
-    with tf.io.gfile.GFile(trained.workdir.config) as f:
-        saved = workdir_lib.bindings(f.read())
+    evaluation = workdir_lib.read_evaluations(workdir, set_aside=False)
+    saved = workdir_lib.bindings(workdir_lib.read_config(trained.workdir))
     run = dict(
         workdir=workdir,
         topology=trained.pipeline.topology.describe(),
@@ -239,7 +238,8 @@ def load_engines(mode: str, workdir: str, batch_size: int) -> tuple[dict, dict]:
         train_speed=next(
             (v for k, v in saved.items() if k.endswith("moving_shapes_dataset.speed")), "2"
         ),
-        eval_accuracy=evaluation.get("accuracy"),
+        # (workdirs written before the key was renamed hold it as "accuracy")
+        eval_video_accuracy=evaluation.get("video_accuracy", evaluation.get("accuracy")),
     )
     return engines, run
 
@@ -486,7 +486,7 @@ def main(argv=None):
     for mode, run in runs.items():
         print(
             f"{mode}: {run['topology'].splitlines()[0]}, checkpoint step {run['checkpoint_step']}, trained on "
-            f"speed {run['train_speed']}, eval accuracy {run['eval_accuracy']}"
+            f"speed {run['train_speed']}, eval video accuracy {run['eval_video_accuracy']}"
         )
     print(f"Wall time: {seconds:.0f} s ({train_seconds:.0f} s training and loading).")
 

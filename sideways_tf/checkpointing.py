@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import tempfile
 import warnings
 
 import keras
 import tensorflow as tf
+
+from sideways_tf import workdir as workdir_lib
 
 
 def variables_by_path(layer, buffers: bool = True, replicas=None) -> dict:
@@ -147,16 +148,16 @@ def on_disk(directory: str) -> list[str]:
         return []
     found = []
     for name in tf.io.gfile.listdir(directory):
-        match = re.fullmatch(r"(ckpt-(\d+))\.index", name)
-        if match:
-            found.append((int(match.group(2)), os.path.join(directory, match.group(1))))
+        file = workdir_lib.checkpoint_file(name)
+        if file and file.index:
+            found.append((file.step, os.path.join(directory, file.prefix)))
     return [p for _, p in sorted(found, reverse=True)]
 
 
 def _written_at(prefix: str) -> float:
     """When checkpoint `prefix` was written (its index file's time), in seconds."""
     try:
-        return max(tf.io.gfile.stat(prefix + ".index").mtime_nsec / 1e9, 1.0)
+        return max(tf.io.gfile.stat(workdir_lib.checkpoint_index(prefix)).mtime_nsec / 1e9, 1.0)
     except tf.errors.OpError:
         return 1.0
 
@@ -169,7 +170,7 @@ def newest_on_disk(directory: str) -> str | None:
 
 def _state_file_problem(directory: str) -> str | None:
     """Why `directory`'s checkpoint state file cannot be read (None: absent or readable)."""
-    if not tf.io.gfile.exists(os.path.join(directory, "checkpoint")):
+    if not tf.io.gfile.exists(workdir_lib.checkpoint_state_file(directory)):
         return None
     try:
         state = tf.train.get_checkpoint_state(directory)
@@ -209,8 +210,8 @@ class Checkpointer:
             # A reader restores from the files present (on_disk); the state file is the
             # training run's, which rebuilds it when it next starts.
             warnings.warn(
-                f"{os.path.join(directory, 'checkpoint')} (the checkpoint state file) cannot "
-                f"be read ({problem}); restoring from the checkpoint files present. The "
+                f"{workdir_lib.checkpoint_state_file(directory)} (the checkpoint state file) "
+                f"cannot be read ({problem}); restoring from the checkpoint files present. The "
                 "training run rebuilds it when it next starts.",
                 stacklevel=2,
             )
@@ -238,7 +239,7 @@ class Checkpointer:
         if not tf.io.gfile.isdir(self.directory):
             return
         for name in tf.io.gfile.listdir(self.directory):
-            if "_temp" in name:  # an interrupted save's temporary files
+            if workdir_lib.interrupted_save(name):
                 path = os.path.join(self.directory, name.rstrip("/"))
                 if tf.io.gfile.isdir(path):
                     tf.io.gfile.rmtree(path)
@@ -248,12 +249,12 @@ class Checkpointer:
         present = self.on_disk()
         indexed = {os.path.basename(p) for p in present}
         for name in tf.io.gfile.listdir(self.directory):
-            match = re.fullmatch(r"(ckpt-\d+)\.data-.*", name)
-            if match and match.group(1) not in indexed:  # an index lost or never written
-                moved = self._quarantine(os.path.join(self.directory, match.group(1)))
+            file = workdir_lib.checkpoint_file(name)
+            if file and not file.index and file.prefix not in indexed:  # index lost or unwritten
+                prefix = os.path.join(self.directory, file.prefix)
+                moved = self._quarantine(prefix)
                 warnings.warn(
-                    f"Checkpoint {os.path.join(self.directory, match.group(1))} has data but no "
-                    f"index; moved it to {moved}.",
+                    f"Checkpoint {prefix} has data but no index; moved it to {moved}.",
                     stacklevel=2,
                 )
         try:
@@ -279,8 +280,9 @@ class Checkpointer:
                 last_preserved_timestamp=0.0,
             )
             warnings.warn(
-                f"{self.directory}/checkpoint was unreadable or incomplete; rebuilt it from "
-                f"the checkpoint files present (newest {os.path.basename(present[0])}).",
+                f"{workdir_lib.checkpoint_state_file(self.directory)} was unreadable or "
+                "incomplete; rebuilt it from the checkpoint files present (newest "
+                f"{os.path.basename(present[0])}).",
                 stacklevel=2,
             )
 
@@ -333,7 +335,7 @@ class Checkpointer:
                         self._repair()  # the state file named the damaged ones
                         self.manager = self._manager()
                     return path
-                if not self.repair and not tf.io.gfile.exists(path + ".index"):
+                if not self.repair and not tf.io.gfile.exists(workdir_lib.checkpoint_index(path)):
                     vanished.append(path)  # gone while read: not damage
                     continue
                 tried.append(self._set_aside(path, outcome))
@@ -341,7 +343,7 @@ class Checkpointer:
                 break
         if tried:
             where = (
-                f"now in {os.path.join(self.directory, 'damaged')}"
+                f"now in {workdir_lib.damaged_checkpoints(self.directory)}"
                 if self.repair
                 else "left in place"
             )
@@ -386,14 +388,14 @@ class Checkpointer:
         local = tempfile.mkdtemp(prefix="sideways_restore_")
         try:
             try:
-                names = [
-                    n
+                files = {
+                    n: f
                     for n in tf.io.gfile.listdir(self.directory)
-                    if n == base + ".index" or n.startswith(base + ".data-")
-                ]
-                if base + ".index" not in names:
-                    raise FileNotFoundError(path + ".index")
-                for name in sorted(names, key=lambda n: n.endswith(".index")):  # index last
+                    if (f := workdir_lib.checkpoint_file(n)) and f.prefix == base
+                }
+                if not any(f.index for f in files.values()):
+                    raise FileNotFoundError(workdir_lib.checkpoint_index(path))
+                for name in sorted(files, key=lambda n: files[n].index):  # index last
                     src, dst = os.path.join(self.directory, name), os.path.join(local, name)
                     try:
                         os.link(src, dst)
@@ -426,11 +428,12 @@ class Checkpointer:
         return path
 
     def _quarantine(self, prefix: str) -> str:
-        target = os.path.join(self.directory, "damaged")
+        target = workdir_lib.damaged_checkpoints(self.directory)
         tf.io.gfile.makedirs(target)
         base = os.path.basename(prefix)
         for name in tf.io.gfile.listdir(self.directory):
-            if name == base + ".index" or name.startswith(base + ".data-"):
+            file = workdir_lib.checkpoint_file(name)
+            if file and file.prefix == base:
                 tf.io.gfile.rename(
                     os.path.join(self.directory, name), os.path.join(target, name), overwrite=True
                 )
@@ -461,7 +464,7 @@ class Checkpointer:
                 f"The checkpoint {path} belongs to a different model or run setup "
                 f"({len(problems)} differences):\n{shown}\n"
                 "Nothing was loaded. Use a new --workdir, or run with the config saved in "
-                f"{os.path.join(os.path.dirname(os.path.dirname(path)), 'config.gin')}."
+                f"{workdir_lib.Workdir.of_checkpoint(path).config}."
             )
 
 
@@ -477,8 +480,8 @@ class DataPositions:
     signal or crash, resumes every worker where it was.
     """
 
-    def __init__(self, directory: str, iterator, worker: int, max_to_keep: int):
-        self.directory = os.path.join(directory, f"worker_{worker}")
+    def __init__(self, workdir: workdir_lib.Workdir, iterator, worker: int, max_to_keep: int):
+        self.directory = workdir_lib.Workdir.of(workdir).data_positions(worker)
         self.worker = worker
         # One more than the chief keeps: a position is written before its checkpoint.
         self.checkpointer = Checkpointer(
@@ -490,8 +493,8 @@ class DataPositions:
 
     def restore(self, step: int) -> str | None:
         """Restores the position saved at `step`; None if there is none."""
-        path = os.path.join(self.directory, f"ckpt-{step}")
-        if not tf.io.gfile.exists(path + ".index"):
+        path = workdir_lib.checkpoint_path(self.directory, step)
+        if not tf.io.gfile.exists(workdir_lib.checkpoint_index(path)):
             return None
         try:
             self.checkpointer.checkpoint.restore(path).assert_consumed()

@@ -281,8 +281,9 @@ def export_main(argv: list[str] | None = None):
         print(f"Replaced the previous export in {args.output} ({', '.join(metadata['replaced'])}).")
     print(
         f"Exported step {metadata['checkpoint_step']} (checkpoint {metadata['checkpoint']}) to "
-        f"{args.output}: frames {[args.batch_size, *metadata['frame_shape']]}, fill_steps "
-        f"{metadata['fill_steps']}."
+        f"{args.output}: the {metadata['network']} network of mode {metadata['mode']} (reads "
+        f"{metadata['reads']}), frames {[args.batch_size, *metadata['frame_shape']]}, "
+        f"fill_steps {metadata['fill_steps']}."
     )
     if args.tflite:
         print(f"TFLite: {export.convert_tflite(args.output)}")

@@ -71,12 +71,10 @@ def _traced_unit_step(pipeline, i: int):
 
     def step(*inputs):
         if i == pipeline.num_units:
-            last = None  # a residual head's x[t - lag]: its value does not change the cost
-            if pipeline.head_reads_frame:
-                last = tf.zeros((pipeline.batch_size, *pipeline.frame_shape), tf.float32)
-            head = functools.partial(
-                pipeline.apply_head, training=True, last_frame=last, previous_frame=last
-            )
+            # A frame head's x[t - lag] (and x[t - lag - 1]): their values do not change the cost.
+            frame = tf.zeros((pipeline.batch_size, *pipeline.frame_shape), tf.float32)
+            frames = [frame] * len(pipeline.head_edges)
+            head = functools.partial(pipeline.apply_head, frames=frames, training=True)
             return unit_step(unit, list(inputs), theta, senders, head=head, loss=tf.reduce_sum)
         ones = tf.ones(unit.output_shape_, unit.compute_dtype)  # m_i [B, *out_i]
         return unit_step(unit, list(inputs), theta, senders, message=ones)

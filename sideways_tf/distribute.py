@@ -20,7 +20,7 @@ Usage (what train() does; gin binds make_runtime as `runtime`):
     with runtime.scope():
         pipeline = model_fn(..., placement=runtime.placement(cores))
         optimizer = ...; engine = Engine(pipeline, mode, optimizer)
-    batches, _ = runtime.batches(make_dataset, batch_size)  # R_local * B clips a batch
+    batches, _ = runtime.batches(make_dataset, global_batch)  # R_local * B clips a batch
     batch = next(batches)
     engine.train_clip(batch["frames"], batch["label"])  # each local replica gets its B
 
@@ -198,9 +198,10 @@ class Runtime:
             return dataset
         return dataset.shard(self.num_workers, self.worker_index)
 
-    def batches(self, make_dataset: Callable, batch_size: int, symbolic: bool = False):
+    def batches(self, make_dataset: Callable, global_batch: int, symbolic: bool = False):
         """Training batches: (iterator, whether its position can be checkpointed).
 
+        global_batch: R x B clips over all processes (train.global_batch).
         Default: this process's shard, batched R_local * B, a plain iterator the
         engine splits over local replicas (checkpointable: exact resume).
         distributed_input: strategy.distribute_datasets_from_function, B per
@@ -211,13 +212,13 @@ class Runtime:
 
             def per_input_pipeline(ctx):
                 ds = make_dataset().shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-                per_replica = ctx.get_per_replica_batch_size(batch_size)
+                per_replica = ctx.get_per_replica_batch_size(global_batch)
                 return ds.batch(per_replica, drop_remainder=True).prefetch(2)
 
             dist = self.strategy.distribute_datasets_from_function(per_input_pipeline)
             return iter(dist), False
         ds = self.shard_dataset(make_dataset())
-        ds = ds.batch(batch_size // self.num_workers, drop_remainder=True)
+        ds = ds.batch(global_batch // self.num_workers, drop_remainder=True)
         if symbolic:  # positions only, no prefetched or shuffled elements
             options = tf.data.Options()
             options.experimental_symbolic_checkpoint = True

@@ -233,7 +233,7 @@ class Engine:
         a distributed dataset) or this process's whole batch [R_local * B, ...],
         split here in replica order. Metrics (tensors): loss (mean over valid steps
         and local replicas), outputs [R_local * B, ...] (top outputs averaged over
-        valid steps), task: the task's figures of this batch (e.g. accuracy; given labels),
+        valid steps), task: the task's figures of this batch (e.g. clip_accuracy; given labels),
         valid_steps, grad_norms [L] (one per unit, mean over local replicas).
         """
         if self.optimizer is None:
@@ -268,7 +268,7 @@ class Engine:
         return self._with_task_metrics(merged, labels)
 
     def _with_task_metrics(self, metrics: dict, labels) -> dict:
-        """Adds the task's figures of this batch (eagerly; e.g. accuracy of the outputs)."""
+        """Adds the task's figures of this batch (eagerly; e.g. clip_accuracy of the outputs)."""
         if labels is not None:
             host = tf.concat(self._local(labels), axis=0)
             metrics["task"] = self.task.train_metrics(metrics["outputs"], host)

@@ -1,27 +1,88 @@
-"""Evaluation: the pipeline's task scores a finite dataset (one evaluator per task).
+"""Evaluation: ONE loop that scores a finite dataset, whoever asks.
 
-    evaluate(engine, dataset) = engine.task.evaluate(engine, dataset)
+    evaluate(engine, dataset)   the training loop's periodic evaluation, sideways-eval
+                                (evaluate_workdir), the benchmarks;
+    score_batch(engine, metrics, clips, labels, videos)
+                                one batch of it: what SidewaysModel.evaluate (Keras)
+                                runs per step, so Keras reports the same numbers.
 
-Classification scores top outputs averaged over valid steps, then over the
-clips of a video (sideways_tf.tasks.classification); future frames score PSNR
-and SSIM at every valid step against copying the last seen frame
-(sideways_tf.tasks.future_frames). Every example is scored: a last partial batch
-is padded to the buffers' static batch size and the padding is dropped.
+Per batch: every step's top output from a fresh state (Engine.predict_steps: the
+per-frame network in a per-frame mode, the pipelined one otherwise), the task's
+step targets at the mode's input lag, weights [K] (1.0 where the step is scored:
+pipeline full, target present), and the video each clip comes from; the task's
+Metrics accumulate them (tasks.base.EvalBatch). Classification reports
+video_accuracy and clip_accuracy apart, with num_videos and num_clips; future
+frames report PSNR and SSIM against copying the last frame seen. Every example is
+scored: a last partial batch is padded to the buffers' static batch size and the
+padding is dropped.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+import tqdm
 
 from sideways_tf import summaries
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.engine import Engine
 from sideways_tf.runs import load_run
+from sideways_tf.tasks import EvalBatch, Metrics, Task, pad_batch
 
 
 def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -> dict:
-    """Scores a finite dataset of unbatched clips with the task of engine's pipeline."""
-    return engine.task.evaluate(engine, dataset, progress=progress)
+    """Scores a finite dataset of unbatched clips ({"frames"[, label][, "video_index"]})
+    with the task of engine's pipeline; returns the task's figures (and "images")."""
+    metrics = engine.task.metrics()
+    batches = dataset.batch(engine.batch_per_process).prefetch(2)
+    bar = tqdm.tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False)
+    next_video = 0
+    for batch in bar:
+        label_key = engine.task.label_key
+        labels = batch[label_key] if label_key else None
+        _, next_video = score_batch(
+            engine, metrics, batch["frames"], labels, batch.get("video_index"), next_video
+        )
+    return metrics.result()
+
+
+def score_batch(
+    engine: Engine, metrics: Metrics, clips, labels=None, videos=None, next_video: int = 0
+) -> tuple[EvalBatch, int]:
+    """Adds one batch of n <= batch_per_process clips [n, K, *frame] to `metrics`.
+
+    labels: the task's label_key values [n, ...] (None for a task without labels);
+    videos: [n] the video of each clip, or None (then each clip is a video of its
+    own, numbered from next_video). Returns (the batch as scored, the next free
+    video number).
+    """
+    clips = tf.convert_to_tensor(clips)
+    n = int(clips.shape[0])
+    out = engine.predict_steps(pad_batch(clips, engine.batch_per_process))
+    outputs = out["outputs"][:n]
+    if not np.all(np.isfinite(outputs.numpy())):
+        raise FloatingPointError(
+            f"Evaluation produced NaN/Inf outputs (clips {next_video}..{next_video + n - 1} of "
+            "this evaluation): the parameters or the eval data are not finite. No figure is "
+            "reported."
+        )
+    if labels is not None:
+        labels = tf.convert_to_tensor(labels)
+        engine.task.check_labels(labels, n, num_outputs=int(engine.pipeline.top_output_shape[-1]))
+    lag = engine.mode.input_lag(engine.pipeline)
+    targets, present = engine.task.step_targets(clips, labels, lag)
+    if videos is None:
+        videos = tf.range(next_video, next_video + n, dtype=tf.int64)
+    references = {k: v[:n] for k, v in out.items() if k not in ("outputs", "weights")}
+    weights = out["weights"] * present  # [K]
+    batch = EvalBatch(outputs, targets, weights, references, labels, videos)
+    metrics.update(batch)
+    return batch, max(next_video + n, int(np.max(np.asarray(videos))) + 1)
+
+
+def headline(task: Task, result: dict) -> str:
+    """One line of an evaluation's main figures, for the terminal."""
+    return task.metrics().headline(result)
 
 
 def check_eval_size(dataset: tf.data.Dataset, batch_size: int, binding="train.eval_data"):
@@ -35,9 +96,9 @@ def check_eval_size(dataset: tf.data.Dataset, batch_size: int, binding="train.ev
     if found < batch_size:
         raise ValueError(
             f"The evaluation data ({binding}) holds {found} clip(s), fewer than one batch of "
-            f"{batch_size} (train.batch_size per process). Fix: give the evaluation split at "
+            f"{batch_size} (train.global_batch per process). Fix: give the evaluation split at "
             f"least {batch_size} videos (e.g. convert more into it, or cut long videos into "
-            "several), raise clip_sampling.num_eval_clips, or lower train.batch_size."
+            "several), raise clip_sampling.num_eval_clips, or lower train.global_batch."
         )
 
 

@@ -7,18 +7,24 @@ From Python, `export` takes a workdir or a Pipeline / SidewaysModel in memory (o
 you built and trained yourself, e.g. from units_from_model); both write the same
 SavedModel and metadata.
 
-The SavedModel has two signatures (MoViNet's streaming pattern, under Keras 3 via
-tf.saved_model.save on a tf.Module):
+The export is the network the run trained, as its Mode steps it (Mode.stream_step):
+the pipelined network for frame-pipelined modes (bptt, sideways, skip_sideways), the
+per-frame network for frame_bp (Mode.pipelined False). The SavedModel has two
+signatures (MoViNet's streaming pattern, under Keras 3 via tf.saved_model.save on a
+tf.Module):
 
-    init_state()            -> {t, output_1..output_L, delay_1..delay_D}, all zeros
+    init_state()            -> {t, ...}, all zeros
     step(frame, **state)    -> {outputs, **new_state}
 
-where `frame` is x[t], float32 [B, H, W, C], and `outputs` is the head on the top
-unit's fresh output, [B, num_classes]. The state is what the pipeline carries
-between steps at inference (PipelineState without the gradient messages):
-    t           [] int32, frames fed since init_state
-    output_i    a_i[t-1], the output buffer of unit i      [B, *out_i]
-    delay_k     the k-th delay line of the topology        [d, B, *in]
+where `frame` is x[t], float32 [B, H, W, C], and `outputs` is y[t], the head on the top
+unit's fresh output, [B, num_classes] (a frame for future frames). The state is what
+the network carries between steps at inference (Mode.stream_state):
+    t               [] int32, frames fed since init_state
+  the pipelined network (PipelineState without the gradient messages):
+    output_i        a_i[t-1], the output buffer of unit i      [B, *out_i]
+    delay_k         the k-th delay line of the topology        [d, B, *in]
+  the per-frame network (every unit on x[t], no delays):
+    previous_frame  x[t-1], only for a head that reads the previous frame  [B, *frame]
 A client feeds every returned state tensor back into the next step. The signature
 leaves the batch axes open so that `step` can check them at run time: a frame batch
 other than B, or a state tensor of another shape (e.g. another export's), is refused
@@ -29,11 +35,18 @@ it is what `convert_tflite` converts.
 What a deployer needs is in `sideways_export.json` next to the SavedModel, and in
 the SavedModel itself as the signature `metadata() -> {"json"}`:
     frame_shape, batch_size, num_classes, class_names (moving_shapes; else null),
+    mode        the run's mode (null: a bare Pipeline exported with no mode=);
+    network     "pipelined" or "per_frame": the network `step` runs; network_from says
+                what chose it (the run's train.mode, the compiled mode, mode=, or the
+                default, the pipelined network);
+    reads       the frames y[t] reads, in words: "x[t]" (per-frame), "x[t-2] .. x[t-1]"
+                (pipelined), and those the head reads besides;
     fill_steps  T_fill: the output of step t (1-based) is built from real frames only
-                for t >= T_fill; earlier outputs mix in the zero state;
+                for t >= T_fill; earlier outputs mix in the zero state (per-frame: 1);
     newest_lag, oldest_lag: the output of step t reads frames x[t - oldest_lag] ..
-                x[t - newest_lag] (chain of L units: L-1 .. L-1, one frame);
-    mode, topology, checkpoint, checkpoint_step, state_names.
+                x[t - newest_lag] (chain of L units: L-1 .. L-1, one frame; per-frame:
+                0 .. 0; a head that reads the previous frame: one older than newest);
+    topology, checkpoint, checkpoint_step, state_names.
 
 The export is traced with no device pins (default device) and restores parameters
 only (never buffers or optimizer state), as evaluation does. It is float32 whatever
@@ -49,54 +62,57 @@ import tempfile
 
 import tensorflow as tf
 
-from sideways_tf import checkpointing, distribute, placement
+from sideways_tf import checkpointing, distribute, modes, placement
 from sideways_tf.pipeline import Pipeline, PipelineState
 from sideways_tf.runs import load_run
 
 METADATA_FILE = "sideways_export.json"
 
+# What a bare Pipeline exported with no mode= streams: the pipelined network. Never
+# registered and never trained (no rule); metadata "mode" is null for it.
+PIPELINED_NETWORK = modes.Mode(
+    "(no mode: the pipelined network)", rule=None, description="export's default network"
+)
 
-def state_names(pipeline: Pipeline) -> list[str]:
-    """Names of the exported state tensors, in PipelineState order (messages left out)."""
-    num_delays = len(pipeline.delay_buffers())
-    return (
-        ["t"]
-        + [f"output_{i}" for i in range(1, pipeline.num_units + 1)]
-        + [f"delay_{k}" for k in range(1, num_delays + 1)]
-    )
+
+def state_names(pipeline: Pipeline, mode: modes.Mode | str | None = None) -> list[str]:
+    """Names of the exported state tensors (Mode.stream_state; None: the pipelined
+    network's, in PipelineState order, messages left out)."""
+    return list(_stream_mode(mode).stream_state(pipeline))
 
 
 def state_to_dict(state: PipelineState) -> dict:
     """PipelineState -> {t, output_i, delay_k} (messages are not needed at inference)."""
-    named = {"t": state.t}
-    named.update({f"output_{i}": a for i, a in enumerate(state.outputs, start=1)})
-    named.update({f"delay_{k}": d for k, d in enumerate(state.delays, start=1)})
-    return named
+    return modes.Mode.named_state(state)
 
 
 def dict_to_state(pipeline: Pipeline, named: dict) -> PipelineState:
     """{t, output_i, delay_k} -> PipelineState, with no messages."""
-    num_delays = len(pipeline.delay_buffers())
-    return PipelineState(
-        t=named["t"],
-        outputs=tuple(named[f"output_{i}"] for i in range(1, pipeline.num_units + 1)),
-        messages=(),
-        delays=tuple(named[f"delay_{k}"] for k in range(1, num_delays + 1)),
-    )
+    return modes.Mode.unnamed_state(pipeline, named)
+
+
+def _stream_mode(mode: modes.Mode | str | None) -> modes.Mode:
+    """The Mode whose network is streamed: `mode`, or PIPELINED_NETWORK for None."""
+    return PIPELINED_NETWORK if mode is None else modes.get(mode, "export(mode=...)")
 
 
 class StreamingModule(tf.Module):
-    """init_state() and step(frame, **state) of a built pipeline, as tf.functions."""
+    """init_state() and step(frame, **state) of a built pipeline, as tf.functions.
 
-    def __init__(self, pipeline: Pipeline, metadata: dict):
+    mode: the Mode the pipeline trained in; the step is its network's
+    (Mode.stream_state, Mode.stream_step). None: the pipelined network.
+    """
+
+    def __init__(self, pipeline: Pipeline, metadata: dict, mode: modes.Mode | str | None = None):
         super().__init__(name="sideways_streaming")
-        # The pipeline itself is held outside TF's object tracking (its Python
-        # bookkeeping does not save); its parameters are tracked as plain variables.
+        # The pipeline and the mode are held outside TF's object tracking (their Python
+        # bookkeeping does not save); the parameters are tracked as plain variables.
         self._holder = _Untracked(pipeline)
+        self._mode = _Untracked(_stream_mode(mode))
         self.parameters = [
             v.value for v in checkpointing.variables_by_path(pipeline, buffers=False).values()
         ]
-        zero = state_to_dict(pipeline.zero_state())
+        zero = self._mode.value.stream_state(pipeline)
         self._shapes = {k: v.shape for k, v in zero.items()}
         self._dtypes = {k: v.dtype for k, v in zero.items()}
         self._metadata_json = json.dumps(metadata, sort_keys=True)
@@ -129,7 +145,7 @@ class StreamingModule(tf.Module):
         return self._holder.value
 
     def _init_state(self):
-        return state_to_dict(self.pipeline.zero_state())
+        return self._mode.value.stream_state(self.pipeline)
 
     def _step(self, frame, state):
         # Every input with an open batch axis is checked (t, a scalar, would be folded). The
@@ -145,10 +161,10 @@ class StreamingModule(tf.Module):
         )
 
     def _forward(self, frame, state):
-        new_state, outputs = self.pipeline.forward_step(
-            dict_to_state(self.pipeline, state), frame, training=False
+        new_state, outputs = self._mode.value.stream_step(
+            self.pipeline, state, frame, training=False
         )
-        return {"outputs": outputs, **state_to_dict(new_state)}
+        return {"outputs": outputs, **new_state}
 
     def _refuse(self, ok: dict, got: dict):
         """Fails, naming the inputs whose shape is not as exported, and the fix.
@@ -168,27 +184,28 @@ class StreamingModule(tf.Module):
                 "or in Python sideways_tf.export.export(W or your pipeline, DIR, batch_size=N). ",
             ]
         )
-        names = [k for k in got if k != "frame"]
-        wrong = tf.logical_not(tf.stack([ok[k] for k in names]))
-        each = tf.stack(
-            [
-                tf.strings.join(
-                    [k, " ", _format_shape(got[k]), f" (not {self._shapes[k].as_list()})"]
-                )
-                for k in names
-            ]
-        )
-        state = tf.strings.join(
-            [
-                "State tensors whose shape differs from this model: ",
-                tf.strings.reduce_join(tf.boolean_mask(each, wrong), separator=", "),
-                ". Feed back the state that init_state() or step() of this model returned "
-                f"(exported for batch_size={b}), not the state of another export.",
-            ]
-        )
-        message = tf.strings.strip(
-            tf.where(ok["frame"], "", frame) + tf.where(tf.reduce_any(wrong), state, "")
-        )
+        names = [k for k in got if k != "frame"]  # none where the state is t alone (per-frame)
+        state = tf.constant("")
+        if names:
+            wrong = tf.logical_not(tf.stack([ok[k] for k in names]))
+            each = tf.stack(
+                [
+                    tf.strings.join(
+                        [k, " ", _format_shape(got[k]), f" (not {self._shapes[k].as_list()})"]
+                    )
+                    for k in names
+                ]
+            )
+            state = tf.strings.join(
+                [
+                    "State tensors whose shape differs from this model: ",
+                    tf.strings.reduce_join(tf.boolean_mask(each, wrong), separator=", "),
+                    ". Feed back the state that init_state() or step() of this model returned "
+                    f"(exported for batch_size={b}), not the state of another export.",
+                ]
+            )
+            state = tf.where(tf.reduce_any(wrong), state, "")
+        message = tf.strings.strip(tf.where(ok["frame"], "", frame) + state)
         with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
             zeros = {k: tf.zeros(shape, self._dtypes[k]) for k, shape in self._shapes.items()}
             return {"outputs": tf.zeros(self._outputs.shape, self._outputs.dtype), **zeros}
@@ -234,51 +251,100 @@ class _Untracked:
 def load_pipeline(workdir: str, batch_size: int = 1) -> tuple[Pipeline, dict]:
     """A run's pipeline (runs.load_run) with `batch_size` streams, and the export metadata.
 
-    No runtime and no device pins: every unit runs on the default device.
+    No runtime and no device pins: every unit runs on the default device. The metadata
+    names the run's mode (train.mode) and the network it trained, which export steps.
     Returns (pipeline, metadata).
     """
+    pipeline, metadata, _ = _from_workdir(workdir, batch_size)
+    return pipeline, metadata
+
+
+def _from_workdir(workdir: str, batch_size: int, mode=None) -> tuple[Pipeline, dict, modes.Mode]:
+    """load_pipeline, and the run's Mode. mode: None, or the run's own (else refused)."""
     _check_batch_size(batch_size)
     single = distribute.Runtime(None, placement.DevicePlan.single([None]))
     # Built in float32 whatever the run's precision (its parameters are float32 anyway).
     run = load_run(workdir, batch_size=batch_size, runtime=single, precision="float32", place=False)
     pipeline = run.pipeline
     _unpin(pipeline)
+    trained = modes.get(run.settings.mode, "train.mode")
+    _check_mode_agrees(trained, mode, f"the run in {workdir} trained in mode={trained.name!r}")
     metadata = _metadata(
         pipeline,
         run.frame_shape,
         batch_size,
         run.class_names,
-        mode=run.settings.mode,
+        mode=trained,
+        network_from="the run's train.mode",
         trained_precision=run.settings.precision,
         checkpoint=os.path.basename(run.checkpoint),
         checkpoint_step=run.step,
     )
-    return pipeline, metadata
+    return pipeline, metadata, trained
 
 
-def _metadata(pipeline: Pipeline, frame_shape, batch_size: int, class_names, **run) -> dict:
+def _check_mode_agrees(trained: modes.Mode, mode, what: str):
+    """Refuses export(..., mode=M) where the source knows another mode it trained in."""
+    if mode is not None and _stream_mode(mode) != trained:
+        raise ValueError(
+            f"export(..., mode={str(mode)!r}), but {what}: the export is the network the "
+            f"run trained. Leave mode= out (mode={trained.name!r} is exported)."
+        )
+
+
+def _metadata(
+    pipeline: Pipeline, frame_shape, batch_size: int, class_names, mode, network_from, **run
+) -> dict:
     """sideways_export.json: what a server needs to feed and read the exported step.
 
-    run: mode, trained_precision, checkpoint, checkpoint_step (where it came from).
+    mode: the Mode trained (its network is exported), or None (the pipelined network);
+    network_from: what chose the network, in words.
+    run: trained_precision, checkpoint, checkpoint_step (where it came from).
     """
     topology = pipeline.topology
+    stream = _stream_mode(mode)
+    newest, oldest = stream.stream_lags(pipeline)
     return dict(
         format="sideways_tf streaming export 1",
         frame_shape=list(frame_shape),
         frame_dtype="float32",
         batch_size=batch_size,
         **pipeline.task.export_metadata(pipeline, class_names),
-        fill_steps=topology.fill_steps,
-        newest_lag=topology.newest_lag(topology.num_units),
-        oldest_lag=topology.fill_steps - 1,
+        fill_steps=stream.first_step(pipeline),
+        newest_lag=newest,
+        oldest_lag=oldest,
+        reads=_reads(pipeline, stream),
         num_units=topology.num_units,
-        mode=run["mode"],
+        mode=None if mode is None else stream.name,
+        network="pipelined" if stream.pipelined else "per_frame",
+        network_from=network_from,
         trained_precision=run["trained_precision"],
         topology=topology.describe(),
         checkpoint=run["checkpoint"],
         checkpoint_step=run["checkpoint_step"],
-        state_names=state_names(pipeline),
+        state_names=state_names(pipeline, stream),
     )
+
+
+def _reads(pipeline: Pipeline, mode: modes.Mode) -> str:
+    """The frames y[t] of the exported step reads, in words (metadata "reads").
+
+    "x[t]" (per-frame), "x[t-2]" (chain of 3), "x[t-3] .. x[t-1]" (oldest .. newest over
+    the units' paths); a head that reads the previous frame adds it.
+    """
+
+    def frame(lag):
+        return f"x[t-{lag}]" if lag else "x[t]"
+
+    newest, _ = mode.stream_lags(pipeline)
+    oldest = max(mode.first_step(pipeline) - 1, newest)  # the units' paths only
+    words = frame(newest) if oldest == newest else f"{frame(oldest)} .. {frame(newest)}"
+    if pipeline.head_reads_previous_frame:
+        words += (
+            f"; the head also reads {frame(newest + 1)} (the first frame, x[1], for "
+            f"t <= {newest + 1})"
+        )
+    return words
 
 
 def _check_batch_size(batch_size):
@@ -289,21 +355,36 @@ def _check_batch_size(batch_size):
         )
 
 
-def pipeline_from_memory(model, batch_size: int = 1) -> tuple[Pipeline, dict]:
+def pipeline_from_memory(
+    model, batch_size: int = 1, mode: modes.Mode | str | None = None
+) -> tuple[Pipeline, dict]:
     """A copy of a Pipeline (or a SidewaysModel's) with `batch_size` streams, and the metadata.
 
     The copy is rebuilt from the pipeline's Keras config (unbuilt units, no device pins,
     the default device) and given the pipeline's parameters (never its buffers), so the
     pipeline you pass is left as it was. Returns (pipeline, metadata); the metadata's
-    mode is the SidewaysModel's compiled mode (None for a bare Pipeline), its
-    checkpoint and checkpoint_step None.
+    mode is the SidewaysModel's compiled mode, else `mode` (the mode a bare Pipeline
+    trained in: its network is exported; None: the pipelined network, metadata mode
+    null), its checkpoint and checkpoint_step None.
     """
+    copy, metadata, _ = _from_memory(model, batch_size, mode)
+    return copy, metadata
+
+
+def _from_memory(model, batch_size: int, mode=None) -> tuple[Pipeline, dict, modes.Mode | None]:
+    """pipeline_from_memory, and the Mode streamed (None: the pipelined network)."""
     from sideways_tf.keras_model import SidewaysModel  # (keras_model imports the engine)
 
     _check_batch_size(batch_size)
-    mode = None
+    mode = None if mode is None else _stream_mode(mode)
+    network_from = "default: no mode given (export(..., mode=M) names it)"
+    if mode is not None:
+        network_from = "export(..., mode=...)"
     if isinstance(model, SidewaysModel):
-        mode = model.engine.mode.name if model.engine is not None else None
+        if model.engine is not None:
+            compiled = model.engine.mode
+            _check_mode_agrees(compiled, mode, f"the model is compiled with mode={compiled.name!r}")
+            mode, network_from = compiled, "the model's compiled mode"
         model = model.pipeline
     if not isinstance(model, Pipeline) or not model.built:
         raise TypeError(
@@ -355,11 +436,12 @@ def pipeline_from_memory(model, batch_size: int = 1) -> tuple[Pipeline, dict]:
         batch_size,
         None,
         mode=mode,
+        network_from=network_from,
         trained_precision="float32",
         checkpoint=None,
         checkpoint_step=None,
     )
-    return copy, metadata
+    return copy, metadata, mode
 
 
 def _parameters(pipeline: Pipeline) -> list:
@@ -407,12 +489,15 @@ def check_output(output: str) -> list[str]:
     return present
 
 
-def export(source, output: str, batch_size: int = 1) -> dict:
+def export(source, output: str, batch_size: int = 1, mode: modes.Mode | str | None = None) -> dict:
     """Writes the streaming SavedModel of `source` to `output`.
 
     source: a workdir (its newest readable checkpoint), or a built Pipeline or
     SidewaysModel in memory (its current parameters; pipeline_from_memory).
     batch_size: B, the streams the export serves at once (its state holds B).
+    mode: the mode a bare Pipeline trained in (a name of MODES or a Mode): the step is
+    that mode's network (frame_bp: the per-frame one). None: the pipelined network. A
+    workdir or a compiled SidewaysModel knows its mode; another mode= is refused.
     Safe against a live run: load_run restores from a snapshot of the checkpoint, so
     training may rotate it away meanwhile. `output` is checked first (check_output);
     the export is written beside it and then swapped in, so a previous export there is
@@ -422,10 +507,10 @@ def export(source, output: str, batch_size: int = 1) -> dict:
     """
     previous = check_output(output)
     if isinstance(source, (str, os.PathLike)):
-        pipeline, metadata = load_pipeline(os.fspath(source), batch_size)
+        pipeline, metadata, mode = _from_workdir(os.fspath(source), batch_size, mode)
     else:
-        pipeline, metadata = pipeline_from_memory(source, batch_size)
-    module = StreamingModule(pipeline, metadata)
+        pipeline, metadata, mode = _from_memory(source, batch_size, mode)
+    module = StreamingModule(pipeline, metadata, mode)
     output = output.rstrip("/")
     staging = f"{output}.partial-{os.getpid()}"
     if tf.io.gfile.exists(staging):

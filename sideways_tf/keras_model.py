@@ -11,14 +11,18 @@ Each training step of `fit` is the engine's ONE update function
 `make_train_function`: Keras' loop, progress bar, History and callbacks drive it,
 and the engine runs its own `strategy.run`, so the model also trains under a
 tf.distribute strategy's scope (build and compile it there) with the engine's
-replica logic. Batches are (clips [B, K, *frame], labels [B]) for classification,
-or clips alone when the task's targets are the frames (tasks.FutureFrames). Under
-a strategy, B is the global batch: each replica gets B / R.
+replica logic. batch_size is B, the clips per replica (the buffers' static
+batch, as Pipeline's). The batches fed to fit, evaluate and predict hold the
+global batch, R x B clips for R replicas (R = 1 without a strategy): (clips
+[R*B, K, *frame], labels [R*B]) for classification, or clips alone when the
+task's targets are the frames (tasks.FutureFrames); each replica gets its B.
 
 Logs: loss (mean over valid steps and the epoch's batches), the compiled metrics
-on the clip outputs averaged over valid steps (e.g. "accuracy"), the task's step
-metrics in evaluation (future frames: psnr, ssim and the copy-last-frame
-baseline), and the engine's health figures per unit, grad_norm/unit_i (and,
+on the clip outputs averaged over valid steps (e.g. "accuracy"), and in
+evaluation the task's figures from the library's one evaluation loop
+(sideways_tf.evaluate: classification video_accuracy and clip_accuracy with
+num_videos and num_clips, future frames psnr, ssim and the copy-last-frame
+baseline), the same numbers sideways-eval reports; and the engine's health figures per unit, grad_norm/unit_i (and,
 with compile(fidelity_every=N), fidelity/unit_i: the sideways-vs-bptt gradient
 cosine), which Keras' TensorBoard callback writes as scalars.
 """
@@ -29,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf import evaluate as evaluation
 from sideways_tf import modes, tasks
 from sideways_tf.engine import Engine
 from sideways_tf.pipeline import Pipeline
@@ -43,7 +48,8 @@ class SidewaysModel(keras.Model):
     Args:
       units: the L units, bottom first (sideways_tf.Unit), or None with `pipeline`.
       topology, head, task, batch_size, frame_shape: as sideways_tf.Pipeline;
-        batch_size is B per replica (the buffers' static batch).
+        batch_size is B per replica (the buffers' static batch); batch the data
+        by the global batch, R x B (engine.global_batch).
       pipeline: a built Pipeline to wrap instead.
     """
 
@@ -209,7 +215,24 @@ class SidewaysModel(keras.Model):
                 "Sideways engine."
             )
 
+    def _unpack(self, data):
+        """(clips, labels or None, videos or None) of a batch: (clips, labels), clips alone,
+        or a dict of the data contract ({"frames", "label", "video_index"}: what the
+        library's readers yield, batched)."""
+        if isinstance(data, dict) and "frames" in data:
+            key = self.pipeline.task.label_key
+            if key is not None and key not in data:
+                raise ValueError(
+                    f"The batch has no {key!r}, which the pipeline's task "
+                    f"({type(self.pipeline.task).__name__}) scores clips against."
+                )
+            return data["frames"], data.get(key) if key else None, data.get("video_index")
+        clips, labels = self._clips_and_labels(data)
+        return clips, labels, None
+
     def _clips_and_labels(self, data):
+        if isinstance(data, dict) and "frames" in data:
+            return self._unpack(data)[:2]
         clips, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
         if weights is not None:
             raise ValueError(
@@ -250,43 +273,39 @@ class SidewaysModel(keras.Model):
         return train_function
 
     def make_test_function(self, force=False):
+        """Each Keras test step is one batch of the ONE evaluation loop (evaluate.score_batch):
+        evaluate reports what sideways-eval and the training loop report for the same
+        parameters and clips (video_accuracy, clip_accuracy, loss, num_videos, ... for
+        classification), plus the compiled metrics on the clip outputs."""
         if self.test_function is not None and not force:
             return self.test_function
         self._require_engine("evaluate()")
 
         def test_function(iterator):
-            clips, labels = self._clips_and_labels(next(iterator))
-            clips, n = self._padded(clips)
-            out = self.engine.predict_steps(clips)
-            host_clips = self._host(clips)
-            lag = self.engine.mode.input_lag(self.pipeline)
-            targets, present = self.pipeline.task.step_targets(
-                host_clips, None if labels is None else self._host(labels), lag
+            clips, labels, videos = self._unpack(next(iterator))
+            clips, labels = self._host(clips), None if labels is None else self._host(labels)
+            videos = None if videos is None else self._host(videos)
+            batch, self._next_video = evaluation.score_batch(
+                self.engine, self._evaluation, clips, labels, videos, self._next_video
             )
-            outputs = out["outputs"][:n]
-            weights = out["weights"] * present  # [K]
-            total = float(tf.reduce_sum(weights)) * n
-            per_step = self.pipeline.task.loss(
-                tf.reshape(targets[:n], (-1, *targets.shape[2:])),
-                tf.reshape(outputs, (-1, *outputs.shape[2:])),
-            )
-            loss = float(tf.reduce_sum(per_step * tf.tile(weights, [n]))) / max(total, 1.0)
-            self._loss_mean.update_state(loss, sample_weight=total)
-            if labels is not None:
-                averaged = tf.reduce_sum(outputs * _expand(weights, outputs), 1) / max(
-                    float(tf.reduce_sum(weights)), 1.0
-                )
-                self._update_output_metrics(labels, averaged, n)
-            refs = {k: v[:n] for k, v in out.items() if k not in ("outputs", "weights")}
-            task_metrics = self.pipeline.task.step_metrics(outputs, refs, weights)
-            for name, (value, weight) in task_metrics.items():
-                self._mean_metric(name).update_state(value, sample_weight=weight)
-            shown = [self._loss_mean, *self._output_metrics]
-            shown += [self._means[name] for name in task_metrics]
-            return {m.name: m.result() for m in shown}
+            if labels is not None and self._output_metrics:  # on p(clip), as in training
+                w = batch.weights
+                clip_outputs = tf.einsum("nk...,k->n...", batch.outputs, w) / tf.reduce_sum(w)
+                self._update_output_metrics(labels, clip_outputs)
+            result = self._evaluation.result()
+            result.pop("images", None)
+            logs = {k: float(v) for k, v in result.items()}
+            logs.update({m.name: m.result() for m in self._output_metrics})
+            return logs
 
         self.test_function = test_function
         return test_function
+
+    def reset_metrics(self):
+        """Keras calls this before every epoch and evaluation: a fresh evaluation too."""
+        super().reset_metrics()
+        self._evaluation = self.pipeline.task.metrics()
+        self._next_video = 0
 
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
@@ -350,7 +369,8 @@ class SidewaysModel(keras.Model):
         if n > self.engine.batch_per_process:
             raise ValueError(
                 f"A batch of {n} clips, but the model holds {self.engine.batch_per_process} "
-                "per step (its buffers' batch): batch the data by that."
+                "per step (batch_size B per replica x the local replicas): batch the data by "
+                "that."
             )
         return tasks.pad_batch(clips, self.engine.batch_per_process), n
 
@@ -392,11 +412,6 @@ def _metric(m):
     if isinstance(m, str) and m in ACCURACY_NAMES:
         return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     return keras.metrics.get(m) if isinstance(m, str) else m
-
-
-def _expand(weights, outputs):
-    """weights [K] broadcast against outputs [B, K, ...]."""
-    return tf.reshape(weights, [1, -1] + [1] * (outputs.shape.rank - 2))
 
 
 __all__ = ["SidewaysModel"]

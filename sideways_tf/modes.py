@@ -13,6 +13,8 @@ that depends on the mode, so that no other module compares mode names:
     min_frames(p)    the shortest clip that trains, and why (algorithm.md s.4)
     check(p)         raises unless the pipeline's topology fits the mode
     predict(p, clip) every step's top output [B, K, ...] and which are filled [K]
+    stream_state(p), stream_step(p, state, x_t), stream_lags(p)
+                     the trained network one frame at a time (what export saves)
 
 A new mode is one `register(Mode(...))`; tests/test_modes.py registers a toy one.
 """
@@ -132,6 +134,73 @@ class Mode:
             return rules.frame_outputs(pipeline, clip, training=training)[1]
         state = pipeline.zero_state()
         return rules.pipelined_forward(pipeline, state, clip, training=training)[2]
+
+    # -- Streaming: the network this mode trains, one frame at a time (export) ---------
+
+    def stream_state(self, pipeline) -> dict:
+        """A fresh stream of the network this mode trains, as named tensors.
+
+        t: [] int32, frames fed since the fresh state; then what the network carries:
+          pipelined: output_1..output_L, a_i[t-1] [B, *out_i], and delay_1..delay_D,
+            the lines of PipelineState.delays [d, B, *in] (its messages are for training);
+          per-frame: nothing, or previous_frame x[t-1] [B, *frame] for a head that reads
+            the previous frame (pipeline.head_reads_previous_frame).
+        A subclass whose network is neither overrides stream_state, stream_step and
+        stream_lags together.
+        """
+        if self.pipelined:
+            return self.named_state(pipeline.zero_state())
+        state = {"t": tf.constant(0, tf.int32)}
+        if pipeline.head_reads_previous_frame:
+            state["previous_frame"] = tf.zeros((pipeline.batch_size, *pipeline.frame_shape))
+        return state
+
+    def stream_step(self, pipeline, state: dict, x_t, training=False) -> tuple[dict, tf.Tensor]:
+        """One frame x[t] [B, *frame] through the network this mode trains: (state, y[t]).
+
+        pipelined: pipeline.forward_step, y[t] built from x[t - oldest] .. x[t - newest];
+        per-frame: pipeline.frame_forward on x[t] alone, the head given x[t-1] (x[t] itself
+        at t = 1), as rules.frame_outputs gives it: y[t] equals predict's step t.
+        """
+        if self.pipelined:
+            state = self.unnamed_state(pipeline, state)
+            state, y = pipeline.forward_step(state, x_t, training=training)
+            return self.named_state(state), y
+        x_t = tf.convert_to_tensor(x_t)  # [B, *frame]
+        new, previous = {"t": state["t"] + 1}, None
+        if pipeline.head_reads_previous_frame:
+            previous = tf.where(state["t"] == 0, x_t, state["previous_frame"])
+            new["previous_frame"] = x_t
+        return new, pipeline.frame_forward(x_t, training=training, previous=previous)
+
+    def stream_lags(self, pipeline) -> tuple[int, int]:
+        """(newest, oldest): y[t] of stream_step reads frames x[t - oldest] .. x[t - newest].
+
+        newest = input_lag; oldest = T_fill - 1 for the pipelined network (its longest
+        path), 0 for the per-frame one; one older than newest where the head also reads
+        the previous frame, if that is older still.
+        """
+        newest = self.input_lag(pipeline)
+        oldest = self.first_step(pipeline) - 1
+        return newest, max(oldest, newest + int(pipeline.head_reads_previous_frame))
+
+    @staticmethod
+    def named_state(state) -> dict:
+        """PipelineState -> {t, output_i, delay_k} (the messages are left out)."""
+        named = {"t": state.t}
+        named.update({f"output_{i}": a for i, a in enumerate(state.outputs, start=1)})
+        named.update({f"delay_{k}": d for k, d in enumerate(state.delays, start=1)})
+        return named
+
+    @staticmethod
+    def unnamed_state(pipeline, named: dict):
+        """{t, output_i, delay_k} -> the pipeline's PipelineState, with no messages."""
+        return rules.PipelineState(
+            t=named["t"],
+            outputs=tuple(named[f"output_{i}"] for i in range(1, pipeline.num_units + 1)),
+            messages=(),
+            delays=tuple(named[f"delay_{k}"] for k in range(1, len(pipeline.delay_buffers()) + 1)),
+        )
 
 
 MODES: dict[str, Mode] = {}

@@ -5,8 +5,17 @@ The pipeline holds the network and its state; it knows two forward passes,
   forward_step    one computation step of the pipelined network (algorithm.md s.3):
                   u_i[t] = C_i({a_j[t-1-d_ji]}), a_i[t] = H_i(u_i[t]), a_0[t-1] := x[t].
 Both are pure functions of an explicit PipelineState; the units' buffers store
-that state between calls (read_state / write_state / reset_state). How
-gradients are formed from these passes is the engine's business.
+that state between calls (read_state / write_state / reset_state).
+
+`step(state, x_t, unit_fn)` is the ONE skeleton of a pipelined computation step:
+it gathers every unit's sources (delay lines advanced), runs `unit_fn` per unit on
+its core, and hands the top unit the head y = head(a_L, frames). forward_step
+runs it with the plain forward pass, rules.sideways_step with each unit's forward
+and local VJP. What the head reads besides a_L[t] (a residual frame head: the
+last frame seen, x[t - lag], and the one before) reaches it through ordinary
+delayed edges from the input into receiver L + 1, the head (`head_edges`): their
+delay lines are buffers like the units' ones. How gradients are formed from these
+passes is the rules' and the engine's business.
 """
 
 from __future__ import annotations
@@ -31,12 +40,12 @@ class PipelineState(NamedTuple):
     t:        [] int32, steps taken since the last reset.
     outputs:  a_i[t-1] for i = 1..L, each [B, *out_i].
     messages: m_i[t] for i = 1..L-1, each [B, *out_i] (the top needs none).
-    delays:   one line [d, B, *in] per delayed edge, oldest first; then, when the
-              head reads the last frame seen (a residual head, e.g. FrameDecoder(
-              residual=True)) and lag > 0, the head's line [lag, B, *frame] holding
-              x[t-lag] .. x[t-1], lag = Topology.newest_lag(L); a head that also reads
-              the frame before it (FrameDecoder(previous_frame=True)) has a line one
-              longer, [lag + 1, B, *frame], from x[t-lag-1].
+    delays:   one line [d, B, *in] per delayed edge, oldest first, the head's edges
+              last: a head that reads the last frame seen (FrameDecoder(residual=True))
+              has the edge 0 -> L+1 with delay lag = Topology.newest_lag(L), a line
+              [lag, B, *frame] holding x[t-lag] .. x[t-1] (none when lag = 0); one that
+              also reads the frame before it (FrameDecoder(previous_frame=True)) has a
+              second edge with delay lag + 1.
     """
 
     t: tf.Tensor
@@ -57,11 +66,12 @@ class Pipeline(keras.Layer):
         top unit's device and its parameters count as the top unit's. None: identity.
         A head with `reads_last_frame = True` (FrameDecoder(residual=True)) is also
         given x[t - lag], the newest frame in a_L[t] (lag = Topology.newest_lag(L);
-        the frame itself in the per-frame network), carried to it by a delay line
-        from the input (the last entry of PipelineState.delays; a buffer, like the
-        units' lines, so it is checkpointed and streams in export). A head that also
-        has `reads_previous_frame = True` is given x[t - lag - 1] too (the line is one
-        longer; before the clip's first frame it holds that frame, as copy-last does).
+        the frame itself in the per-frame network), through an edge from the input
+        with delay lag (`head_edges`; its line is a buffer like the units' lines, so
+        it is checkpointed and streams in export). A head that also has
+        `reads_previous_frame = True` is given x[t - lag - 1] too, by a second edge
+        (before the clip's first frame the head's lines hold that frame, as copy-last
+        does).
       task: what the top output is trained to be (sideways_tf.tasks): a Task
         (tasks.Classification(), tasks.FutureFrames(horizon=h)), or, for
         classification, a loss name of tasks.LOSSES or a per-example loss callable
@@ -109,11 +119,15 @@ class Pipeline(keras.Layer):
         for i, (unit, into) in enumerate(zip(units, self.topology.sources), start=1):
             unit.delays = tuple(e.delay for e in into)
             unit.has_message = i < len(units)
+        # What the head reads besides a_L[t]: edges 0 -> L+1 (x[t - lag], x[t - lag - 1]).
+        lag = self.topology.newest_lag(len(units))
+        reads = self.head_reads_frame + self.head_reads_previous_frame
+        self.head_edges = tuple(topology_lib.Edge(0, len(units) + 1, lag + k) for k in range(reads))
         # Index of each delayed edge's line in PipelineState.delays: _slots[i][k].
         self._slots, n = {}, 0
-        for i, into in enumerate(self.topology.sources, start=1):
+        for i in range(1, len(units) + 2):
             self._slots[i] = {}
-            for k, e in enumerate(into):
+            for k, e in enumerate(self.sources(i)):
                 if e.delay > 0:
                     self._slots[i][k], n = n, n + 1
         self.plan, self.cores = _plan_for(units, placement)
@@ -121,6 +135,10 @@ class Pipeline(keras.Layer):
             raise ValueError("Give both batch_size and frame_shape to build now, or neither.")
         if batch_size is not None:
             self.build((batch_size, *frame_shape))
+
+    def sources(self, i: int) -> tuple:
+        """The edges into unit i (1-based), or into the head (i = L + 1)."""
+        return self.head_edges if i == len(self.units) + 1 else self.topology.sources[i - 1]
 
     @property
     def loss_fn(self) -> Callable:
@@ -181,30 +199,23 @@ class Pipeline(keras.Layer):
             else:
                 self.top_output_shape = shapes[-1]
         self.output_shapes = shapes[1:]
-        self._build_head_line()
-
-    def _build_head_line(self):
-        """The head's line from the input: x[t-lag] .. x[t-1], [lag, B, *frame] float32
-        (from x[t-lag-1], [lag + 1, B, *frame], for a head that reads the previous frame).
-
-        Only for a head that reads the last frame seen, and only when the line is not
-        empty (the one-unit pipeline's top output sees x[t] itself). Frames stay float32
-        in every precision, so that a residual head's x[t - lag] + 0 is the frame exactly.
-        """
-        self.head_lag = self.topology.newest_lag(self.num_units)
-        self.head_line = None
-        length = self.head_lag + int(self.head_reads_previous_frame)
-        if not self.head_reads_frame or length == 0:
-            return
+        # The head's delay lines, [d, B, *frame] per head edge with d > 0 (none for the
+        # one-unit pipeline's last frame: its top output sees x[t] itself). Frames stay
+        # float32 in every precision, so that a residual head's x[t - lag] + 0 is the
+        # frame exactly.
         with self.unit_variable_scope(self.num_units), _per_replica_buffers():
-            self.head_line = self.add_weight(
-                shape=(length, self.batch_size, *self.frame_shape),
-                initializer="zeros",
-                trainable=False,
-                name="head_line",
-                dtype="float32",
-                autocast=False,
-            )
+            self.head_lines = [
+                self.add_weight(
+                    shape=(e.delay, self.batch_size, *self.frame_shape),
+                    initializer="zeros",
+                    trainable=False,
+                    name=f"head_line_{k}",
+                    dtype="float32",
+                    autocast=False,
+                )
+                for k, e in enumerate(self.head_edges)
+                if e.delay > 0
+            ]
 
     @property
     def head_reads_frame(self) -> bool:
@@ -215,6 +226,11 @@ class Pipeline(keras.Layer):
     def head_reads_previous_frame(self) -> bool:
         """Whether the head also takes the frame before it, x[t - lag - 1]."""
         return self.head_reads_frame and bool(getattr(self.head, "reads_previous_frame", False))
+
+    @property
+    def head_lag(self) -> int:
+        """lag: the newest frame in a_L[t] is x[t - lag] (Topology.newest_lag(L))."""
+        return self.topology.newest_lag(self.num_units)
 
     # -- Variables ---------------------------------------------------------------
 
@@ -228,15 +244,15 @@ class Pipeline(keras.Layer):
     # -- State -----------------------------------------------------------------
 
     def delay_buffers(self) -> list:
-        """The delay lines of every delayed edge, then the head's line (if any), in
-        PipelineState.delays order."""
+        """The delay lines of every delayed edge, the head's last, in PipelineState.delays
+        order."""
         lines = [b for u in self.units for b in u.delay_buffers if b is not None]
-        return lines + ([self.head_line] if getattr(self, "head_line", None) is not None else [])
+        return lines + list(getattr(self, "head_lines", []))
 
     def state_variables(self) -> list:
-        """Every buffer of every unit, and the head's line: the whole state besides parameters."""
-        head = [self.head_line] if getattr(self, "head_line", None) is not None else []
-        return [b for u in self.units for b in u.state_variables] + head
+        """Every buffer of every unit, and the head's lines: the whole state besides
+        parameters."""
+        return [b for u in self.units for b in u.state_variables] + list(self.head_lines)
 
     def read_state(self, t) -> PipelineState:
         return PipelineState(
@@ -263,9 +279,8 @@ class Pipeline(keras.Layer):
                 if u.message_buffer is not None:
                     messages.append(tf.zeros(u.message_buffer.shape, u.message_buffer.dtype))
                 delays += [tf.zeros(b.shape, b.dtype) for b in u.delay_buffers if b is not None]
-        if self.head_line is not None:
-            with self.unit_scope(self.num_units):
-                delays.append(tf.zeros(self.head_line.shape, self.head_line.dtype))
+        with self.unit_scope(self.num_units):
+            delays += [tf.zeros(b.shape, b.dtype) for b in self.head_lines]
         return PipelineState(
             t=tf.constant(0, tf.int32),
             outputs=tuple(outputs),
@@ -276,26 +291,31 @@ class Pipeline(keras.Layer):
     def reset_state(self):
         for u in self.units:
             u.reset_state()
-        if self.head_line is not None:
-            self.head_line.assign(tf.zeros(self.head_line.shape, self.head_line.dtype))
+        for b in self.head_lines:
+            b.assign(tf.zeros(b.shape, b.dtype))
 
     # -- Forward passes ----------------------------------------------------------
 
     def gather(self, i: int, previous: Sequence, state: PipelineState):
-        """Sources of unit i at step t: a_j[t-1-d] for each edge, and the advanced delay lines.
+        """Sources of unit i (or of the head, i = L + 1) at step t: a_j[t-1-d] for each
+        edge, and the advanced delay lines.
 
         previous: a_j[t-1] for j = 0..L, with previous[0] = x[t].
-        Returns (inputs, {line index: new line}).
+        Returns (inputs, {line index: new line}). The head's lines from the input read,
+        at a fresh state (t = 0), as if they held x[0]: the clip's start repeats, as in
+        the copy-last baseline (masked steps only, for the units' own edges).
         """
         inputs, new_lines = [], {}
         slot = self._slots[i]
-        for k, e in enumerate(self.topology.sources[i - 1]):
+        for k, e in enumerate(self.sources(i)):
             if e.delay == 0:
                 inputs.append(previous[e.source])
                 continue
             line = state.delays[slot[k]]  # [d, B, ...], holds a_j[t-1-d] .. a_j[t-2]
-            inputs.append(line[0])
             newest = tf.cast(previous[e.source], line.dtype)  # (frames come in float32)
+            if i > self.num_units:
+                line = tf.where(state.t == 0, tf.broadcast_to(newest[None], tf.shape(line)), line)
+            inputs.append(line[0])
             new_lines[slot[k]] = tf.concat([line[1:], newest[None]], axis=0)
         return inputs, new_lines
 
@@ -317,73 +337,70 @@ class Pipeline(keras.Layer):
             )
         return a
 
-    def head_frame(self, state: PipelineState, x_t):
-        """What the head reads besides a_L[t] at step t: (x[t - lag] or None,
-        x[t - lag - 1] or None, new head line).
+    def apply_head(self, a_top, frames: Sequence = (), training=None):
+        """y[t] = head(a_L[t], frames), in float32 (Keras' convention for a model's outputs
+        under mixed precision: losses and metrics are taken in float32).
 
-        x_t: [B, *frame]. The line holds x[t-lag] .. x[t-1] (from x[t-lag-1] for a head
-        that reads the previous frame): the head reads its oldest entries and x[t] goes
-        in last. At a fresh state (t = 0) the line is read as if it held x[0] (the clip's
-        start repeats, as in the copy-last baseline). Returns (None, None, None) for a
-        head that reads no frame, (x_t, None, None) when the line is empty (lag = 0).
-        """
-        if not self.head_reads_frame:
-            return None, None, None
-        if self.head_line is None:
-            return x_t, None, None
-        line = state.delays[-1]  # the head's line is the last one
-        newest = tf.cast(x_t, line.dtype)
-        line = tf.where(state.t == 0, tf.broadcast_to(newest[None], tf.shape(line)), line)
-        new_line = tf.concat([line[1:], newest[None]], axis=0)
-        if not self.head_reads_previous_frame:
-            return line[0], None, new_line
-        last = line[1] if self.head_lag > 0 else newest
-        return last, line[0], new_line
-
-    def apply_head(self, a_top, training=None, last_frame=None, previous_frame=None):
-        """The task head on the top unit's output, in float32 (Keras' convention for a
-        model's outputs under mixed precision: losses and metrics are taken in float32).
-
-        last_frame: x[t - lag] [B, *frame], for a head that reads the last frame seen
-        (head_frame gives it); previous_frame: x[t - lag - 1], for a head that also reads
-        the frame before it; both ignored by other heads.
+        frames: what the head's edges bring (gather(L + 1)): x[t - lag] for a head that
+        reads the last frame seen, then x[t - lag - 1] for one that reads the frame
+        before it; nothing for other heads.
         """
         if self.head is None:
             out = a_top
-        elif self.head_reads_frame:
-            if last_frame is None:
+        elif self.head_edges:
+            if len(frames) != len(self.head_edges):
                 raise ValueError(
-                    f"The head {self.head.name!r} predicts a change from the last frame seen "
-                    "and needs last_frame= (x[t - lag], Pipeline.head_frame); the pipeline's "
-                    "forward passes give it."
+                    f"The head {self.head.name!r} reads {len(self.head_edges)} frame(s) besides "
+                    "a_L[t] (x[t - lag], then x[t - lag - 1]); the pipeline's forward passes "
+                    "give them (Pipeline.gather(L + 1))."
                 )
-            extra = {"previous_frame": previous_frame} if self.head_reads_previous_frame else {}
-            out = self.head(a_top, last_frame=last_frame, training=training, **extra)
+            names = ("last_frame", "previous_frame")[: len(frames)]
+            out = self.head(a_top, training=training, **dict(zip(names, frames)))
         else:
             out = self.head(a_top, training=training)
         return tf.cast(out, tf.float32)
 
-    def forward_step(self, state: PipelineState, x_t, training=None):
-        """One step of the pipelined network. x_t: [B, *frame]. Returns (state, top output)."""
-        previous = (tf.convert_to_tensor(x_t), *state.outputs)
-        outputs, lines = [], list(state.delays)
+    def step(self, state: PipelineState, x_t, unit_fn: Callable, training=None):
+        """The skeleton of one pipelined computation step t, for every unit at once.
+
+            u_i[t] = C_i({a_j[t-1-d_ji]}),  a_0[t-1] := x[t]
+
+        unit_fn(i, unit, inputs, head) -> (a_i [B, *out_i], extra) runs unit i on its
+        sources (inside its core's scope); `head` is None below the top and, for unit
+        L, the function a_L -> y[t] (the head on the frames its edges bring). Units
+        read only the previous step's buffers, so no unit waits on another. x_t:
+        [B, *frame]. Returns (state at t without messages changed, [extra_i per unit]).
+        """
+        previous = (tf.convert_to_tensor(x_t), *state.outputs)  # a_j[t-1], j = 0..L
+        outputs, extras, lines = [], [], list(state.delays)
         for i, unit in enumerate(self.units, start=1):
             with self.unit_scope(i):
                 inputs, new_lines = self.gather(i, previous, state)
-                outputs.append(self.check_unit_output(i, unit(inputs, training=training)))
+                head = None
+                if i == self.num_units:
+                    frames, head_lines = self.gather(i + 1, previous, state)
+                    new_lines.update(head_lines)
+
+                    def head(a, frames=frames):
+                        return self.apply_head(a, frames, training=training)
+
+                a, extra = unit_fn(i, unit, inputs, head)
+                outputs.append(self.check_unit_output(i, a))
+                extras.append(extra)
                 for k, line in new_lines.items():
                     lines[k] = line
-        with self.unit_scope(self.num_units):
-            last_frame, previous_frame, head_line = self.head_frame(state, x_t)
-            if head_line is not None:
-                lines[-1] = head_line
-            logits = self.apply_head(
-                outputs[-1],
-                training=training,
-                last_frame=last_frame,
-                previous_frame=previous_frame,
-            )
-        return state._replace(t=state.t + 1, outputs=tuple(outputs), delays=tuple(lines)), logits
+        new_state = state._replace(t=state.t + 1, outputs=tuple(outputs), delays=tuple(lines))
+        return new_state, extras
+
+    def forward_step(self, state: PipelineState, x_t, training=None):
+        """One step of the pipelined network. x_t: [B, *frame]. Returns (state, top output)."""
+
+        def forward(i, unit, inputs, head):
+            a = unit(inputs, training=training)
+            return a, None if head is None else head(self.check_unit_output(i, a))
+
+        state, extras = self.step(state, x_t, forward, training=training)
+        return state, extras[-1]
 
     def frame_forward(self, x, training=None, previous=None):
         """The per-frame network: every unit works on the same frame. x: [N, *frame];
@@ -394,10 +411,8 @@ class Pipeline(keras.Layer):
                 activations.append(unit([activations[e.source] for e in into], training=training))
         with self.unit_scope(self.num_units):
             # No delays: the newest frame in the top's output is x itself.
-            previous = x if previous is None else previous
-            return self.apply_head(
-                activations[-1], training=training, last_frame=x, previous_frame=previous
-            )
+            frames = (x, x if previous is None else previous)[: len(self.head_edges)]
+            return self.apply_head(activations[-1], frames, training=training)
 
     def call(self, clip, training=None):
         """Pipelined outputs of a whole clip from a zero state: [B, K, ...] -> [B, K, out]."""

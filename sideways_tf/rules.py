@@ -78,64 +78,49 @@ def sideways_step(
         (g_theta_i[t], r_{i->j}[t]) = VJP of C_i, H_i at u_i[t] applied to m_i[t]
         m_j[t+1] = sum_i r_{i->j}[t]
 
-    Units read only the previous step's buffers, so no unit waits on another; each
-    unit's share is one `steps.unit_step`. x_t: [B, *frame]; target_t: [B, ...] (a
-    label per clip, or a frame); present_t: [] 0.0 when step t has no target.
-    Returns (state at t, StepResult).
+    Pipeline.step is the skeleton (sources gathered, delay lines advanced, the head
+    on the frames its edges bring); each unit's share is one `steps.unit_step`: the
+    top differentiates its masked loss through the head (masked_loss: the one place
+    the top output meets the task's loss), the others their message. x_t:
+    [B, *frame]; target_t: [B, ...] (a label per clip, or a frame); present_t: []
+    0.0 when step t has no target. Returns (state at t, StepResult).
     """
-    num_units = pipeline.num_units
-    x_t = tf.convert_to_tensor(x_t)
     t = state.t + 1
     valid = valid_step(pipeline, t) * tf.cast(present_t, tf.float32)
-    previous = (x_t, *state.outputs)  # a_j[t-1], j = 0..L
-    outputs, lines, grads = [], list(state.delays), []
-    replies = [[] for _ in range(num_units + 1)]  # r_{i->j}[t], gathered per source j
-    loss = y = None
-    for i, unit in enumerate(pipeline.units, start=1):
+
+    def local_step(i, unit, inputs, head):
         edges = pipeline.topology.sources[i - 1]
         senders = [k for k, e in enumerate(edges) if e.source > 0]
-        with pipeline.unit_scope(i):
-            inputs, new_lines = pipeline.gather(i, previous, state)
-            if i == num_units:
-                # A residual head also reads x[t - lag], from its own line (no gradient).
-                last_frame, previous_frame, head_line = pipeline.head_frame(state, x_t)
-                if head_line is not None:
-                    lines[-1] = head_line
-                out = unit_step(
-                    unit,
-                    inputs,
-                    pipeline.unit_variables(i),
-                    senders,
-                    head=lambda a, f=last_frame, p=previous_frame: pipeline.apply_head(
-                        a, training=training, last_frame=f, previous_frame=p
-                    ),
-                    loss=lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
-                    training=training,
-                    check=lambda a, i=i: pipeline.check_unit_output(i, a),
-                )
-                loss, y = out.loss, out.output
-            else:
-                out = unit_step(
-                    unit,
-                    inputs,
-                    pipeline.unit_variables(i),
-                    senders,
-                    message=state.messages[i - 1],
-                    training=training,
-                    check=lambda a, i=i: pipeline.check_unit_output(i, a),
-                )
-            outputs.append(out.activation)
-            for k, r in zip(senders, out.replies):
-                replies[edges[k].source].append(r)
-            grads.append(out.grads)
-            for k, line in new_lines.items():
-                lines[k] = line
+        if head is None:
+            own = {"message": state.messages[i - 1]}
+        else:
+            own = {
+                "head": head,
+                "loss": lambda y: masked_loss(pipeline, target_t, y, valid, loss_scale),
+            }
+        out = unit_step(
+            unit,
+            inputs,
+            pipeline.unit_variables(i),
+            senders,
+            training=training,
+            check=lambda a: pipeline.check_unit_output(i, a),
+            **own,
+        )
+        return out.activation, (out, [edges[k].source for k in senders])
+
+    state, extras = pipeline.step(state, x_t, local_step, training=training)
+    replies = [[] for _ in range(pipeline.num_units + 1)]  # r_{i->j}[t], gathered per source j
+    for out, sources in extras:
+        for j, r in zip(sources, out.replies):
+            replies[j].append(r)
     messages = []
-    for j in range(1, num_units):
+    for j in range(1, pipeline.num_units):
         with pipeline.unit_scope(j):
             messages.append(tf.add_n(replies[j]))
-    new_state = PipelineState(t, tuple(outputs), tuple(messages), tuple(lines))
-    return new_state, StepResult(tuple(grads), loss, y, valid)
+    top = extras[-1][0]
+    result = StepResult(tuple(out.grads for out, _ in extras), top.loss, top.output, valid)
+    return state._replace(messages=tuple(messages)), result
 
 
 def zero_gradients(pipeline: Pipeline) -> list:

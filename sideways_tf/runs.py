@@ -1,7 +1,7 @@
-"""A run: its settings, how it is built, and how it is loaded back from its workdir.
+"""A run: how it is built, and how it is loaded back from its workdir.
 
-    Settings     the frozen settings of a run: gin's `train.*` bindings, checked
-                 in one place (their defaults and one-line meanings live here);
+    Settings     (sideways_tf.settings) the frozen settings of a run: gin's
+                 `train.*` bindings, checked and resolved once;
     build_run    runtime + settings -> pipeline on its cores, optimizer, engine,
                  checkpoint, summary writers (what training uses);
     load_run     workdir -> the same model with its trained parameters, an engine
@@ -24,154 +24,14 @@ import gin
 import keras
 import tensorflow as tf
 
-from sideways_tf import checkpointing, distribute, modes
+from sideways_tf import checkpointing, distribute, tasks
 from sideways_tf import precision as precision_lib
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.data import contract
 from sideways_tf.engine import Engine
 from sideways_tf.pipeline import Pipeline
+from sideways_tf.settings import Settings, adam
 from sideways_tf.workdir import Workdir
-
-
-@gin.configurable(module="sideways_tf")
-def adam(
-    learning_rate: float = 1e-3,  # peak learning rate, after warmup
-    warmup_steps: int = 100,  # linear warmup from 0, in optimizer steps
-    decay_steps: int = 1000,  # cosine decay to 0 over this many steps after warmup
-    clipnorm: float | None = 1.0,  # clip each gradient's norm (None: no clipping)
-) -> keras.optimizers.Optimizer:
-    """Adam with linear warmup and cosine decay; the run sets decay_steps from num_steps."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else learning_rate,
-        decay_steps=max(decay_steps - warmup_steps, 1),
-        warmup_target=learning_rate if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-    return keras.optimizers.Adam(schedule, clipnorm=clipnorm)
-
-
-@gin.configurable("train", module="sideways_tf")
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything a training run is set up with: the gin bindings `train.*`.
-
-    Words: a training step is one batch of clips (`num_steps`, checkpoint numbers);
-    an update is one optimizer step (one per clip, or K / update_every); a
-    computation step t is one frame. `batch_size` is global: B = batch_size / R
-    clips per replica, batch_size / num_workers per process.
-    Checked when made (`check`), naming the binding and what it takes.
-    """
-
-    # -- Task
-    mode: str = gin.REQUIRED  # frame_bp | bptt | sideways | skip_sideways (sideways_tf.modes)
-    model_fn: Callable = (
-        gin.REQUIRED
-    )  # (batch_size, frame_shape, num_classes, placement) -> Pipeline
-    train_data: Callable = gin.REQUIRED  # () -> unbatched {"frames"[, "label"]} dataset
-    eval_data: Callable | None = None  # () -> finite dataset scored by the task's evaluation
-    num_classes: int | None = None  # classes of the task (None: a future-frame head)
-    seed: int = 0  # parameter initialisation (data seeds are the data's own bindings)
-    # -- Schedule
-    batch_size: int = 16  # global: clips per training step over all replicas (B = this / R)
-    num_steps: int = 2000  # training steps (batches of clips); sets the LR schedule
-    stop_at_step: int | None = None  # end this run early (resume later with the same config)
-    optimizer_fn: Callable = adam  # () -> Keras optimizer; gets decay_steps
-    update_every: int | None = None  # an update every N frames (None: one per clip)
-    carry_state: bool = False  # keep buffers across consecutive clips (streaming)
-    jit_compile: bool = False  # XLA-compile the update (units of a replica on one device)
-    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (loss-scaled)
-    max_non_finite_steps: int = 10  # stop after this many non-finite updates in a row
-    # -- Logging and checkpoints
-    log_every: int = 50  # training steps between train scalars
-    fidelity_every: int = 250  # steps between sideways-vs-bptt gradient fidelity (0: off)
-    images_every: int = 1000  # steps between sample input clips in TensorBoard (0: off)
-    eval_every: int = 500  # steps between evaluations (and at the end)
-    checkpoint_every: int = 500  # steps between checkpoints (and at the end)
-    keep_checkpoints: int = 3  # checkpoints kept in workdir/checkpoints
-    data_checkpoint: str = "full"  # "full" input state, or "symbolic" (positions only)
-    progress: bool = True  # progress bar on the terminal
-
-    def __post_init__(self):
-        self.check()
-
-    def check(self):
-        """Fails before any work, naming the gin binding and what it takes."""
-        positive = (
-            "batch_size",
-            "num_steps",
-            "max_non_finite_steps",
-            "log_every",
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"train.{name} must be a positive integer, got {value!r}.")
-        for name in ("fidelity_every", "images_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"train.{name} must be an integer >= 0 (0: off), got {value!r}.")
-        for name in ("stop_at_step", "update_every"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"train.{name} must be a positive integer or None, got {value!r}.")
-        precision_lib.check_precision(self.precision, "train.precision")
-        if self.mode is not gin.REQUIRED:
-            modes.get(self.mode, "train.mode")
-        if self.data_checkpoint not in ("full", "symbolic"):
-            raise ValueError(
-                f"train.data_checkpoint = {self.data_checkpoint!r}; use 'full' (the input "
-                "pipeline's whole state, shuffle buffers included) or 'symbolic' (positions "
-                "only: for pipelines that do not reorder, e.g. moving_shapes)."
-            )
-
-    @property
-    def last_step(self) -> int:
-        """The training step this run stops at: num_steps, or stop_at_step if earlier."""
-        return (
-            self.num_steps if self.stop_at_step is None else min(self.stop_at_step, self.num_steps)
-        )
-
-    def updates(self, num_frames: int) -> int:
-        """Updates over the whole run for clips of K frames (the LR schedule's length)."""
-        return self.num_steps * (num_frames // self.update_every if self.update_every else 1)
-
-    def check_runtime(self, runtime: distribute.Runtime):
-        """Cross-checks with the runtime (replicas, workers)."""
-        if self.batch_size % runtime.num_replicas:
-            raise ValueError(
-                f"train.batch_size = {self.batch_size} does not split over "
-                f"{runtime.num_replicas} replicas ({runtime.describe()}); use a multiple of "
-                f"{runtime.num_replicas}."
-            )
-        if self.carry_state and runtime.num_workers > 1:
-            raise ValueError(
-                "train.carry_state = True keeps each replica's buffers across clips, which a "
-                "multi-worker checkpoint does not hold (each worker's buffers live in its own "
-                "process); use carry_state = False with runtime.strategy = 'multi_worker'."
-            )
-
-    def check_model(self, pipeline: Pipeline, dataset, binding: str):
-        """Cross-checks with the model and the data: mode vs topology, task vs data, K."""
-        mode = modes.get(self.mode)
-        try:
-            mode.check(pipeline)
-        except ValueError as e:
-            raise ValueError(
-                f"{e} (gin: train.mode = '{self.mode}', and the model's topology.)"
-            ) from e
-        num_frames, _ = pipeline.task.check_data(dataset, binding)
-        if self.update_every and num_frames % self.update_every:
-            raise ValueError(
-                f"Clips have K={num_frames} frames, not a multiple of train.update_every="
-                f"{self.update_every}; pick an update_every that divides K."
-            )
-        mode.check_clip_length(pipeline, num_frames, f"the num_frames of {binding}")
-
 
 # -- Settings given from Python, as gin text -------------------------------------------
 
@@ -205,6 +65,21 @@ def record_settings(settings: Settings) -> str:
         literal = _literal(value)
         if literal is not None:
             lines.append(f"train.{name} = {literal}")
+            continue
+        if isinstance(value, tasks.Task):  # @<field>/Task() with its config in the scope
+            selector = _configurable_name(type(value))
+            config = value.get_config()
+            bad = [k for k, v in config.items() if _literal(v) is None]
+            if selector is None or bad:
+                raise ValueError(
+                    f"train.{name} = {value!r} cannot be written to the workdir's config.gin "
+                    f"(its class is not registered with gin, or its config {bad} holds values "
+                    "gin cannot write). Register the Task class with @gin.configurable and "
+                    "give it a get_config of literals."
+                )
+            imports.add(type(value).__module__)
+            lines.append(f"train.{name} = @{name}/{selector}()")
+            scoped += [f"{name}/{selector}.{k} = {_literal(v)}" for k, v in config.items()]
             continue
         if isinstance(value, functools.partial):
             selector = _configurable_name(value.func)
@@ -342,13 +217,19 @@ def build_pipeline(
     builds without the runtime's placement: each unit on its own device= (export).
     """
 
+    task = {"task": settings.task}
+    named = inspect.signature(settings.model_fn).parameters  # (**kwargs: passes task on)
+    if "task" not in named and "num_classes" in named:
+        # a model_fn of the older signature (batch_size, frame_shape, num_classes, placement)
+        task = {"num_classes": getattr(settings.task, "num_classes", None)}
+
     def build(placement=None):  # None: the probe, each unit on its own device
         with precision_lib.policy_scope(settings.precision):  # (restores the global policy)
             return settings.model_fn(
                 batch_size=batch_per_replica,
                 frame_shape=frame_shape,
-                num_classes=settings.num_classes,
                 placement=placement,
+                **task,
             )
 
     cores = runtime.assign_cores(build) if place else None  # 'auto' measures a probe first
@@ -372,14 +253,14 @@ def build_run(
     the gin binding `binding`; the model is checked against it (mode, task, K)
     before anything is written.
 
-    Each replica's pipeline holds B = settings.batch_size / R clips.
+    Each replica's pipeline holds B = settings.global_batch / R clips.
     "mixed_float16" wraps the optimizer in a LossScaleOptimizer (gin:
     loss_scaling.initial_scale). The checkpoint holds parameters, optimizer, step
     and (given) the data position; buffers only with carry_state (otherwise they
     are zero at every clip's start).
     """
     num_frames, frame_shape = contract.check_clip_dataset(dataset, binding, labelled=False)
-    batch_per_replica = settings.batch_size // runtime.num_replicas
+    batch_per_replica = settings.resolve(runtime).batch_per_replica
     pipeline = build_pipeline(runtime, settings, frame_shape, batch_per_replica)
     settings.check_model(pipeline, dataset, binding)
     with runtime.scope():
@@ -481,7 +362,7 @@ def load_run(
     binding = "train.eval_data" if settings.eval_data else "train.train_data"
     dataset = data_fn()
     num_frames, frame_shape = contract.check_clip_dataset(dataset, binding, labelled=False)
-    per_replica = batch_size or settings.batch_size // runtime.num_replicas
+    per_replica = batch_size or settings.resolve(runtime).batch_per_replica
     built = settings if precision is None else dataclasses.replace(settings, precision=precision)
     pipeline = build_pipeline(runtime, built, frame_shape, per_replica, place=place)
     with runtime.scope():

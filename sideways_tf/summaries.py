@@ -1,8 +1,6 @@
-"""TensorBoard summaries and the run's JSON metrics files."""
+"""TensorBoard summaries of a run: scalars, per-unit figures, clips, images, its config."""
 
 from __future__ import annotations
-
-import json
 
 import gin
 import numpy as np
@@ -45,24 +43,10 @@ def write_images(writer, step: int, name: str, images, max_images: int = 4):
         tf.summary.image(name, np.asarray(images, np.float32), max_outputs=max_images)
 
 
-def write_config(writer, path: str, end: str = "", config: str | None = None):
-    """Saves the operative gin config to `path` (the workdir's config.gin) and to TensorBoard.
+def write_config_text(writer, config: str):
+    """The operative gin config as TensorBoard text (gin/operative_config, step 0).
 
-    end: a last line (workdir.CONFIG_END) by which a reader tells a whole file from a
-    truncated one. config: the text to save (default: gin.operative_config_str()).
+    The workdir's copy, config.gin, is sideways_tf.workdir.write_config's.
     """
-    config = gin.operative_config_str() if config is None else config
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(config.rstrip("\n") + "\n" + (end + "\n" if end else ""))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
     with writer.as_default(step=0):
         tf.summary.text("gin/operative_config", gin.markdown(config))
-
-
-def write_json(path: str, data: dict):
-    """Writes data as JSON atomically (temp file, then rename)."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -28,15 +27,9 @@ import tqdm
 
 from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf import workdir as workdir_lib
-from sideways_tf.evaluate import check_eval_size, evaluate
-from sideways_tf.runs import (
-    Run,
-    Settings,
-    adam,
-    build_run,
-    config_with_settings,
-    record_settings,
-)
+from sideways_tf.evaluate import check_eval_size, evaluate, headline
+from sideways_tf.runs import Run, build_run, config_with_settings, record_settings
+from sideways_tf.settings import Settings, adam
 from sideways_tf.workdir import Workdir
 
 __all__ = ["Settings", "adam", "train"]
@@ -63,7 +56,7 @@ def train(
 
     # -- Runtime -------------------------------------------------------------------
     runtime = distribute.make_runtime()
-    settings.check_runtime(runtime)
+    settings.resolve(runtime)  # (checks the settings against the runtime, before any work)
     if runtime.is_chief:
         workdir_lib.check_writable(workdir)
     try:
@@ -102,7 +95,7 @@ def _train(
     data_binding = "train.train_data"
     source = settings.train_data()  # (build_run checks it against the contract and the task)
     train_iter, iter_checkpointable = runtime.batches(
-        lambda: source, settings.batch_size, symbolic=settings.data_checkpoint == "symbolic"
+        lambda: source, settings.global_batch, symbolic=settings.data_checkpoint == "symbolic"
     )
 
     # -- Model, engine, checkpoint ----------------------------------------------------
@@ -120,7 +113,7 @@ def _train(
     )
     positions = (
         checkpointing.DataPositions(
-            workdir.checkpoints, train_iter, runtime.worker_index, settings.keep_checkpoints
+            workdir, train_iter, runtime.worker_index, settings.keep_checkpoints
         )
         if several and iter_checkpointable
         else None
@@ -168,9 +161,8 @@ def _train(
         )
     last = settings.last_step
     if runtime.is_chief:
-        summaries.write_config(
-            writers["train"], workdir.config, end=workdir_lib.CONFIG_END, config=config
-        )
+        workdir_lib.write_config(workdir, config)
+        summaries.write_config_text(writers["train"], config)
         print(f"Runtime: {runtime.describe()}.")
         if restored:
             print(f"Resumed from {restored} at step {int(step.numpy())}.")
@@ -183,8 +175,7 @@ def _train(
         print(f"Step {s} has no evaluation on record (the last run stopped before it); running it.")
         eval_metrics = run_eval()
     if s >= last:
-        history = workdir_lib.read_evaluations(workdir).get("history", [])
-        done = [h for h in history if h.get("source", "train") == "train" and h["step"] == s]
+        done = [h for h in workdir_lib.training_evaluations(workdir) if h["step"] == s]
         eval_metrics = eval_metrics or (done[-1] if done else None)
         limit = "stop_at_step" if last < settings.num_steps else "num_steps"
         print(f"Already at step {s} (train.{limit} = {last}): nothing left to train.")
@@ -259,7 +250,10 @@ def _train(
             if s % settings.log_every == 0 or s == last:
                 now = time.time()
                 fps = (
-                    (s - last_step) * settings.batch_size * num_frames / max(now - last_time, 1e-9)
+                    (s - last_step)
+                    * settings.global_batch
+                    * num_frames
+                    / max(now - last_time, 1e-9)
                 )
                 last_time, last_step = now, s
                 scalars = {
@@ -305,7 +299,7 @@ def _train(
             if s % settings.eval_every == 0 or s == last:
                 eval_metrics = run_eval()
                 if eval_metrics:
-                    bar.write(f"step {s}: eval {task.headline(eval_metrics)}")
+                    bar.write(f"step {s}: eval {headline(task, eval_metrics)}")
     except _PEER_LOST as e:
         if not several:
             raise
@@ -331,7 +325,7 @@ def _train(
                 "again to resume."
             )
         else:
-            saved = path or os.path.join(workdir.checkpoints, f"ckpt-{s}")
+            saved = path or workdir.checkpoint(s)
             where = f" and this worker's data position in {positions.directory}" * bool(positions)
             print(
                 f"Worker {runtime.worker_index}: stopped at step {s}, as every worker did "

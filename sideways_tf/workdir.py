@@ -6,13 +6,18 @@
       config.gin           the operative gin config of the run, ending in CONFIG_END
       eval_metrics.json    the latest training evaluation, and every evaluation so far
                            (a damaged one is kept aside as eval_metrics.json.damaged-<time>)
-      checkpoints/         ckpt-N.* (sideways_tf.checkpointing)
+      checkpoints/         ckpt-N.index and ckpt-N.data-* (Workdir.checkpoint(N)), the
+                           `checkpoint` state file, worker_<w>/ (Workdir.data_positions),
+                           damaged/ (sideways_tf.checkpointing)
       train/ eval/         TensorBoard event files (sideways_tf.summaries)
 
-`Workdir` owns these names: no other module spells them. Everything here goes
-through tf.io.gfile, so a workdir may be local or gs://. A file of the workdir
-that cannot be read (garbage bytes, truncated, empty) is named in the error with
-its fix (DamagedFileError), never a bare UnicodeDecodeError or JSONDecodeError.
+`Workdir` and the functions here own these names: no other module spells them
+(checkpointing, training and the benchmarks ask this module). Every file written
+here is written whole (a temporary file, then a rename: write_config, write_json).
+Everything goes through tf.io.gfile, so a workdir may be local or gs://. A file of
+the workdir that cannot be read (garbage bytes, truncated, empty) is named in the
+error with its fix (DamagedFileError), never a bare UnicodeDecodeError or
+JSONDecodeError.
 """
 
 from __future__ import annotations
@@ -24,12 +29,11 @@ import os
 import re
 import socket
 import warnings
+from typing import NamedTuple
 
 import gin
 import tensorflow as tf
 from gin import config_parser
-
-from sideways_tf import summaries
 
 # Bindings that may change between a run and its resumption: run length and logging.
 RESUMABLE_CHANGES = (
@@ -49,12 +53,27 @@ RESUMABLE_CHANGES = (
 class Workdir:
     """The paths of a run's workdir (see the module docstring)."""
 
+    CONFIG = "config.gin"
+    EVAL_METRICS = "eval_metrics.json"
+    LOCK = "LOCK"
+    CHECKPOINTS = "checkpoints"
+    SPLITS = ("train", "eval")  # TensorBoard event directories
+
     def __init__(self, root: str):
         self.root = str(root)
 
     @classmethod
     def of(cls, workdir: str | Workdir) -> Workdir:
         return workdir if isinstance(workdir, Workdir) else cls(workdir)
+
+    @classmethod
+    def of_checkpoint(cls, path: str) -> Workdir:
+        """The workdir holding checkpoint `path` (checkpoints/ckpt-N, or a worker's
+        checkpoints/worker_<w>/ckpt-N)."""
+        directory = os.path.dirname(str(path))
+        if os.path.basename(directory).startswith(_WORKER_PREFIX):
+            directory = os.path.dirname(directory)
+        return cls(os.path.dirname(directory))
 
     def __fspath__(self) -> str:
         return self.root
@@ -67,23 +86,35 @@ class Workdir:
 
     @property
     def config(self) -> str:
-        return os.path.join(self.root, "config.gin")
+        return os.path.join(self.root, self.CONFIG)
 
     @property
     def checkpoints(self) -> str:
-        return os.path.join(self.root, "checkpoints")
+        return os.path.join(self.root, self.CHECKPOINTS)
 
     @property
     def lock_file(self) -> str:
-        return os.path.join(self.root, "LOCK")
+        return os.path.join(self.root, self.LOCK)
 
     @property
     def eval_metrics(self) -> str:
-        return os.path.join(self.root, "eval_metrics.json")
+        return os.path.join(self.root, self.EVAL_METRICS)
 
     def summaries(self, split: str) -> str:
         """TensorBoard event directory of a split ("train" or "eval")."""
         return os.path.join(self.root, split)
+
+    def checkpoint(self, step: int) -> str:
+        """The prefix of the training checkpoint of step `step` (checkpoints/ckpt-N)."""
+        return checkpoint_path(self.checkpoints, step)
+
+    def data_positions(self, worker: int) -> str:
+        """Where worker `worker` saves its input position (checkpoints/worker_<w>/)."""
+        return os.path.join(self.checkpoints, f"{_WORKER_PREFIX}{int(worker)}")
+
+    def names(self) -> tuple[str, ...]:
+        """Every name a run may write at the top of the workdir."""
+        return (self.LOCK, self.CONFIG, self.EVAL_METRICS, self.CHECKPOINTS, *self.SPLITS)
 
     def require_run(self):
         """Raises unless this is the workdir of a sideways-train run (it has config.gin)."""
@@ -92,6 +123,58 @@ class Workdir:
                 f"{self.config} not found: is {self.root} the workdir of a sideways-train run? "
                 f"Train first: sideways-train --workdir={self.root}."
             )
+
+
+# -- Checkpoint files -------------------------------------------------------------------
+# As tf.train.CheckpointManager names them (checkpoint_name "ckpt"): a checkpoint is
+# the prefix <directory>/ckpt-N, its files ckpt-N.index (written last) and
+# ckpt-N.data-<shard>-of-<shards>; <directory>/checkpoint is the state file listing them.
+
+_CHECKPOINT_FILE = re.compile(r"(ckpt-(\d+))\.(index|data-.*)")
+_WORKER_PREFIX = "worker_"
+
+
+class CheckpointFile(NamedTuple):
+    """A file of a checkpoint: its checkpoint's name ("ckpt-N"), step N, and whether it
+    is the index file (else a data shard)."""
+
+    prefix: str
+    step: int
+    index: bool
+
+
+def checkpoint_path(directory: str, step: int) -> str:
+    """The prefix of the checkpoint of step `step` in `directory`."""
+    return os.path.join(str(directory), f"ckpt-{int(step)}")
+
+
+def checkpoint_file(name: str) -> CheckpointFile | None:
+    """What the file `name` (a base name) is of a checkpoint; None if none's."""
+    match = _CHECKPOINT_FILE.fullmatch(name)
+    if not match:
+        return None
+    return CheckpointFile(match.group(1), int(match.group(2)), match.group(3) == "index")
+
+
+def checkpoint_index(prefix: str) -> str:
+    """The index file of checkpoint `prefix`: written last, so the checkpoint is whole
+    when it is there."""
+    return str(prefix) + ".index"
+
+
+def checkpoint_state_file(directory: str) -> str:
+    """The checkpoint state file of `directory` (tf.train.get_checkpoint_state reads it)."""
+    return os.path.join(str(directory), "checkpoint")
+
+
+def damaged_checkpoints(directory: str) -> str:
+    """Where checkpoints of `directory` that cannot be restored are set aside."""
+    return os.path.join(str(directory), "damaged")
+
+
+def interrupted_save(name: str) -> bool:
+    """Whether `name` (in a checkpoint directory) is a temporary of an interrupted save."""
+    return "_temp" in name
 
 
 class DamagedFileError(ValueError):
@@ -119,6 +202,30 @@ def _read_text(path: str, fix: str) -> str:
         raise DamagedFileError(
             f"{path} is damaged: byte {e.start} is not UTF-8 text (garbage bytes). {fix}"
         ) from None
+
+
+def _write_text(path: str, text: str):
+    """Writes `text` to `path` whole: a temporary file, then a rename over `path`."""
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json(path: str, data: dict):
+    """Writes data as JSON to a file of the workdir, whole (temporary file, then rename)."""
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_config(workdir: str | Workdir, config: str) -> str:
+    """Writes workdir/config.gin whole, ending in CONFIG_END; returns its path.
+
+    config: the run's operative gin config (the TensorBoard copy of it is
+    summaries.write_config_text's).
+    """
+    path = Workdir.of(workdir).config
+    _write_text(path, config.rstrip("\n") + "\n" + CONFIG_END + "\n")
+    return path
 
 
 def read_config(workdir: str | Workdir, fix: str | None = None) -> str:
@@ -286,7 +393,7 @@ def lock(workdir: str | Workdir):
                 f"{holder.get('host')}, since {holder.get('started')}). Stop that run, or use "
                 f"another --workdir. If that run is gone (another host), delete {path}."
             )
-    summaries.write_json(path, me)
+    write_json(path, me)
     try:
         yield
     finally:
@@ -403,13 +510,18 @@ def read_evaluations(workdir: str | Workdir, set_aside: bool = True) -> dict:
     return data
 
 
+def training_evaluations(workdir: str | Workdir, set_aside: bool = True) -> list[dict]:
+    """The training run's evaluations, oldest first (not sideways-eval's entries).
+
+    set_aside: as read_evaluations (a reader that is not the run passes False).
+    """
+    history = read_evaluations(workdir, set_aside=set_aside).get("history", [])
+    return [h for h in history if h.get("source", "train") == "train"]
+
+
 def evaluated_steps(workdir: str | Workdir) -> set[int]:
     """Steps the training run has an evaluation recorded for."""
-    return {
-        h["step"]
-        for h in read_evaluations(workdir).get("history", [])
-        if h.get("source", "train") == "train"
-    }
+    return {h["step"] for h in training_evaluations(workdir)}
 
 
 def record_evaluation(
@@ -429,4 +541,4 @@ def record_evaluation(
         top = {k: v for k, v in record.items() if k != "source"}
         data = {**data, **top}
     data["history"] = history + [record]
-    summaries.write_json(Workdir.of(workdir).eval_metrics, data)
+    write_json(Workdir.of(workdir).eval_metrics, data)

@@ -120,7 +120,7 @@ def test_auto_placement_balances_a_deliberately_unbalanced_pipeline():
         return convnet.conv_pipeline(
             batch_size=2,
             frame_shape=(16, 16, 3),
-            num_classes=4,
+            task=sw.tasks.Classification(num_classes=4),
             widths=(4, 32, 4, 4, 4, 4),  # units 2 and 3 (4 -> 32 -> 4) cost 8x the others
             strides=(1, 1, 1, 1, 1, 1),
             placement=placement,
@@ -362,8 +362,8 @@ def test_mirrored_training_stops_and_resumes_to_the_same_parameters(tmp_path):
 
 @pytest.mark.slow
 def test_global_batch_that_does_not_split_over_replicas(tmp_path):
-    with pytest.raises(ValueError, match="train.batch_size = 3 does not split over 2 replicas"):
-        run_tiny(tmp_path, *MIRRORED, "train.batch_size = 3")
+    with pytest.raises(ValueError, match="train.global_batch = 3 does not split over 2 replicas"):
+        run_tiny(tmp_path, *MIRRORED, "train.global_batch = 3")
 
 
 WORKER = """
@@ -410,7 +410,7 @@ def free_ports(n):
 
 MULTI_WORKER = [
     "runtime.strategy = 'multi_worker'",
-    "train.batch_size = 4",
+    "train.global_batch = 4",
     "train.eval_every = 1000",
     "train.fidelity_every = 0",
     "train.images_every = 0",

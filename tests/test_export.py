@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf import cli, config_files, export, train
+from sideways_tf import cli, config_files, export, modes, rules, train
 from sideways_tf.data import moving_shapes
 from sideways_tf.topology import parse_topology
 
@@ -161,6 +162,9 @@ def test_metadata_names_frames_classes_fill_and_lag(workdir, exported):
     assert (meta["newest_lag"], meta["oldest_lag"]) == (topology.newest_lag(3), 2)
     assert meta["checkpoint_step"] == 6
     assert any(n.startswith("delay_") for n in meta["state_names"])
+    # skip(2, 1): unit 3 reads a_2[t-1] and a_1[t-2], both built from x[t-2].
+    assert (meta["network"], meta["reads"]) == ("pipelined", "x[t-2]")
+    assert meta["network_from"] == "the run's train.mode"
 
 
 def test_tflite_step_matches_the_saved_model(exported):
@@ -259,7 +263,7 @@ def test_batch_size_below_one_is_refused(workdir, tmp_path, capsys, batch_size):
 # -- Export from Python: a pipeline in memory -----------------------------------------------
 
 
-def own_pipeline(batch):
+def own_pipeline(batch, topology="skip(2, 1)", head=None):
     """A pipeline cut from a functional Keras model, with skips and a delay line."""
     import keras
 
@@ -272,9 +276,9 @@ def own_pipeline(batch):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c3")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     units = sw.units_from_model(keras.Model(frames, x), cut_after=["c1", "c2"])
-    head = keras.layers.Dense(12, name="head")
+    head = head or keras.layers.Dense(12, name="head")
     return sw.Pipeline(
-        units, topology="skip(2, 1)", head=head, batch_size=batch, frame_shape=(16, 16, 3)
+        units, topology=topology, head=head, batch_size=batch, frame_shape=(16, 16, 3)
     )
 
 
@@ -359,3 +363,150 @@ def test_a_wrong_batch_names_the_python_and_the_command_line_fix(trained_in_memo
     with pytest.raises(TypeError, match="a built sideways_tf.Pipeline or a SidewaysModel"):
         export.export(pipeline.units[0], str(tmp_path / "other"))
     assert not (tmp_path / "other").exists()
+
+
+# -- The export is the network the run trained: frame_bp's is the per-frame network -------
+
+FRAME_BP = ["train.mode='frame_bp'", "tiny_conv_pipeline.topology='skip(2)'"]
+
+
+@pytest.fixture(scope="module")
+def frame_bp_exported(tmp_path_factory):
+    """A frame_bp run on skip(2) (trains the per-frame network), exported for BATCH."""
+    path = tmp_path_factory.mktemp("frame_bp")
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([config_files.resolve("tiny")], FRAME_BP)
+    train.train(str(path))
+    gin.clear_config()
+    cli.export_main(
+        ["--workdir", str(path), "--output", str(path / "export"), f"--batch_size={BATCH}"]
+        + ["--tflite"]
+    )
+    gin.clear_config()
+    return path, path / "export"
+
+
+def stream(export_dir, frames):
+    """Feeds an export's `step` the clip [B, K, ...] frame by frame: outputs [B, K, ...]."""
+    model = tf.saved_model.load(str(export_dir))
+    state = model.signatures["init_state"]()
+    outputs = []
+    for k in range(frames.shape[1]):
+        state = model.signatures["step"](frame=tf.constant(frames[:, k]), **state)
+        outputs.append(state.pop("outputs").numpy())
+    return np.stack(outputs, axis=1), state
+
+
+def test_a_frame_bp_run_exports_the_per_frame_network_it_trained(frame_bp_exported):
+    workdir, exported = frame_bp_exported
+    frames = clip()
+    pipeline, _ = export.load_pipeline(str(workdir), BATCH)
+    want, _ = rules.frame_outputs(pipeline, frames, training=False)  # [B, K, 12]
+    predicted, _ = modes.get("frame_bp").predict(pipeline, frames)
+    np.testing.assert_allclose(predicted, want, rtol=1e-6, atol=1e-6)
+    got, state = stream(exported, frames)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert sorted(state) == ["t"] and int(state["t"]) == frames.shape[1]
+    # The pipelined network (what the export stepped before) gives other outputs: on
+    # skip(2) it reads x[t-2] .. x[t-1], and from the zero state until T_fill = 3.
+    pipelined = pipeline(frames, training=False).numpy()
+    assert np.abs(pipelined - got)[:, 3:].max() > 1e-3
+    assert np.abs(np.diff(got, axis=1)).max() > 1e-3  # the outputs follow the frames
+    # The TFLite step (step_fixed_batch) is the per-frame network too.
+    runner = tf.lite.Interpreter(str(exported / "model.tflite")).get_signature_runner("step")
+    lite_state = {"t": np.array(0, np.int32)}
+    for k in range(3):
+        lite = runner(frame=frames[:, k], **lite_state)
+        np.testing.assert_allclose(lite.pop("outputs"), want[:, k], rtol=1e-4, atol=1e-5)
+        lite_state = lite
+    # No buffer holds B in the per-frame network: the step's check still does.
+    loaded = tf.saved_model.load(str(exported))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"frame batch of shape \[1, 16"):
+        loaded.signatures["step"](frame=tf.zeros([1, 16, 16, 3]), t=tf.constant(0))
+
+
+def test_a_frame_bp_export_names_its_mode_network_and_frames(frame_bp_exported):
+    _, exported = frame_bp_exported
+    meta = json.loads((exported / export.METADATA_FILE).read_text())
+    loaded = tf.saved_model.load(str(exported))
+    assert json.loads(loaded.signatures["metadata"]()["json"].numpy()) == meta
+    assert (meta["mode"], meta["network"], meta["reads"]) == ("frame_bp", "per_frame", "x[t]")
+    assert (meta["fill_steps"], meta["newest_lag"], meta["oldest_lag"]) == (1, 0, 0)
+    assert meta["state_names"] == ["t"] and meta["network_from"] == "the run's train.mode"
+    assert meta["topology"] == parse_topology("skip(2)", 3).describe()
+
+
+def test_a_sideways_model_compiled_for_frame_bp_exports_the_per_frame_network(tmp_path):
+    import sideways_tf as sw
+
+    pipeline = own_pipeline(BATCH, topology="skip(2)")
+    model = sw.SidewaysModel(pipeline=pipeline)
+    model.compile(optimizer="sgd", mode="frame_bp")
+    meta = export.export(model, str(tmp_path / "model"), batch_size=BATCH)
+    assert (meta["mode"], meta["network"], meta["reads"]) == ("frame_bp", "per_frame", "x[t]")
+    assert meta["network_from"] == "the model's compiled mode"
+    frames = clip()
+    got, _ = stream(tmp_path / "model", frames)
+    want, _ = rules.frame_outputs(pipeline, frames, training=False)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(pipeline(frames, training=False).numpy() - got)[:, 3:].max() > 1e-3
+    # The compiled mode decides: another mode= would export a network it did not train.
+    with pytest.raises(ValueError, match="compiled with mode='frame_bp'.*Leave mode= out"):
+        export.export(model, str(tmp_path / "other"), mode="skip_sideways")
+    assert not (tmp_path / "other").exists()
+
+
+@keras.saving.register_keras_serializable(package="test_export")
+class ChangeHead(keras.layers.Layer):
+    """Logits from a_L[t] and the last change seen: Dense([a_L, mean(x[t-lag] - x[t-lag-1])])."""
+
+    reads_last_frame = True
+    reads_previous_frame = True
+
+    def __init__(self, classes=12, **kwargs):
+        super().__init__(**kwargs)
+        self.classes = classes
+        self.dense = keras.layers.Dense(classes, name="dense")
+
+    def build(self, input_shape):  # a_L[t]: [B, 8]; the frames' 3 channels join it
+        self.dense.build((input_shape[0], input_shape[-1] + 3))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.classes)
+
+    def call(self, a, last_frame=None, previous_frame=None, training=None):
+        change = keras.ops.mean(last_frame - previous_frame, axis=(1, 2))  # [B, 3]
+        return self.dense(keras.ops.concatenate([a, 10.0 * change], axis=-1))
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes}
+
+
+def test_a_mode_of_ones_own_streams_its_network_and_a_head_reads_the_previous_frame(tmp_path):
+    # An unregistered per-frame mode: the export asks the Mode, it compares no names.
+    toy = modes.Mode("toy_per_frame", rules.frame_gradients, pipelined=False, fills_before_loss=0)
+    pipeline = own_pipeline(BATCH, topology="skip(2)", head=ChangeHead(name="head"))
+    assert pipeline.head_reads_previous_frame
+    meta = export.export(pipeline, str(tmp_path / "toy"), batch_size=BATCH, mode=toy)
+    assert (meta["mode"], meta["network"]) == ("toy_per_frame", "per_frame")
+    assert meta["reads"] == "x[t]; the head also reads x[t-1] (the first frame, x[1], for t <= 1)"
+    assert (meta["fill_steps"], meta["newest_lag"], meta["oldest_lag"]) == (1, 0, 1)
+    assert meta["state_names"] == ["t", "previous_frame"]
+    frames = clip()
+    got, state = stream(tmp_path / "toy", frames)
+    want, _ = rules.frame_outputs(pipeline, frames, training=False)  # x[t-1]; x[1] at t = 1
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(state["previous_frame"], frames[:, -1])
+    # The previous frame matters: the head given x[t] for it (no change) differs.
+    flat = frames.reshape(-1, 16, 16, 3)
+    still = pipeline.frame_forward(flat, training=False).numpy().reshape(got.shape)
+    assert np.abs(still - got)[:, 1:].max() > 1e-3
+
+    # No mode: the pipelined network, and the metadata says it was the default.
+    meta = export.export(pipeline, str(tmp_path / "default"), batch_size=BATCH)
+    assert (meta["mode"], meta["network"]) == (None, "pipelined")
+    assert meta["network_from"].startswith("default: no mode given")
+    assert meta["reads"].startswith("x[t-2] .. x[t-1]; the head also reads x[t-2]")
+    assert (meta["newest_lag"], meta["oldest_lag"]) == (1, 2)
+    got, _ = stream(tmp_path / "default", frames)
+    np.testing.assert_allclose(got, pipeline(frames, training=False), rtol=1e-5, atol=1e-5)

@@ -1,11 +1,11 @@
 """The residual future-frame heads: x^[t - lag + h] = x[t - lag] + D(a_L[t], ...).
 
-"frame_delta" paints the change D; "frame_motion" mixes shifted copies of x[t - lag]
+Decoder "delta" paints the change D; "motion" mixes shifted copies of x[t - lag]
 (D = sum_k w_k (S_k x - x)) with weights read off a_L[t], x[t - lag] and the last change
 seen, x[t - lag] - x[t - lag - 1]. A fresh model of either is exactly the copy-the-last-
-seen-frame baseline in every mode (which checks that the head's line delivers x[t - lag]
+seen-frame baseline in every mode (which checks that the head's edges deliver x[t - lag]
 for the mode's lag), training moves it away from there, and the streaming export carries
-the head's line.
+the head's lines.
 """
 
 import keras
@@ -27,19 +27,17 @@ MODES = [
 ]
 
 
-HEADS = ["frame_delta", "frame_motion"]
+HEADS = ["delta", "motion"]  # FutureFrames.decoder: the residual heads
 
 
-def residual_engine(mode, topology, frame_shape=(8, 8, 3), lr=0.1, horizon=1, head="frame_delta"):
+def residual_engine(mode, topology, frame_shape=(8, 8, 3), lr=0.1, horizon=1, head="delta"):
     keras.utils.set_random_seed(0)
     pipeline = convnet.tiny_conv_pipeline(
         batch_size=2,
         frame_shape=frame_shape,
-        num_classes=None,
+        task=sw.tasks.FutureFrames(horizon=horizon, decoder=head),
         topology=topology,
-        head=head,
     )
-    pipeline.task.horizon = horizon
     return sw.Engine(pipeline, mode, keras.optimizers.SGD(lr))
 
 
@@ -69,12 +67,21 @@ def test_a_fresh_residual_model_predicts_the_last_seen_frame_exactly(mode, topol
     np.testing.assert_allclose(float(metrics["loss"]), copy_loss, rtol=1e-5)
 
 
-def test_the_head_line_holds_the_lag_frames_the_head_has_not_read_yet():
+def head_frames(pipeline, state, x_t):
+    """What the head's edges bring at step t: (x[t - lag], ...) read off the state."""
+    previous = (tf.convert_to_tensor(x_t), *state.outputs)
+    frames, _ = pipeline.gather(pipeline.num_units + 1, previous, state)
+    return frames
+
+
+def test_the_head_reads_the_last_frame_seen_through_a_delayed_edge_from_the_input():
     eng = residual_engine("sideways", "chain")  # 3 units: lag 2
     pipeline = eng.pipeline
     assert pipeline.head_lag == 2
-    assert tuple(pipeline.head_line.shape) == (2, 2, 8, 8, 3)
-    assert any(b is pipeline.head_line for b in pipeline.state_variables())  # checkpointed
+    assert pipeline.head_edges == (sw.topology.Edge(0, 4, 2),)  # 0 -> the head, delay lag
+    (line,) = pipeline.head_lines
+    assert tuple(line.shape) == (2, 2, 8, 8, 3)  # x[t-2] .. x[t-1]
+    assert any(b is line for b in pipeline.state_variables())  # checkpointed
     clip = random_clip(num_frames=5)
     state = pipeline.zero_state()
     for k in range(5):
@@ -82,20 +89,21 @@ def test_the_head_line_holds_the_lag_frames_the_head_has_not_read_yet():
     np.testing.assert_array_equal(state.delays[-1].numpy(), np.swapaxes(clip[:, 3:5], 0, 1))
 
 
-def test_a_motion_head_reads_the_frame_before_the_last_from_a_longer_line():
-    eng = residual_engine("sideways", "chain", head="frame_motion")  # 3 units: lag 2
+def test_a_motion_head_reads_the_frame_before_the_last_through_a_second_edge():
+    eng = residual_engine("sideways", "chain", head="motion")  # 3 units: lag 2
     pipeline = eng.pipeline
     assert pipeline.head_lag == 2 and pipeline.head_reads_previous_frame
-    assert tuple(pipeline.head_line.shape) == (3, 2, 8, 8, 3)  # x[t-3] .. x[t-1]
+    assert [e.delay for e in pipeline.head_edges] == [2, 3]  # x[t - lag], x[t - lag - 1]
+    assert [tuple(b.shape) for b in pipeline.head_lines] == [(2, 2, 8, 8, 3), (3, 2, 8, 8, 3)]
     clip = random_clip(num_frames=6)
     state = pipeline.zero_state()
-    last, previous, line = pipeline.head_frame(state, clip[:, 0])
-    # Before the clip's first frame the line reads as that frame (as copy-last does).
+    last, previous = head_frames(pipeline, state, clip[:, 0])
+    # Before the clip's first frame the lines read as that frame (as copy-last does).
     np.testing.assert_array_equal(last, clip[:, 0])
     np.testing.assert_array_equal(previous, clip[:, 0])
     for k in range(5):
         state, _ = pipeline.forward_step(state, clip[:, k])
-    last, previous, _ = pipeline.head_frame(state, clip[:, 5])
+    last, previous = head_frames(pipeline, state, clip[:, 5])
     np.testing.assert_array_equal(last.numpy(), clip[:, 3])  # x[t - lag], t = 5
     np.testing.assert_array_equal(previous.numpy(), clip[:, 2])  # x[t - lag - 1]
 
@@ -164,14 +172,15 @@ def test_the_streaming_export_of_a_residual_model_reproduces_predict(tmp_path, h
     pipeline = eng.pipeline
     names = export.state_names(pipeline)
     edge_lines = [b for u in pipeline.units for b in u.delay_buffers if b is not None]
-    assert len([n for n in names if n.startswith("delay_")]) == len(edge_lines) + 1  # + head's
+    head_lines = len(pipeline.head_edges)  # (lag > 0: each edge into the head has a line)
+    assert len([n for n in names if n.startswith("delay_")]) == len(edge_lines) + head_lines
     # From memory: a copy rebuilt from the Keras config (the conv units' nested layers
     # once came back with clashing variable paths); the shipped head also as TFLite.
     out = str(tmp_path / "export")
     export.export(pipeline, out, batch_size=2)
     loaded = tf.saved_model.load(out)
     lite = None
-    if head == "frame_motion":
+    if head == "motion":
         lite = tf.lite.Interpreter(export.convert_tflite(out)).get_signature_runner("step")
     clip = random_clip(num_frames=8, seed=7)
     want = eng.predict_steps(clip)
@@ -212,12 +221,11 @@ def test_a_fresh_residual_model_is_copy_last_exactly_in_bfloat16_too(head):
         pipeline = convnet.tiny_conv_pipeline(
             batch_size=2,
             frame_shape=(8, 8, 3),
-            num_classes=None,
+            task=sw.tasks.FutureFrames(decoder=head),
             topology="skip(2)",
-            head=head,
         )
     assert pipeline.units[0].output_buffer.dtype == "bfloat16"
-    assert pipeline.head_line.dtype == "float32"  # frames are not rounded on the way
+    assert all(b.dtype == "float32" for b in pipeline.head_lines)  # frames are not rounded
     eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1))
     out = eng.predict_steps(random_clip())
     scored = out["weights"].numpy() > 0
@@ -234,7 +242,10 @@ def test_a_residual_model_trains_alike_compiled_by_xla_and_not(head):
     def trained(jit_compile):
         keras.utils.set_random_seed(0)
         pipeline = convnet.tiny_conv_pipeline(
-            batch_size=2, frame_shape=(8, 8, 3), num_classes=None, topology="skip(2)", head=head
+            batch_size=2,
+            frame_shape=(8, 8, 3),
+            task=sw.tasks.FutureFrames(decoder=head),
+            topology="skip(2)",
         )
         eng = sw.Engine(
             pipeline, "skip_sideways", keras.optimizers.SGD(0.1), jit_compile=jit_compile

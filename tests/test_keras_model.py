@@ -30,7 +30,7 @@ def tiny_model(mode="skip_sideways", batch=2, seed=0, placement=None, **compile_
     pipeline = convnet.tiny_conv_pipeline(
         batch_size=batch,
         frame_shape=(16, 16, 3),
-        num_classes=12,
+        task=sw.tasks.Classification(num_classes=12),
         topology="chain" if mode == "sideways" else "skip(2)",
         placement=placement,
     )
@@ -158,7 +158,10 @@ def test_fit_under_mirrored_strategy_equals_one_device_on_the_joined_batch():
 def test_future_frame_fit_reports_psnr_and_ssim_next_to_copying_the_last_frame():
     keras.utils.set_random_seed(0)
     pipeline = convnet.tiny_conv_pipeline(
-        batch_size=2, frame_shape=(16, 16, 3), num_classes=None, topology="skip(2)", head="frames"
+        batch_size=2,
+        frame_shape=(16, 16, 3),
+        task=sw.tasks.FutureFrames(decoder="whole"),
+        topology="skip(2)",
     )
     model = sw.SidewaysModel(pipeline=pipeline)
     model.compile(optimizer="adam", mode="skip_sideways")
@@ -196,7 +199,12 @@ def test_every_mode_trains_through_fit(mode):
 @pytest.mark.parametrize("family", [convnet.tiny_conv_pipeline, vgg._tiny_vgg, resnet._tiny_resnet])
 def test_every_model_family_trains_through_fit(family):
     keras.utils.set_random_seed(0)
-    pipeline = family(batch_size=2, frame_shape=(16, 16, 3), num_classes=12, topology="skip(2)")
+    pipeline = family(
+        batch_size=2,
+        frame_shape=(16, 16, 3),
+        task=sw.tasks.Classification(num_classes=12),
+        topology="skip(2)",
+    )
     model = sw.SidewaysModel(pipeline=pipeline)
     model.compile(optimizer="adam", mode="skip_sideways", metrics=["accuracy"])
     before = weights(model)

@@ -103,7 +103,10 @@ def test_strided_pointwise_conv_is_the_strided_1x1_conv_and_trains_at_odd_batche
     assert copy.stride == 2 and copy.strides == (1, 1)
     for batch in (1, 3):
         pipeline = convnet.tiny_conv_pipeline(
-            batch_size=batch, frame_shape=(16, 16, 3), num_classes=2, topology="skip(2)"
+            batch_size=batch,
+            frame_shape=(16, 16, 3),
+            task=sw.tasks.Classification(num_classes=2),
+            topology="skip(2)",
         )
         engine = sw.Engine(pipeline, "skip_sideways", keras.optimizers.Adam(1e-3))
         clip = np.random.default_rng(batch).normal(size=(batch, 6, 16, 16, 3)).astype("float32")

@@ -25,7 +25,7 @@ def tiny(family, topology="chain", width_multiplier=1.0, fusion="concat", seed=0
     return TINY[family](
         batch_size=2,
         frame_shape=(16, 16, 3),
-        num_classes=3,
+        task=sw.tasks.Classification(num_classes=3),
         width_multiplier=width_multiplier,
         topology=topology,
         fusion=fusion,
@@ -57,7 +57,12 @@ def test_every_variable_gets_a_finite_nonzero_update(family, mode, topology):
     [(models.vgg8, 5, 8), (models.vgg16, 6, 16), (models.resnet18, 8, 1 + 16 + 3)],
 )
 def test_full_size_families_have_their_layers_and_units(factory, units, convs):
-    p = factory(batch_size=1, frame_shape=(32, 32, 3), num_classes=10, width_multiplier=0.125)
+    p = factory(
+        batch_size=1,
+        frame_shape=(32, 32, 3),
+        task=sw.tasks.Classification(num_classes=10),
+        width_multiplier=0.125,
+    )
     assert p.num_units == units
     kernels = [v for v in p.trainable_variables if len(v.shape) == 4]
     assert len(kernels) == convs  # resnet18: stem, 16 block convs, 3 projections
@@ -68,7 +73,9 @@ def test_full_size_families_have_their_layers_and_units(factory, units, convs):
 
 def test_resnet18_has_the_reference_parameter_count_and_shortcuts():
     # torchvision's resnet18: 11,689,512 parameters (norm scale and offset counted, as here).
-    p = models.resnet18(batch_size=1, frame_shape=(16, 16, 3), num_classes=1000)
+    p = models.resnet18(
+        batch_size=1, frame_shape=(16, 16, 3), task=sw.tasks.Classification(num_classes=1000)
+    )
     assert sum(int(np.prod(v.shape)) for v in p.trainable_variables) == 11_689_512
     # Projection shortcuts live inside the unit of each strided block, and only there.
     with_proj = [u.name for u in p.units if any("/proj/" in v.path for v in u.variables)]
@@ -122,23 +129,38 @@ def test_width_multiplier_scales_conv_parameters_quadratically(family):
         (dict(frame_shape=(100, 100, 3)), r"multiples of 16.*image_size = 96"),
         (dict(frame_shape=(112, 112)), r"\(height, width, channels\)"),
         (dict(width_multiplier=0.0), r"width_multiplier must be > 0"),
-        (dict(num_classes=0), r"num_classes must be >= 1"),
+        (dict(batch_size=0), r"batch_size must be >= 1"),
         (dict(topology="ring"), r"use 'chain', 'skip\(k\)'"),
         (dict(fusion="max"), r"choose one of"),
     ],
 )
 @pytest.mark.parametrize("factory", [models.vgg8, models.resnet18])
 def test_bad_arguments_name_the_fix(factory, kwargs, message):
-    args = dict(batch_size=2, frame_shape=(32, 32, 3), num_classes=3, width_multiplier=0.125)
+    args = dict(
+        batch_size=2,
+        frame_shape=(32, 32, 3),
+        task=sw.tasks.Classification(num_classes=3),
+        width_multiplier=0.125,
+    )
     with pytest.raises(ValueError, match=message):
         factory(**{**args, **kwargs})
 
 
 def test_bad_layouts_name_the_fix():
     with pytest.raises(ValueError, match=r"add up to the 8 conv layers"):
-        models.vgg_pipeline(batch_size=2, frame_shape=(32, 32, 3), num_classes=3, unit_sizes=(4, 3))
+        models.vgg_pipeline(
+            batch_size=2,
+            frame_shape=(32, 32, 3),
+            task=sw.tasks.Classification(num_classes=3),
+            unit_sizes=(4, 3),
+        )
     with pytest.raises(ValueError, match=r"one entry per stage"):
-        models.resnet_pipeline(batch_size=2, frame_shape=(32, 32, 3), num_classes=3, blocks=(2, 2))
+        models.resnet_pipeline(
+            batch_size=2,
+            frame_shape=(32, 32, 3),
+            task=sw.tasks.Classification(num_classes=3),
+            blocks=(2, 2),
+        )
 
 
 @pytest.mark.parametrize("family", sorted(TINY))

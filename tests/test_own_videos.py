@@ -71,7 +71,7 @@ def train_argv(workdir, gin_file, records, *params):
         f"EVAL_RECORDS='{records}/eval-*-of-*.tfrecord'",
         "clip_sampling.num_frames = 8",
         "clip_sampling.image_size = 16",
-        "train.batch_size = 2",
+        "train.global_batch = 2",
         "train.num_steps = 2",
         "train.eval_every = 2",
         "train.checkpoint_every = 2",
@@ -153,7 +153,7 @@ def test_a_folder_of_videos_trains_both_tasks_evaluates_and_exports(records, tmp
         ),
         (
             "experiments/folder_future_skip_sideways",
-            ["train.batch_size = 16"],
+            ["train.global_batch = 16"],
             "The evaluation data (train.eval_data) holds 8 clip(s), fewer than one batch of 16",
         ),
         (

@@ -33,7 +33,7 @@ def identity_pipeline(topology, num_units, frame_shape, horizon=1, batch_size=1)
     return sw.Pipeline(
         units,
         topology=topology,
-        loss=prediction.FrameLoss(horizon=horizon),
+        task=prediction.FutureFrames(horizon=horizon),
         batch_size=batch_size,
         frame_shape=frame_shape,
     )
@@ -171,7 +171,10 @@ FAMILIES = {
 def test_frame_heads_train_every_variable_in_every_mode(family, mode, topology):
     keras.utils.set_random_seed(0)
     pipeline = FAMILIES[family](
-        batch_size=2, frame_shape=(16, 16, 3), num_classes=None, topology=topology, head="frames"
+        batch_size=2,
+        frame_shape=(16, 16, 3),
+        task=sw.tasks.FutureFrames(decoder="whole"),
+        topology=topology,
     )
     assert pipeline.top_output_shape == (2, 16, 16, 3)
     eng = sw.Engine(pipeline, mode, keras.optimizers.SGD(0.1))
@@ -199,7 +202,7 @@ def test_frame_decoder_resizes_when_the_factor_is_not_a_power_of_two():
 def test_a_horizon_past_the_clip_names_the_binding_and_the_limit():
     pipeline = identity_pipeline("chain", 4, (5,), horizon=9)
     # sideways: T_fill = 4, lag = 3, K = 8: the longest horizon is 8 + 3 - 4 = 7.
-    with pytest.raises(ValueError, match=r"frame_loss.horizon = 9 .*frame_loss.horizon <= 7"):
+    with pytest.raises(ValueError, match=r"FutureFrames.horizon = 9 .*FutureFrames.horizon <= 7"):
         modes.get("sideways").check_clip_length(pipeline, 8, "num_frames")
     modes.get("sideways").check_clip_length(
         identity_pipeline("chain", 4, (5,), horizon=7), 8, "num_frames"
@@ -207,9 +210,9 @@ def test_a_horizon_past_the_clip_names_the_binding_and_the_limit():
     with pytest.raises(ValueError, match=r"horizon <= 7"):
         modes.get("frame_bp").check_clip_length(pipeline, 8, "num_frames")
     with pytest.raises(ValueError, match="an integer >= 1"):
-        prediction.FrameLoss(horizon=0)
+        prediction.FutureFrames(horizon=0)
     with pytest.raises(ValueError, match="'l2' .* or 'l1'"):
-        prediction.FrameLoss(norm="l3")
+        prediction.FutureFrames(norm="l3")
 
 
 def test_classification_without_labels_says_what_is_missing():
@@ -229,7 +232,7 @@ def test_future_frame_run_reports_psnr_and_writes_prediction_images(tmp_path):
     result = train_config(
         workdir,
         "train.num_steps = 3",
-        "train.batch_size = 2",
+        "train.global_batch = 2",
         "train.eval_every = 3",
         "train.progress = False",
         "train.fidelity_every = 2",
@@ -264,7 +267,7 @@ def test_future_frame_run_reports_psnr_and_writes_prediction_images(tmp_path):
 
 
 def test_a_run_with_a_horizon_past_its_clips_stops_before_training(tmp_path):
-    with pytest.raises(ValueError, match="frame_loss.horizon = 12 is too far ahead"):
+    with pytest.raises(ValueError, match="FutureFrames.horizon = 12 is too far ahead"):
         train_config(
             tmp_path / "run",
             "HORIZON = 12",
@@ -283,7 +286,10 @@ def test_frame_heads_train_in_bfloat16_with_float32_predictions_and_loss():
     keras.utils.set_random_seed(0)
     with precision.policy_scope("mixed_bfloat16"):
         pipeline = convnet.tiny_conv_pipeline(
-            batch_size=2, frame_shape=(8, 8, 2), num_classes=None, topology="skip(2)", head="frames"
+            batch_size=2,
+            frame_shape=(8, 8, 2),
+            task=sw.tasks.FutureFrames(decoder="whole"),
+            topology="skip(2)",
         )
     assert pipeline.units[0].output_buffer.dtype == "bfloat16"
     eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sideways_tf import export, runs, train, workdir
+from sideways_tf import export, runs, tasks, train, workdir
 from sideways_tf.data import moving_shapes
 from sideways_tf.evaluate import evaluate_workdir
 from sideways_tf.models import convnet
@@ -31,8 +31,8 @@ def settings(**changes):
                 eval_data=functools.partial(
                     moving_shapes.moving_shapes_dataset, split="eval", num_examples=4, **DATA
                 ),
-                num_classes=12,
-                batch_size=4,
+                task=tasks.Classification(num_classes=12),
+                global_batch=4,
                 num_steps=4,
                 log_every=2,
                 fidelity_every=0,
@@ -63,16 +63,20 @@ def test_config_gin_records_the_settings_and_rebuilds_them_in_a_fresh_gin(launch
     assert "train.model_fn = @model_fn/tiny_conv_pipeline" in text
     assert "model_fn/tiny_conv_pipeline.topology = 'skip(2)'" in text
     assert "train_data/moving_shapes_dataset.num_frames = 8" in text
-    assert text.count("train.batch_size =") == 1  # gin's own default line is replaced
+    assert text.count("train.global_batch =") == 1  # gin's own default line is replaced
     gin.clear_config()
     run = runs.load_run(str(path))
     given = settings(stop_at_step=2)
-    for name in ("mode", "num_classes", "batch_size", "num_steps", "stop_at_step", "eval_every"):
+    for name in ("mode", "global_batch", "num_steps", "stop_at_step", "eval_every"):
         assert getattr(run.settings, name) == getattr(given, name), name
+    assert "train.task = @task/Classification()" in text  # the task, as its gin reference
+    assert repr(run.settings.task) == repr(given.task) == repr(run.pipeline.task)
     assert run.step == 2 and run.frame_shape == (16, 16, 3) and run.num_frames == 8
     assert (
         run.pipeline.topology.describe()
-        == given.model_fn(batch_size=4, frame_shape=(16, 16, 3), num_classes=12).topology.describe()
+        == given.model_fn(
+            batch_size=4, frame_shape=(16, 16, 3), task=tasks.Classification(num_classes=12)
+        ).topology.describe()
     )
     gin.clear_config()
 
@@ -147,6 +151,11 @@ def test_settings_made_from_gin_bindings_are_recorded_as_the_same_references():
     gin.clear_config()
     gin.parse_config(text)
     again = runs.Settings()
-    for field in ("mode", "batch_size", "num_steps", "num_classes", "data_checkpoint"):
+    for field in ("mode", "global_batch", "num_steps", "data_checkpoint"):
         assert getattr(again, field) == getattr(given, field), field
+    assert (
+        repr(again.task)
+        == repr(given.task)
+        == "Classification(num_classes=12, loss='sparse_softmax_cross_entropy')"
+    )
     assert again.model_fn.__name__ == "tiny_conv_pipeline"

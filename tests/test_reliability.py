@@ -253,9 +253,9 @@ def test_evaluation_appends_its_own_entry_and_never_rewrites_the_config(tmp_path
     "binding, message",
     [
         ("train.checkpoint_every = 0", "train.checkpoint_every must be a positive integer, got 0"),
-        ("train.batch_size = 'x'", "train.batch_size must be a positive integer, got 'x'"),
-        ("train.batch_size = 0", "train.batch_size must be a positive integer"),
-        ("train.batch_size = 2.5", "train.batch_size must be a positive integer, got 2.5"),
+        ("train.global_batch = 'x'", "train.global_batch must be a positive integer, got 'x'"),
+        ("train.global_batch = 0", "train.global_batch must be a positive integer"),
+        ("train.global_batch = 2.5", "train.global_batch must be a positive integer, got 2.5"),
         ("train.keep_checkpoints = 0", "train.keep_checkpoints must be a positive integer"),
         ("train.fidelity_every = -1", "train.fidelity_every must be an integer >= 0"),
         ("train.update_every = 3", r"K=8 frames, not a multiple of train.update_every=3"),

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from toy import event_tags, train_config
 
-from sideways_tf import checkpointing, cli, config_files
+from sideways_tf import checkpointing, cli, config_files, workdir
 from sideways_tf.evaluate import evaluate_workdir
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_gin_config")]
@@ -44,12 +44,12 @@ def test_every_mode_writes_summaries_and_a_checkpoint(tmp_path, mode):
     assert result["step"] == 6
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-6")
     tags = event_tags(tmp_path / "train")
-    for tag in ("loss", "accuracy", "learning_rate", "frames_per_second", "gin/operative_config"):
+    for tag in ("loss", "clip_accuracy", "learning_rate", "frames_per_second"):
         assert tag in tags
     for prefix in ("grad_norm", "buffer_norm", "fidelity/cosine", "fidelity/norm_ratio"):
         assert {f"{prefix}/unit_{i}" for i in (1, 2, 3)} <= tags
-    assert "input_clips" in tags
-    assert {"accuracy", "loss"} <= event_tags(tmp_path / "eval")
+    assert "gin/operative_config" in tags and "input_clips" in tags
+    assert {"video_accuracy", "clip_accuracy", "loss"} <= event_tags(tmp_path / "eval")
     config = (tmp_path / "config.gin").read_text()
     assert f"train.mode = '{mode}'" in config
     metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
@@ -73,12 +73,30 @@ def test_stopped_run_resumes_at_the_saved_step_with_the_same_parameters(tmp_path
         np.testing.assert_allclose(resumed[k], reference[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_every_file_a_run_writes_is_named_by_its_workdir(tmp_path):
+    # A run stopped and resumed writes all it ever writes: LOCK (gone at the end),
+    # config.gin, evaluations, checkpoints, summaries; each name is the Workdir's.
+    run(tmp_path, "train.stop_at_step=3")
+    run(tmp_path)
+    wd = workdir.Workdir(str(tmp_path))
+    assert set(os.listdir(tmp_path)) == set(wd.names()) - {wd.LOCK}
+    state = os.path.basename(workdir.checkpoint_state_file(wd.checkpoints))
+    in_checkpoints = [n for n in os.listdir(wd.checkpoints) if n != state]
+    files = [workdir.checkpoint_file(n) for n in in_checkpoints]
+    assert all(files), in_checkpoints
+    assert {f.step for f in files if f.index} == {3, 6}
+    assert os.path.exists(workdir.checkpoint_index(wd.checkpoint(6)))
+    assert workdir.Workdir.of_checkpoint(wd.checkpoint(6)).config == wd.config
+    assert workdir.read_config(wd).rstrip().endswith(workdir.CONFIG_END)
+    assert [h["step"] for h in workdir.read_evaluations(wd)["history"]] == [3, 6]
+
+
 def test_eval_on_a_saved_checkpoint_reproduces_the_metrics(tmp_path):
     trained = run(tmp_path)
     gin.clear_config()
     again = evaluate_workdir(str(tmp_path))
     assert again["step"] == trained["step"]
-    for key in ("accuracy", "clip_accuracy", "loss", "num_videos"):
+    for key in ("video_accuracy", "clip_accuracy", "loss", "num_videos"):
         assert again["eval"][key] == pytest.approx(trained["eval"][key], rel=1e-5), key
 
 

@@ -58,7 +58,7 @@ def conv_pipeline(
     return convnet.tiny_conv_pipeline(
         batch_size=batch,
         frame_shape=(8, 8, 2),
-        num_classes=classes,
+        task=sw.tasks.Classification(num_classes=classes),
         topology=topology,
         fusion=fusion,
         devices=devices,

@@ -3,7 +3,7 @@
     stem     conv7x7/2 (64) -> GroupNorm -> ReLU                 (no max pool)
     stage s  `blocks[s]` basic blocks of `widths[s]` channels; the first block of
              every stage after the first has stride 2 and a projection shortcut
-    head     global average pool -> Dense(num_classes)
+    head     the task's (classification: global average pool -> Dense(num_classes))
 
 As in video ResNets at 112x112 (R3D-18's 2D-per-frame counterpart) the stem
 has no max pool, so a 112x112 frame gives 56x56 maps in stage 1 and 7x7 in
@@ -28,18 +28,16 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf import placement as placement_lib
 from sideways_tf.fusion import StridedPointwiseConv, strided_shape
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
     group_norm,
     scaled_width,
-    task_head,
+    unit_pipeline,
 )
 from sideways_tf.pipeline import Pipeline
-from sideways_tf.placement import Placement
-from sideways_tf.units import Unit
+from sideways_tf.tasks import Task
 
 RESNET18_BLOCKS = (2, 2, 2, 2)
 RESNET_WIDTHS = (64, 128, 256, 512)
@@ -121,20 +119,16 @@ def stem(channels: int) -> keras.Sequential:
 def resnet_pipeline(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
-    num_classes: int = gin.REQUIRED,
+    task: Task | None = None,  # the run's task (train.task): it supplies the head
     blocks: Sequence[int] = RESNET18_BLOCKS,  # basic blocks (units) per stage
     widths: Sequence[int] = RESNET_WIDTHS,  # channels of each stage
     stem_width: int = 64,  # channels of the stem
     width_multiplier: float = 1.0,  # scales every conv's channels
-    topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
-    devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
-    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
     name: str = "resnet",
+    **kwargs,  # topology, fusion, devices, placement (models.layers.unit_pipeline)
 ) -> Pipeline:
     """A ResNet-style pipeline: stem + first block in unit 1, then one block per unit."""
-    check_arguments(name, batch_size, num_classes, width_multiplier, head)
+    check_arguments(name, batch_size, width_multiplier)
     blocks, widths = tuple(int(n) for n in blocks), tuple(int(w) for w in widths)
     if len(blocks) != len(widths) or not blocks or min(blocks) < 1:
         raise ValueError(
@@ -154,69 +148,23 @@ def resnet_pipeline(
     modules[0] = keras.Sequential(
         [stem(scaled_width(stem_width, width_multiplier)), first], name=f"stem_{first.name}"
     )
-    unit_devices = placement_lib.round_robin(len(modules), devices) if devices else None
-    units = [
-        Unit(
-            module,
-            fusion=fusion,
-            device=unit_devices[i - 1] if unit_devices else None,
-            name=f"unit{i}",
-        )
-        for i, module in enumerate(modules, start=1)
-    ]
-    head_layer, loss = task_head(head, num_classes, frame_shape, name)
-    return Pipeline(
-        units,
-        topology=topology,
-        head=head_layer,
-        loss=loss,
-        batch_size=int(batch_size),
-        frame_shape=frame_shape,
-        placement=placement,
-        name=name,
+    return unit_pipeline(
+        name, modules, batch_size=batch_size, frame_shape=frame_shape, task=task, **kwargs
     )
 
 
 @gin.configurable(module="sideways_tf.models", denylist=["placement"])
-def resnet18(
-    batch_size: int = gin.REQUIRED,
-    frame_shape: Sequence[int] = gin.REQUIRED,
-    num_classes: int = gin.REQUIRED,
-    width_multiplier: float = 1.0,  # scales every conv's channels
-    topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
-    devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
-    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
-) -> Pipeline:
-    """8 basic blocks (64-512 channels) in 8 units; 1.7 GMACs per 112x112 frame at width 1."""
+def resnet18(**kwargs) -> Pipeline:
+    """8 basic blocks (64-512 channels) in 8 units; 1.7 GMACs per 112x112 frame at width 1.
+
+    kwargs: as resnet_pipeline's (width_multiplier, topology, fusion, devices, ...)."""
     return resnet_pipeline(
-        batch_size,
-        frame_shape,
-        num_classes,
-        blocks=RESNET18_BLOCKS,
-        widths=RESNET_WIDTHS,
-        stem_width=64,
-        width_multiplier=width_multiplier,
-        topology=topology,
-        fusion=fusion,
-        devices=devices,
-        head=head,
-        placement=placement,
-        name="resnet18",
+        blocks=RESNET18_BLOCKS, widths=RESNET_WIDTHS, stem_width=64, name="resnet18", **kwargs
     )
 
 
-def _tiny_resnet(batch_size, frame_shape, num_classes, width_multiplier=1.0, **kwargs) -> Pipeline:
+def _tiny_resnet(**kwargs) -> Pipeline:
     """Three units, 4-8 channels, frames multiples of 4: for tests."""
     return resnet_pipeline(
-        batch_size,
-        frame_shape,
-        num_classes,
-        blocks=_TINY_BLOCKS,
-        widths=_TINY_WIDTHS,
-        stem_width=4,
-        width_multiplier=width_multiplier,
-        name="tiny_resnet",
-        **kwargs,
+        blocks=_TINY_BLOCKS, widths=_TINY_WIDTHS, stem_width=4, name="tiny_resnet", **kwargs
     )

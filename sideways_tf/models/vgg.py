@@ -1,7 +1,8 @@
 """VGG-style per-frame convnets cut into Sideways units: vgg8 and vgg16.
 
 The network is stages of conv3x3 -> GroupNorm -> ReLU layers; a 2x2 max pool
-ends every stage but the last, and the head pools globally and classifies:
+ends every stage but the last, and the task's head reads the top map (classification:
+global pool and Dense):
 
     vgg8   stages (64), (128), (256, 256), (512, 512), (512, 512)          8 conv layers
     vgg16  stages (64, 64), (128, 128), (256 x4), (512 x4), (512 x4)      16 conv layers
@@ -34,17 +35,15 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf import placement as placement_lib
 from sideways_tf.models.layers import (
     check_arguments,
     check_frame_shape,
     group_norm,
     scaled_width,
-    task_head,
+    unit_pipeline,
 )
 from sideways_tf.pipeline import Pipeline
-from sideways_tf.placement import Placement
-from sideways_tf.units import Unit
+from sideways_tf.tasks import Task
 
 VGG8_STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
 VGG8_UNITS = (3, 1, 1, 1, 2)
@@ -77,19 +76,15 @@ def vgg_unit_module(layers: Sequence[tuple[str, int, bool]], name: str) -> keras
 def vgg_pipeline(
     batch_size: int = gin.REQUIRED,
     frame_shape: Sequence[int] = gin.REQUIRED,
-    num_classes: int = gin.REQUIRED,
+    task: Task | None = None,  # the run's task (train.task): it supplies the head
     stages: Sequence[Sequence[int]] = VGG8_STAGES,  # conv widths, one tuple per stage
     unit_sizes: Sequence[int] = VGG8_UNITS,  # conv layers per unit, bottom first
     width_multiplier: float = 1.0,  # scales every conv's channels
-    topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
-    devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
-    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
     name: str = "vgg",
+    **kwargs,  # topology, fusion, devices, placement (models.layers.unit_pipeline)
 ) -> Pipeline:
     """A VGG-style pipeline: `stages` of conv layers cut into units by `unit_sizes`."""
-    check_arguments(name, batch_size, num_classes, width_multiplier, head)
+    check_arguments(name, batch_size, width_multiplier)
     frame_shape = check_frame_shape(name, frame_shape, 2 ** (len(stages) - 1))
     layers = [
         (
@@ -107,99 +102,26 @@ def vgg_pipeline(
             f"{len(layers)} conv layers of the stages; e.g. unit_sizes = "
             f"{(1,) * len(layers)} puts one conv layer in each unit."
         )
-    unit_devices = placement_lib.round_robin(len(unit_sizes), devices) if devices else None
-    units, first = [], 0
-    for i, n in enumerate(unit_sizes, start=1):
-        module = vgg_unit_module(layers[first : first + n], name="convs")
-        first += n
-        units.append(
-            Unit(
-                module,
-                fusion=fusion,
-                device=unit_devices[i - 1] if unit_devices else None,
-                name=f"unit{i}",
-            )
-        )
-    head_layer, loss = task_head(head, num_classes, frame_shape, name)
-    return Pipeline(
-        units,
-        topology=topology,
-        head=head_layer,
-        loss=loss,
-        batch_size=int(batch_size),
-        frame_shape=frame_shape,
-        placement=placement,
-        name=name,
+    ends = [sum(unit_sizes[:i]) for i in range(len(unit_sizes) + 1)]
+    modules = [vgg_unit_module(layers[a:b], name="convs") for a, b in zip(ends, ends[1:])]
+    return unit_pipeline(
+        name, modules, batch_size=batch_size, frame_shape=frame_shape, task=task, **kwargs
     )
 
 
+# Size variants (topology, fusion, devices, width_multiplier... as vgg_pipeline's).
 @gin.configurable(module="sideways_tf.models", denylist=["placement"])
-def vgg8(
-    batch_size: int = gin.REQUIRED,
-    frame_shape: Sequence[int] = gin.REQUIRED,
-    num_classes: int = gin.REQUIRED,
-    width_multiplier: float = 1.0,  # scales every conv's channels
-    topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
-    devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
-    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
-) -> Pipeline:
+def vgg8(**kwargs) -> Pipeline:
     """8 conv layers (64-512 channels) in 5 units; 1.9 GMACs per 112x112 frame at width 1."""
-    return vgg_pipeline(
-        batch_size,
-        frame_shape,
-        num_classes,
-        stages=VGG8_STAGES,
-        unit_sizes=VGG8_UNITS,
-        width_multiplier=width_multiplier,
-        topology=topology,
-        fusion=fusion,
-        devices=devices,
-        head=head,
-        placement=placement,
-        name="vgg8",
-    )
+    return vgg_pipeline(stages=VGG8_STAGES, unit_sizes=VGG8_UNITS, name="vgg8", **kwargs)
 
 
 @gin.configurable(module="sideways_tf.models", denylist=["placement"])
-def vgg16(
-    batch_size: int = gin.REQUIRED,
-    frame_shape: Sequence[int] = gin.REQUIRED,
-    num_classes: int = gin.REQUIRED,
-    width_multiplier: float = 1.0,  # scales every conv's channels
-    topology: str | Sequence = "chain",  # "chain", "skip(k)", "dense(w)" or an edge list
-    fusion: str = "concat",  # skip integrator: "concat", "sum" or "gated" (README: concat best)
-    devices: Sequence[str] | None = None,  # spread units over these, e.g. ["GPU:0", "GPU:1"]
-    head: str = "classes",  # "classes" (logits), "frame_delta" or "frames" (future frames)
-    placement: Placement | None = None,  # runtime.placement(cores); None: units on `devices`
-) -> Pipeline:
+def vgg16(**kwargs) -> Pipeline:
     """16 conv layers (64-512 channels) in 6 units; 4.9 GMACs per 112x112 frame at width 1."""
-    return vgg_pipeline(
-        batch_size,
-        frame_shape,
-        num_classes,
-        stages=VGG16_STAGES,
-        unit_sizes=VGG16_UNITS,
-        width_multiplier=width_multiplier,
-        topology=topology,
-        fusion=fusion,
-        devices=devices,
-        head=head,
-        placement=placement,
-        name="vgg16",
-    )
+    return vgg_pipeline(stages=VGG16_STAGES, unit_sizes=VGG16_UNITS, name="vgg16", **kwargs)
 
 
-def _tiny_vgg(batch_size, frame_shape, num_classes, width_multiplier=1.0, **kwargs) -> Pipeline:
+def _tiny_vgg(**kwargs) -> Pipeline:
     """Three units, 4-8 channels, frames multiples of 4: for tests."""
-    return vgg_pipeline(
-        batch_size,
-        frame_shape,
-        num_classes,
-        stages=_TINY_STAGES,
-        unit_sizes=_TINY_UNITS,
-        width_multiplier=width_multiplier,
-        name="tiny_vgg",
-        **kwargs,
-    )
+    return vgg_pipeline(stages=_TINY_STAGES, unit_sizes=_TINY_UNITS, name="tiny_vgg", **kwargs)

@@ -1,16 +1,20 @@
 """Tasks: what a pipeline is trained to output, and how it is scored (tasks/base.py).
 
     Classification   a label per clip, logits at every step (classification.py)
-    FutureFrames     the frame h steps ahead of the newest seen (future_frames.py)
+    FutureFrames     the frame h steps ahead of the newest seen (future_frames.py;
+                     its heads: frame_decoder.py)
 
+A task is a gin setting, `train.task = @Classification()` or `@FutureFrames()`: it
+supplies the model's head, the objective and the evaluation's Metrics.
 `as_task` turns what a Pipeline accepts as `task` (or the older `loss`) into a Task.
 """
 
 from __future__ import annotations
 
-from sideways_tf.tasks.base import Task, pad_batch
-from sideways_tf.tasks.classification import LOSSES, Classification
-from sideways_tf.tasks.future_frames import FrameLoss, FutureFrames, frame_loss
+from sideways_tf.tasks.base import EvalBatch, Metrics, Task, pad_batch
+from sideways_tf.tasks.classification import LOSSES, ClassHead, Classification
+from sideways_tf.tasks.frame_decoder import FrameDecoder, frame_decoder
+from sideways_tf.tasks.future_frames import DECODERS, FrameLoss, FutureFrames, frame_loss
 
 
 def as_task(task) -> Task:
@@ -26,12 +30,18 @@ def as_task(task) -> Task:
 
 
 __all__ = [
+    "DECODERS",
     "LOSSES",
+    "ClassHead",
     "Classification",
+    "EvalBatch",
+    "FrameDecoder",
     "FrameLoss",
     "FutureFrames",
+    "Metrics",
     "Task",
     "as_task",
+    "frame_decoder",
     "frame_loss",
     "pad_batch",
 ]

@@ -1,19 +1,69 @@
 """The Task interface: what a network is trained to output, and how that is scored.
 
-A task is a value the pipeline carries (`Pipeline(task=...)`); the engine, the
-evaluation, the train loop and export ask it, and never branch on which task it
-is (big_vision's one evaluator per task). Every method has the shapes of
-algorithm.md: clips [B, K, *frame], the top output of step t y[t] [B, ...], and
-`lag`, the mode's input lag: y[t] is built from frames up to x[t - lag]
-(sideways_tf.modes.Mode.input_lag).
+A task is a setting (gin: `train.task = @Classification()` or `@FutureFrames()`)
+and a value the pipeline carries (`Pipeline(task=...)`). It has two jobs, kept
+apart:
+  the objective   its head (`head(frame_shape)`: what a model factory puts on the
+                  top unit), step targets, loss, label and data checks, training
+                  figures;
+  the evaluation  `metrics()`: a fresh `Metrics` accumulator that the one
+                  evaluation loop (sideways_tf.evaluate) feeds batch by batch
+                  (`EvalBatch`) and reads once (`result`, `headline`).
+The engine, the evaluation loop, the train loop and export ask it, and never
+branch on which task it is. Every method has the shapes of algorithm.md: clips
+[B, K, *frame], the top output of step t y[t] [B, ...], and `lag`, the mode's
+input lag: y[t] is built from frames up to x[t - lag] (Mode.input_lag).
 
-A new task is one subclass in its own module of sideways_tf/tasks/, registered
-with keras.saving.register_keras_serializable so that pipelines carrying it save.
+A new task is one subclass in one module (sideways_tf/tasks/<name>.py, or your
+own), registered with gin (`@gin.configurable`) so that `train.task = @MyTask()`
+names it, and with keras.saving.register_keras_serializable so that pipelines
+carrying it save. Nothing else changes (tests/test_tasks.py trains a toy one
+through the command line).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
+
+
+class EvalBatch(NamedTuple):
+    """One batch of an evaluation, as the evaluation loop hands it to Metrics.update.
+
+    outputs:    [n, K, ...] every step's top output y[t] (n real clips, padding dropped);
+    targets:    [n, K, ...] what each step is scored against (Task.step_targets);
+    weights:    [K] 1.0 where step t is scored (pipeline full, target present);
+    references: {name: [n, K, ...]} the task's extras (Task.prediction_targets);
+    labels:     [n, ...] the batch's `label_key` values, or None;
+    videos:     [n] int64 the video each clip comes from (clips of a video pool).
+    """
+
+    outputs: tf.Tensor
+    targets: tf.Tensor
+    weights: tf.Tensor
+    references: dict
+    labels: tf.Tensor | None
+    videos: tf.Tensor
+
+
+class Metrics:
+    """An evaluation of one task, accumulated over batches (Task.metrics() makes one).
+
+    update(batch) adds a batch; result() returns the figures (numbers, and
+    optionally "images" for TensorBoard); headline(result) is one line for the
+    terminal. Every result names its counts: num_clips, num_videos.
+    """
+
+    def update(self, batch: EvalBatch) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict:
+        raise NotImplementedError
+
+    def headline(self, result: dict) -> str:
+        shown = [f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)]
+        return ", ".join(shown[:4])
 
 
 class Task:
@@ -24,7 +74,17 @@ class Task:
     # ("label" for classification), or None when the frames themselves are the targets.
     label_key: str | None = None
 
-    # -- Training ----------------------------------------------------------------
+    # -- The objective -------------------------------------------------------------
+
+    def head(self, frame_shape):
+        """The Keras layer a model factory puts on its top unit: a_L[t] -> y[t].
+
+        frame_shape: (H, W, C) of the input frames (a frame head predicts one).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} supplies no head: give the pipeline one, "
+            "Pipeline(units, head=..., task=...), or implement Task.head."
+        )
 
     def loss(self, targets, outputs) -> tf.Tensor:
         """Per-example loss [B] of outputs [B, ...] against step targets [B, ...]."""
@@ -57,23 +117,16 @@ class Task:
     ) -> None:
         """Raises unless clips of K frames give some step a target (first_step: 1-based)."""
 
-    # -- Evaluation and prediction ---------------------------------------------------
+    # -- The evaluation --------------------------------------------------------------
 
     def prediction_targets(self, clip, lag: int) -> tuple[dict, tf.Tensor]:
-        """({name: [B, K, ...]} references to score step outputs against, present [K])."""
+        """({name: [B, K, ...]} references besides the targets that the task's Metrics
+        read (future frames: the last frame seen), present [K]); computed with the
+        predictions, inside the engine's compiled predict step."""
         return {}, tf.ones([tf.shape(clip)[1]], tf.float32)
 
-    def step_metrics(self, outputs, references: dict, weights) -> dict:
-        """{name: (mean, weight)} of one batch's step outputs [B, K, ...] against the
-        references of prediction_targets, over the scored steps (weights [K])."""
-        return {}
-
-    def evaluate(self, engine, dataset, progress: bool = False) -> dict:
-        """Scores a finite dataset with engine's pipeline; returns numbers (and images)."""
-        raise NotImplementedError
-
-    def headline(self, metrics: dict) -> str:
-        """One line of an evaluation's main figures, for the terminal."""
+    def metrics(self) -> Metrics:
+        """A fresh accumulator of this task's evaluation (see Metrics)."""
         raise NotImplementedError
 
     # -- Export --------------------------------------------------------------------

@@ -24,34 +24,48 @@ import gin
 import keras
 import numpy as np
 import tensorflow as tf
-import tqdm
 
 from sideways_tf.data import contract
-from sideways_tf.tasks.base import Task, pad_batch
+from sideways_tf.tasks.base import EvalBatch, Metrics, Task
+from sideways_tf.tasks.frame_decoder import frame_decoder
 
 PSNR_CAP = 100.0  # dB: the PSNR of identical frames (tf.image.psnr's inf), kept finite
 
+# How the head makes the frame (FutureFrames.decoder; tasks.frame_decoder):
+#   "motion"  moves the last frame seen's pixels by a motion read off the features and
+#             the last change seen (residual, motion_radius 2, previous frame); default;
+#   "delta"   the last frame seen plus a change painted from the features (residual);
+#   "whole"   the whole frame painted from the features.
+DECODERS = ("motion", "delta", "whole")
 
+
+@gin.configurable(module="sideways_tf")
 @keras.saving.register_keras_serializable(package="sideways_tf")
 class FutureFrames(Task):
     """Predict the frame h steps ahead of the newest one seen; pixel loss |e|^2 or |e|.
 
     loss(target [B, H, W, C], prediction [B, H, W, C]) -> [B] float32: the mean
-    over pixels of the squared (l2) or absolute (l1) error.
+    over pixels of the squared (l2) or absolute (l1) error. decoder: how the head
+    makes the frame, one of DECODERS (gin: FutureFrames.decoder).
     """
 
     name = "future_frames"
     label_key = None
 
-    def __init__(self, norm: str = "l2", horizon: int = 1):
+    def __init__(self, norm: str = "l2", horizon: int = 1, decoder: str = "motion"):
         if norm not in ("l2", "l1"):
-            raise ValueError(f"frame_loss.norm = {norm!r}; use 'l2' (default) or 'l1'.")
+            raise ValueError(f"FutureFrames.norm = {norm!r}; use 'l2' (default) or 'l1'.")
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
             raise ValueError(
-                f"frame_loss.horizon = {horizon!r}; it counts frames ahead of the newest one "
+                f"FutureFrames.horizon = {horizon!r}; it counts frames ahead of the newest one "
                 "the top output has seen, an integer >= 1."
             )
-        self.norm, self.horizon = norm, horizon
+        if decoder not in DECODERS:
+            raise ValueError(f"FutureFrames.decoder = {decoder!r}; choose one of {DECODERS}.")
+        self.norm, self.horizon, self.decoder = norm, horizon, decoder
+
+    def head(self, frame_shape):
+        return frame_decoder(self.decoder, frame_shape)
 
     def __call__(self, target, prediction):
         return self.loss(target, prediction)
@@ -74,10 +88,10 @@ class FutureFrames(Task):
         longest = num_frames + lag - first_step
         if self.horizon > longest:
             raise ValueError(
-                f"frame_loss.horizon = {self.horizon} is too far ahead for clips of "
+                f"FutureFrames.horizon = {self.horizon} is too far ahead for clips of "
                 f"K={num_frames} frames in mode '{mode}' (lag {lag}, first scored step "
                 f"{first_step}): no step would have its target frame inside the clip. Use "
-                f"frame_loss.horizon <= {max(longest, 0)}, or longer clips ({binding} >= "
+                f"FutureFrames.horizon <= {max(longest, 0)}, or longer clips ({binding} >= "
                 f"{first_step - lag + self.horizon})."
             )
 
@@ -85,71 +99,8 @@ class FutureFrames(Task):
         targets, present = frame_targets(clip, lag, self.horizon)
         return {"targets": targets, "last_seen": last_seen_frames(clip, lag)}, present
 
-    def step_metrics(self, outputs, references: dict, weights, max_val: float = 2.0) -> dict:
-        model = frame_metrics(outputs, references["targets"], weights, max_val)
-        copy = frame_metrics(references["last_seen"], references["targets"], weights, max_val)
-        w = max(model["weight"], 1e-9)
-        return {
-            "psnr": (model["psnr_sum"] / w, model["weight"]),
-            "ssim": (model["ssim_sum"] / w, model["weight"]),
-            "psnr_copy_last": (copy["psnr_sum"] / w, model["weight"]),
-            "ssim_copy_last": (copy["ssim_sum"] / w, model["weight"]),
-        }
-
-    def evaluate(self, engine, dataset, progress: bool = False, max_val: float = 2.0) -> dict:
-        """Scores future-frame prediction on a finite dataset of {"frames"} clips in [-1, 1].
-
-        Returns psnr, ssim (mean over the valid steps of every clip), the same for
-        the copy-the-last-seen-frame baseline (psnr_copy_last, ssim_copy_last), loss
-        (the pixel loss, same average), num_clips, scored_frames, and images:
-        target / prediction strips of the first batch (for TensorBoard).
-        """
-        batch_size = engine.batch_per_process
-        sums = dict.fromkeys(("psnr", "ssim", "psnr_copy_last", "ssim_copy_last", "loss"), 0.0)
-        weight, num_clips, images = 0.0, 0, None
-        batches = dataset.batch(batch_size).prefetch(2)
-        bar = tqdm.tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False)
-        for batch in bar:
-            n = int(batch["frames"].shape[0])
-            out = engine.predict_steps(pad_batch(batch["frames"], batch_size))
-            outputs, targets, last = (out[k][:n] for k in ("outputs", "targets", "last_seen"))
-            if not np.all(np.isfinite(outputs.numpy())):
-                raise FloatingPointError(
-                    f"Evaluation produced NaN/Inf frames (clips {num_clips}..{num_clips + n - 1}):"
-                    " the parameters or the eval data are not finite. No PSNR is reported."
-                )
-            weights = out["weights"]
-            model = frame_metrics(outputs, targets, weights, max_val)
-            copy = frame_metrics(last, targets, weights, max_val)
-            sums["psnr"] += model["psnr_sum"]
-            sums["ssim"] += model["ssim_sum"]
-            sums["psnr_copy_last"] += copy["psnr_sum"]
-            sums["ssim_copy_last"] += copy["ssim_sum"]
-            per_step = self.loss(
-                tf.reshape(targets, (-1, *targets.shape[2:])),
-                tf.reshape(outputs, (-1, *outputs.shape[2:])),
-            )
-            sums["loss"] += float(tf.reduce_sum(per_step * tf.tile(weights, [n])))
-            weight += model["weight"]
-            num_clips += n
-            if images is None:
-                images = prediction_strips(targets, outputs, weights)
-        if num_clips == 0:
-            raise ValueError("The evaluation dataset is empty: check the eval data binding.")
-        if weight == 0:
-            raise ValueError(
-                "No step of the evaluation clips has both a full pipeline and a target frame: "
-                "lengthen the clips or lower frame_loss.horizon."
-            )
-        metrics = {k: v / weight for k, v in sums.items()}
-        metrics.update(num_clips=num_clips, scored_frames=int(round(weight)), images=images)
-        return metrics
-
-    def headline(self, metrics: dict) -> str:
-        return (
-            f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} (copy last frame: "
-            f"{metrics['psnr_copy_last']:.2f} dB, {metrics['ssim_copy_last']:.3f})"
-        )
+    def metrics(self) -> FrameMetrics:
+        return FrameMetrics(self)
 
     def export_metadata(self, pipeline, class_names=None) -> dict:
         return dict(
@@ -161,7 +112,67 @@ class FutureFrames(Task):
         )
 
     def get_config(self) -> dict:
-        return {"norm": self.norm, "horizon": self.horizon}
+        return {"norm": self.norm, "horizon": self.horizon, "decoder": self.decoder}
+
+
+class FrameMetrics(Metrics):
+    """PSNR and SSIM of the predictions and of copy-last, and the pixel loss.
+
+    Every figure is a mean over the scored steps of every clip (weights). Returns
+    psnr, ssim, psnr_copy_last, ssim_copy_last, loss, num_clips, num_videos,
+    scored_frames, and images: target / prediction strips of the first batch.
+    """
+
+    KEYS = ("psnr", "ssim", "psnr_copy_last", "ssim_copy_last", "loss")
+
+    def __init__(self, task: FutureFrames, max_val: float = 2.0):
+        self.task, self.max_val = task, max_val
+        self.sums = dict.fromkeys(self.KEYS, 0.0)
+        self.weight, self.num_clips, self.videos, self.images = 0.0, 0, set(), None
+
+    def update(self, batch: EvalBatch) -> None:
+        outputs, targets = batch.outputs, batch.targets
+        last, weights = batch.references["last_seen"], batch.weights
+        n = int(outputs.shape[0])
+        model = frame_metrics(outputs, targets, weights, self.max_val)
+        copy = frame_metrics(last, targets, weights, self.max_val)
+        for key in ("psnr", "ssim"):
+            self.sums[key] += model[f"{key}_sum"]
+            self.sums[f"{key}_copy_last"] += copy[f"{key}_sum"]
+        per_step = self.task.loss(
+            tf.reshape(targets, (-1, *targets.shape[2:])),
+            tf.reshape(outputs, (-1, *outputs.shape[2:])),
+        )
+        self.sums["loss"] += float(tf.reduce_sum(per_step * tf.tile(weights, [n])))
+        self.weight += model["weight"]
+        self.num_clips += n
+        self.videos.update(int(v) for v in np.asarray(batch.videos))
+        if self.images is None:
+            self.images = prediction_strips(targets, outputs, weights)
+
+    def result(self) -> dict:
+        if self.num_clips == 0:
+            raise ValueError("The evaluation dataset is empty: check the eval data binding.")
+        if self.weight == 0:
+            raise ValueError(
+                "No step of the evaluation clips has both a full pipeline and a target frame: "
+                "lengthen the clips or lower FutureFrames.horizon."
+            )
+        out = {k: v / self.weight for k, v in self.sums.items()}
+        out.update(
+            num_clips=self.num_clips,
+            num_videos=len(self.videos),
+            scored_frames=int(round(self.weight)),
+            images=self.images,
+        )
+        return out
+
+    def headline(self, result: dict) -> str:
+        return (
+            f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f} (copy last frame: "
+            f"{result['psnr_copy_last']:.2f} dB, {result['ssim_copy_last']:.3f}), "
+            f"{result['num_clips']} clips"
+        )
 
 
 FrameLoss = FutureFrames  # the name this task had before tasks were values
@@ -172,7 +183,7 @@ def frame_loss(
     norm: str = "l2",  # "l2" (mean squared error) or "l1" (mean absolute error)
     horizon: int = 1,  # frames ahead of the newest frame the top output has seen
 ) -> FutureFrames:
-    """The future-frame task a model factory puts on its pipeline (head="frame_delta", "frame_motion" or "frames")."""
+    """Deprecated: bind train.task = @FutureFrames() and FutureFrames.horizon / .norm."""
     return FutureFrames(norm=norm, horizon=horizon)
 
 

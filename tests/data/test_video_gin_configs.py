@@ -6,7 +6,7 @@ import gin
 import pytest
 import tensorflow as tf
 
-from sideways_tf import config_files
+from sideways_tf import config_files, tasks
 from sideways_tf.data import contract, dmvr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,5 +67,7 @@ def test_experiment_files_build_a_model_that_fits_their_mode(dataset, clean_gin)
         gin.parse_config_files_and_bindings([path], [])
         model_fn = gin.query_parameter("train.model_fn").scoped_configurable_fn
         assert model_fn.__name__ in ("vgg8", "vgg16", "resnet18"), path  # not conv_small
-        pipeline = model_fn(batch_size=1, frame_shape=(112, 112, 3), num_classes=7)
+        pipeline = model_fn(
+            batch_size=1, frame_shape=(112, 112, 3), task=tasks.Classification(num_classes=7)
+        )
         check_mode(mode, pipeline)  # raises if the topology does not fit the mode
