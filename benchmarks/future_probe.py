@@ -108,15 +108,14 @@ def probe(workdir: str, horizon: int, steps: int, batch_size: int, eval_clips: i
     # EvalBatch per batch (the probe is no pipeline's head, so not evaluate() itself).
     metrics = tasks.FutureFrames(horizon=horizon).metrics()
     held_out = moving_shapes_future_dataset("eval", num_examples=eval_clips, **options)
-    for clips in held_out.batch(batch_size, drop_remainder=True):
+    for b, clips in enumerate(held_out.batch(batch_size, drop_remainder=True)):
         clip = clips["frames"]
+        videos = tf.range(b * batch_size, (b + 1) * batch_size, dtype=tf.int64)  # a clip each
         maps, targets, weights = pairs(clip)
         flat = tf.reshape(maps, (-1, *maps.shape[2:]))
         pred = tf.reshape(decoder(flat), tf.shape(targets))
         last = last_seen_frames(clip, lag)[:, :num_frames]
-        metrics.update(
-            tasks.EvalBatch(pred, targets, weights, {"last_seen": last}, None, clips["video_index"])
-        )
+        metrics.update(tasks.EvalBatch(pred, targets, weights, {"last_seen": last}, None, videos))
     result = metrics.result()
     out = {k: float(result[k]) for k in ("psnr", "ssim", "psnr_copy_last", "ssim_copy_last")}
     out.update(classifier_step=run.step, lag=lag, first_step=first)

@@ -8,7 +8,7 @@ Public API:
   SidewaysModel                      a keras.Model: compile / fit / evaluate / predict / save
   units_from_model, replace_batch_norm  your own functional model as units (cut.py)
   sideways_tf.modes, sideways_tf.tasks   Mode and Task values (modes.py, tasks/)
-  FrameLoss                          future-frame prediction (tasks.FutureFrames)
+  Classification, FutureFrames       the tasks (gin: train.task = @Classification()); FrameLoss: the older name of FutureFrames
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
   sideways_tf.precision              mixed precision: policy_scope, loss_scaling
 """
@@ -35,6 +35,8 @@ _EXPORTS = {
     "GatedFusion": "fusion",
     "SumFusion": "fusion",
     "FrameLoss": "tasks",
+    "Classification": "tasks",
+    "FutureFrames": "tasks",
     "tasks": None,
     "modes": None,
     "Pipeline": "pipeline",
@@ -66,7 +68,9 @@ __all__ = [
     "ConcatFusion",
     "Edge",
     "Engine",
+    "Classification",
     "FrameLoss",
+    "FutureFrames",
     "GatedFusion",
     "Pipeline",
     "PipelineState",

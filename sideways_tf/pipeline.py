@@ -279,8 +279,9 @@ class Pipeline(keras.Layer):
                 if u.message_buffer is not None:
                     messages.append(tf.zeros(u.message_buffer.shape, u.message_buffer.dtype))
                 delays += [tf.zeros(b.shape, b.dtype) for b in u.delay_buffers if b is not None]
-        with self.unit_scope(self.num_units):
-            delays += [tf.zeros(b.shape, b.dtype) for b in self.head_lines]
+        if self.head_lines:
+            with self.unit_scope(self.num_units):
+                delays += [tf.zeros(b.shape, b.dtype) for b in self.head_lines]
         return PipelineState(
             t=tf.constant(0, tf.int32),
             outputs=tuple(outputs),

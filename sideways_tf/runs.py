@@ -14,9 +14,7 @@ Every path of a run is the Workdir's (sideways_tf.workdir).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
-import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,171 +22,14 @@ import gin
 import keras
 import tensorflow as tf
 
-from sideways_tf import checkpointing, distribute, tasks
+from sideways_tf import checkpointing, distribute
 from sideways_tf import precision as precision_lib
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.data import contract
 from sideways_tf.engine import Engine
 from sideways_tf.pipeline import Pipeline
-from sideways_tf.settings import Settings, adam
+from sideways_tf.settings import Settings, adam, config_with_settings, record_settings
 from sideways_tf.workdir import Workdir
-
-# -- Settings given from Python, as gin text -------------------------------------------
-
-_FIX = (
-    "Give a function registered with gin (@gin.configurable), or a functools.partial of "
-    "one with keyword arguments that are literals, e.g. train_data=functools.partial("
-    "sideways_tf.data.moving_shapes.moving_shapes_dataset, split='train', num_frames=8); "
-    "or bind it in gin (train.{name} = @my_fn) and call train.train(workdir) without "
-    "settings."
-)
-
-
-def record_settings(settings: Settings) -> str:
-    """The gin text of Settings given from Python: what train() writes to config.gin.
-
-    gin's operative config holds what gin supplied, not the arguments of a Python
-    call, so a workdir launched by train.train(workdir, Settings(...)) would not
-    rebuild (load_run: evaluation, export, resume). Every field is written as a
-    binding `train.<field> = ...`: literals as they are; a gin configurable as
-    `@name` (or the reference gin bound it to, `@scope/name`); a functools.partial
-    of one as `@<field>/name` with its keyword arguments bound in the scope
-    `<field>`. Anything else (a lambda, a plain function, an object) is refused
-    here, before any work, naming the field and the fix. Imports of the
-    configurables' modules come first, so a fresh process can parse the text.
-    """
-    imports, lines, scoped = {"sideways_tf.runs"}, [], []
-    for field in dataclasses.fields(Settings):
-        name, value = field.name, getattr(settings, field.name)
-        if value is gin.REQUIRED:
-            raise ValueError(f"train.{name} is required: give Settings({name}=...).")
-        literal = _literal(value)
-        if literal is not None:
-            lines.append(f"train.{name} = {literal}")
-            continue
-        if isinstance(value, tasks.Task):  # @<field>/Task() with its config in the scope
-            selector = _configurable_name(type(value))
-            config = value.get_config()
-            bad = [k for k, v in config.items() if _literal(v) is None]
-            if selector is None or bad:
-                raise ValueError(
-                    f"train.{name} = {value!r} cannot be written to the workdir's config.gin "
-                    f"(its class is not registered with gin, or its config {bad} holds values "
-                    "gin cannot write). Register the Task class with @gin.configurable and "
-                    "give it a get_config of literals."
-                )
-            imports.add(type(value).__module__)
-            lines.append(f"train.{name} = @{name}/{selector}()")
-            scoped += [f"{name}/{selector}.{k} = {_literal(v)}" for k, v in config.items()]
-            continue
-        if isinstance(value, functools.partial):
-            selector = _configurable_name(value.func)
-            bad = [k for k, v in value.keywords.items() if _literal(v) is None]
-            if selector is None or value.args or bad:
-                why = (
-                    f"its function {value.func!r} is not registered with gin"
-                    if selector is None
-                    else "it has positional arguments"
-                    if value.args
-                    else f"its arguments {bad} are not literals"
-                )
-                raise ValueError(
-                    f"train.{name} = {value!r} cannot be written to the workdir's config.gin "
-                    f"({why}), so the workdir could not be evaluated, exported or resumed. "
-                    + _FIX.format(name=name)
-                )
-            imports.add(inspect.unwrap(value.func).__module__)
-            lines.append(f"train.{name} = @{name}/{selector}")
-            scoped += [f"{name}/{selector}.{k} = {_literal(v)}" for k, v in value.keywords.items()]
-            continue
-        reference = _reference(name, value) if callable(value) else None
-        if reference is None:
-            kind = (
-                "a lambda"
-                if getattr(value, "__name__", "") == "<lambda>"
-                else (
-                    "a function gin does not know"
-                    if callable(value)
-                    else f"a {type(value).__name__}"
-                )
-            )
-            raise ValueError(
-                f"train.{name} = {value!r} cannot be written to the workdir's config.gin (it "
-                f"is {kind}; gin records literals and its configurables), so the workdir "
-                "could not be evaluated, exported or resumed. " + _FIX.format(name=name)
-            )
-        imports.add(inspect.unwrap(value).__module__)
-        lines.append(f"train.{name} = {reference}")
-    return "\n".join(
-        [f"import {m}" for m in sorted(imports)]
-        + ["", "# train.train(workdir, Settings(...)) from Python: the settings it was given."]
-        + lines
-        + scoped
-    )
-
-
-def config_with_settings(recorded: str) -> str:
-    """gin's operative config with its train.* bindings replaced by record_settings' text.
-
-    gin's own train.* lines hold only the defaults of a Settings(...) made in Python.
-    The scopes record_settings names after the fields (model_fn/, train_data/, ...)
-    are its own too: gin's lines there are whatever calls in those scopes this
-    process made before (an evaluation's, a load_run's), which would make a resumed
-    run's config differ from the saved one.
-    """
-    fields = "|".join(f.name for f in dataclasses.fields(Settings))
-    ours = re.compile(rf"^(train\.\w+|({fields})/[\w.]+)\s*=")
-    kept, skipping = [], False
-    for line in gin.operative_config_str().splitlines():
-        if line[:1].isspace() and skipping:  # a value continued over lines
-            continue
-        skipping = ours.match(line) is not None
-        if not skipping:
-            kept.append(line)
-    imports = [x for x in recorded.splitlines() if x.startswith("import ")]
-    rest = [x for x in recorded.splitlines() if not x.startswith("import ")]
-    return "\n".join(imports + [""] + kept + rest) + "\n"
-
-
-def _literal(value) -> str | None:
-    """gin text of a literal value (parses back equal), or None."""
-    if callable(value):
-        return None
-    text = repr(value)
-    try:
-        return text if gin.config.parse_value(text) == value else None
-    except (SyntaxError, ValueError):
-        return None
-
-
-def _configurable_name(fn) -> str | None:
-    """The gin name of a configurable function or class (its wrapper or itself), or None."""
-    name = getattr(inspect.unwrap(fn), "__name__", None)
-    try:
-        registered = gin.get_configurable(name) if name else None
-    except (ValueError, KeyError):  # unknown or ambiguous
-        return None
-    if registered is None or inspect.unwrap(registered) is not inspect.unwrap(fn):
-        return None
-    if fn is not registered and fn is not inspect.unwrap(fn):
-        return None  # a scoped wrapper: its scope is named by the gin binding (_reference)
-    return name
-
-
-def _reference(field: str, fn) -> str | None:
-    """`@name` for a configurable, or the binding's `@scope/name` gin made it from; else None."""
-    name = _configurable_name(fn)
-    if name is not None:
-        return f"@{name}"
-    try:
-        bound = gin.query_parameter(f"train.{field}")
-    except (ValueError, KeyError):
-        return None
-    if isinstance(bound, gin.config.ConfigurableReference) and (
-        inspect.unwrap(bound.configurable.wrapper) is inspect.unwrap(fn)
-    ):
-        return str(bound)
-    return None
 
 
 class Run(NamedTuple):

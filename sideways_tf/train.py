@@ -28,8 +28,8 @@ import tqdm
 from sideways_tf import checkpointing, distribute, summaries
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.evaluate import check_eval_size, evaluate, headline
-from sideways_tf.runs import Run, build_run, config_with_settings, record_settings
-from sideways_tf.settings import Settings, adam
+from sideways_tf.runs import Run, build_run
+from sideways_tf.settings import Settings, adam, config_with_settings, record_settings
 from sideways_tf.workdir import Workdir
 
 __all__ = ["Settings", "adam", "train"]

@@ -268,8 +268,8 @@ def test_tpu_plan_creates_and_runs_each_unit_on_its_logical_core():
     assert len(by_core[0]) == 4 and len(by_core[1]) == 4 + 3 + 2
     fake.ran.clear()
     pipeline.forward_step(pipeline.zero_state(), random_clip(pipeline, 1)[0][:, 0])
-    # zero_state (3 units) then forward_step: units 1, 2, 3 and the head on the top's core.
-    assert fake.ran == [0, 1, 1, 0, 1, 1, 1]
+    # zero_state (3 units) then forward_step: units 1, 2, 3, the head inside the top's scope.
+    assert fake.ran == [0, 1, 1, 0, 1, 1]
 
 
 # -- Checks that fail early, naming the fix --------------------------------------------

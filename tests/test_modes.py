@@ -13,6 +13,7 @@ from toy import dense_pipeline, random_clip
 import sideways_tf as sw
 from sideways_tf import modes, rules, runs, tasks
 from sideways_tf.data import contract
+from sideways_tf.evaluate import evaluate
 
 
 def frozen_bottom(
@@ -105,25 +106,31 @@ class PerFrameLabels(tasks.Task):
     def check_data(self, dataset, binding):
         return contract.check_clip_dataset(dataset, binding, labelled=False)
 
-    def evaluate(self, engine, dataset, progress=False):
-        hits, total = 0.0, 0.0
-        lag = engine.mode.input_lag(engine.pipeline)
-        for batch in dataset.batch(engine.batch_per_process, drop_remainder=True):
-            out = engine.predict_steps(batch["frames"])
-            targets, present = self.step_targets(batch["frames"], batch["label"], lag)
-            w = out["weights"] * present
-            hit = tf.cast(
-                tf.argmax(out["outputs"], -1, output_type=tf.int32) == targets, tf.float32
-            )
-            hits += float(tf.reduce_sum(hit * w))
-            total += float(tf.reduce_sum(w)) * int(batch["frames"].shape[0])
-        return {"frame_accuracy": hits / total}
-
-    def headline(self, metrics):
-        return f"frame accuracy {metrics['frame_accuracy']:.3f}"
+    def metrics(self):
+        return FrameAccuracy()
 
     def export_metadata(self, pipeline, class_names=None):
         return dict(task=self.name, outputs="logits [B, C] of frame t - newest_lag")
+
+
+class FrameAccuracy(tasks.Metrics):
+    """The share of scored steps whose argmax is their frame's class."""
+
+    def __init__(self):
+        self.hits = self.total = 0.0
+
+    def update(self, batch):
+        hit = tf.cast(
+            tf.argmax(batch.outputs, -1, output_type=tf.int32) == batch.targets, tf.float32
+        )
+        self.hits += float(tf.reduce_sum(hit * batch.weights))
+        self.total += float(tf.reduce_sum(batch.weights)) * int(batch.outputs.shape[0])
+
+    def result(self):
+        return {"frame_accuracy": self.hits / self.total}
+
+    def headline(self, result):
+        return f"frame accuracy {result['frame_accuracy']:.3f}"
 
 
 def per_frame_data(num, num_frames=12, dim=5, seed=0):
@@ -145,12 +152,12 @@ def test_a_new_task_trains_and_evaluates_in_every_mode(mode):
     frames, labels = per_frame_data(8 * 40)
     eval_frames, eval_labels = per_frame_data(64, seed=1)
     eval_ds = tf.data.Dataset.from_tensor_slices({"frames": eval_frames, "label": eval_labels})
-    before = engine.task.evaluate(engine, eval_ds)["frame_accuracy"]
+    before = evaluate(engine, eval_ds)["frame_accuracy"]
     losses = [
         float(engine.train_clip(frames[b : b + 8], labels[b : b + 8])["loss"])
         for b in range(0, len(frames), 8)
     ]
-    after = engine.task.evaluate(engine, eval_ds)["frame_accuracy"]
+    after = evaluate(engine, eval_ds)["frame_accuracy"]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert after > 0.85 > before
     with pytest.raises(ValueError, match=r"expected \[B, K\]"):

@@ -27,7 +27,7 @@ def test_load_run_restores_the_trained_parameters_or_the_initial_ones(tmp_path):
     assert trained.engine.optimizer is None and trained.settings.num_steps == 3
     assert trained.class_names is not None  # moving_shapes names its classes
     result = evaluate_workdir(str(tmp_path), progress=False)
-    assert result["step"] == 3 and 0.0 <= result["eval"]["accuracy"] <= 1.0
+    assert result["step"] == 3 and 0.0 <= result["eval"]["video_accuracy"] <= 1.0
 
 
 def test_load_run_on_a_directory_that_is_not_a_run_names_the_fix(tmp_path):

@@ -10,6 +10,7 @@ lets Skip-Sideways see motion (algorithm.md P5).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import gin
@@ -52,7 +53,7 @@ def conv_pipeline(
             f"conv_pipeline: widths has {len(widths)} entries but strides has {len(strides)}; "
             "give one stride per unit."
         )
-    check_arguments("conv_pipeline", batch_size, 1.0)
+    frame_shape = check_arguments("conv_pipeline", batch_size, frame_shape, math.prod(strides))
     return unit_pipeline(
         "conv_pipeline",
         [conv_block(w, s, name=f"block{i}") for i, (w, s) in enumerate(zip(widths, strides), 1)],

@@ -139,8 +139,11 @@ def _deprecated(old: str, new: str) -> None:
     print(message, file=sys.stderr)
 
 
-def check_arguments(model: str, batch_size, width_multiplier) -> None:
-    """Raises on a missing or non-positive batch size or width multiplier."""
+def check_arguments(
+    model: str, batch_size, frame_shape, stride: int = 1, width_multiplier: float = 1.0
+) -> tuple[int, ...]:
+    """Returns frame_shape as ints; raises on a missing or non-positive batch size or width
+    multiplier, or a frame_shape that is not [H, W, C] with H, W multiples of stride."""
     if batch_size is gin.REQUIRED:
         raise ValueError(f"{model} needs batch_size (the clips per replica; train() passes it).")
     if int(batch_size) < 1:
@@ -150,9 +153,10 @@ def check_arguments(model: str, batch_size, width_multiplier) -> None:
             f"{model}: width_multiplier must be > 0 (1.0 is the standard width, 0.5 half); "
             f"got {width_multiplier}."
         )
+    return _check_frame_shape(model, frame_shape, stride)
 
 
-def check_frame_shape(model: str, frame_shape, stride: int) -> tuple[int, ...]:
+def _check_frame_shape(model: str, frame_shape, stride: int) -> tuple[int, ...]:
     """Returns frame_shape as ints; raises unless it is [H, W, C] with H, W multiples of stride."""
     if frame_shape is gin.REQUIRED or not isinstance(frame_shape, Sequence):
         raise ValueError(f"{model}: give frame_shape as (height, width, channels).")

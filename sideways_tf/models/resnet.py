@@ -29,13 +29,7 @@ import gin
 import keras
 
 from sideways_tf.fusion import StridedPointwiseConv, strided_shape
-from sideways_tf.models.layers import (
-    check_arguments,
-    check_frame_shape,
-    group_norm,
-    scaled_width,
-    unit_pipeline,
-)
+from sideways_tf.models.layers import check_arguments, group_norm, scaled_width, unit_pipeline
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.tasks import Task
 
@@ -128,7 +122,7 @@ def resnet_pipeline(
     **kwargs,  # topology, fusion, devices, placement (models.layers.unit_pipeline)
 ) -> Pipeline:
     """A ResNet-style pipeline: stem + first block in unit 1, then one block per unit."""
-    check_arguments(name, batch_size, width_multiplier)
+    frame_shape = check_arguments(name, batch_size, frame_shape, 2 ** len(blocks), width_multiplier)
     blocks, widths = tuple(int(n) for n in blocks), tuple(int(w) for w in widths)
     if len(blocks) != len(widths) or not blocks or min(blocks) < 1:
         raise ValueError(
@@ -136,7 +130,6 @@ def resnet_pipeline(
             "every stage at least one block; e.g. blocks=(2, 2, 2, 2), "
             "widths=(64, 128, 256, 512)."
         )
-    frame_shape = check_frame_shape(name, frame_shape, 2 ** len(blocks))
     modules = []
     for s, (n, width) in enumerate(zip(blocks, widths), start=1):
         for k in range(1, n + 1):

@@ -35,13 +35,7 @@ from collections.abc import Sequence
 import gin
 import keras
 
-from sideways_tf.models.layers import (
-    check_arguments,
-    check_frame_shape,
-    group_norm,
-    scaled_width,
-    unit_pipeline,
-)
+from sideways_tf.models.layers import check_arguments, group_norm, scaled_width, unit_pipeline
 from sideways_tf.pipeline import Pipeline
 from sideways_tf.tasks import Task
 
@@ -84,8 +78,8 @@ def vgg_pipeline(
     **kwargs,  # topology, fusion, devices, placement (models.layers.unit_pipeline)
 ) -> Pipeline:
     """A VGG-style pipeline: `stages` of conv layers cut into units by `unit_sizes`."""
-    check_arguments(name, batch_size, width_multiplier)
-    frame_shape = check_frame_shape(name, frame_shape, 2 ** (len(stages) - 1))
+    stride = 2 ** (len(stages) - 1)
+    frame_shape = check_arguments(name, batch_size, frame_shape, stride, width_multiplier)
     layers = [
         (
             f"conv{s}_{k}",
