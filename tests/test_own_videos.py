@@ -98,9 +98,9 @@ def test_a_folder_of_videos_trains_both_tasks_evaluates_and_exports(records, tmp
     metrics = last_eval(classes)
     assert metrics["step"] == 2
     assert metrics["num_videos"] == 2 and metrics["num_clips"] == 8  # 4 clips per eval video
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert 0.0 <= metrics["video_accuracy"] <= 1.0
 
-    # Future frames (head frame_motion, h = 1): clips of K + 1 = 9 frames in [-1, 1].
+    # Future frames (FutureFrames.decoder "motion", h = 1): clips of K + 1 = 9 frames in [-1, 1].
     future = str(tmp_path / "future")
     gin.clear_config()  # (each command parses and locks its own config)
     cli.train_main(train_argv(future, "experiments/folder_future_sideways", records))
@@ -124,11 +124,13 @@ def test_a_folder_of_videos_trains_both_tasks_evaluates_and_exports(records, tmp
     with open(os.path.join(exported, "sideways_export.json")) as f:
         meta = json.load(f)
     assert meta["task"] == "future_frames" and meta["frame_shape"] == [16, 16, 3]
-    assert meta["state_names"][-1] == "delay_1"  # the head's line (a chain has no other)
+    # The head's two lines (a chain has no other): its edges from the input, delays 3 and 4.
+    assert [n for n in meta["state_names"] if n.startswith("delay_")] == ["delay_1", "delay_2"]
     loaded = tf.saved_model.load(exported)
     state = loaded.signatures["init_state"]()
-    # x[t-4] .. x[t-1]: the motion head reads x[t-3] and the frame before it.
-    assert tuple(state["delay_1"].shape) == (4, 1, 16, 16, 3)
+    # x[t-3] .. x[t-1] and x[t-4] .. x[t-1]: the motion head reads x[t-3] and the frame before.
+    assert tuple(state["delay_1"].shape) == (3, 1, 16, 16, 3)
+    assert tuple(state["delay_2"].shape) == (4, 1, 16, 16, 3)
     frames = np.random.default_rng(0).uniform(-1, 1, (5, 1, 16, 16, 3)).astype("float32")
     for frame in frames:
         state = loaded.signatures["step"](frame=tf.constant(frame), **state)

@@ -355,7 +355,8 @@ def test_skipped_records_reach_tensorboard_during_training(tmp_path):
                 "clip_sampling.num_frames = 8",
                 f"clip_sampling.image_size = {SIZE}",
                 "clip_sampling.shuffle_buffer = 2",
-                "train.num_classes = 3",
+                "train.task = @Classification()",
+                "Classification.num_classes = 3",
                 "train.global_batch = 2",
                 "train.num_steps = 8",
                 "train.log_every = 4",
@@ -407,7 +408,8 @@ def test_evaluation_of_a_run_whose_training_shards_are_gone(tmp_path):
         "clip_sampling.num_frames = 8",
         f"clip_sampling.image_size = {SIZE}",
         "clip_sampling.shuffle_buffer = 2",
-        "train.num_classes = 3",
+        "train.task = @Classification()",
+        "Classification.num_classes = 3",
         "train.global_batch = 2",
         "train.num_steps = 4",
         "train.eval_every = 4",
@@ -426,5 +428,5 @@ def test_evaluation_of_a_run_whose_training_shards_are_gone(tmp_path):
     finally:
         gin.clear_config()
     assert again["step"] == 4 and again["eval"]["num_videos"] == 3
-    assert again["eval"]["accuracy"] == pytest.approx(trained["eval"]["accuracy"])
+    assert again["eval"]["video_accuracy"] == pytest.approx(trained["eval"]["video_accuracy"])
     assert again["eval"]["loss"] == pytest.approx(trained["eval"]["loss"], rel=1e-5)
