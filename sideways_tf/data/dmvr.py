@@ -325,7 +325,7 @@ def _short_video_message(pattern, sampling: ClipSampling, steps: int) -> str:
     need = (sampling.num_frames - 1) * sampling.stride + 1
     extra = sampling.num_frames - steps
     horizon = (
-        f" + dmvr_dataset.extra_frames = {extra} (the future-frame targets, frame_loss.horizon)"
+        f" + dmvr_dataset.extra_frames = {extra} (the future-frame targets, FutureFrames.horizon)"
         if extra
         else ""
     )
@@ -410,7 +410,7 @@ def dmvr_dataset(
       frames_only: yield {"frames"} only, for future-frame prediction; unlabelled splits
         (the Kinetics test split) work too.
       extra_frames: clips hold K + extra_frames frames (K = clip_sampling.num_frames): the
-        frames a future-frame model's last steps predict (frame_loss.horizon).
+        frames a future-frame model's last steps predict (FutureFrames.horizon).
       short_videos: what a video shorter than one clip, (K + extra_frames - 1) * stride + 1
         frames, does: "loop" (frames wrap around: harmless for classification) or "error"
         (reading stops with a message naming the bindings: future frames must not wrap).

@@ -44,7 +44,7 @@ class FrameDecoder(keras.layers.Layer):
       frame the top output has seen plus a predicted change; the upsampled features
       and x[t - lag] are concatenated into a conv3x3(width) + ReLU ("fuse") before the
       last conv, so the change can follow what the frame holds. call(a, last_frame=
-      x[t - lag]), which the Pipeline gives it from a delay line (Pipeline.head_frame).
+      x[t - lag]), which the Pipeline gives it through a delayed edge (Pipeline.head_edges).
       The last conv starts at zero, so a fresh model predicts exactly x[t - lag]
       (copy-last), and the sum is taken in float32 whatever the compute dtype.
     motion_radius=r > 0: D = s (sum_k w_k S_k x - x), x = x[t - lag], over the last frame's

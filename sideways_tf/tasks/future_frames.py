@@ -6,7 +6,7 @@ the shortest path from input to top, the chain's L - 1; 0 for the per-frame
 network). So the frame it predicts, h steps ahead of the newest frame it has
 seen, is
 
-    target[t] = x[t - lag + h]          (horizon h >= 1, gin: frame_loss.horizon)
+    target[t] = x[t - lag + h]          (horizon h >= 1, gin: FutureFrames.horizon)
 
 Targets come from the clip; a step whose target frame lies outside the clip
 carries no loss, like a step still filling the pipeline (t < T_fill). Every
