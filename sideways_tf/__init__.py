@@ -6,6 +6,7 @@ Public API:
   parse_topology, Topology, Edge     edges between units (topology.py)
   Engine, MODES, gradient_fidelity   the one update function (engine.py)
   SidewaysModel                      a keras.Model: compile / fit / evaluate / predict / save
+  StopOnNonFinite                    a callback: stop fit after N skipped (NaN/Inf) updates
   units_from_model, replace_batch_norm  your own functional model as units (cut.py)
   sideways_tf.modes, sideways_tf.tasks   Mode and Task values (modes.py, tasks/)
   Classification, FutureFrames       the tasks (gin: train.task = @Classification()); FrameLoss: the older name of FutureFrames
@@ -23,6 +24,7 @@ _config_files.register()  # gin can open the shipped configs: include 'sideways_
 # until the command line is parsed (TensorFlow is imported then).
 _EXPORTS = {
     "SidewaysModel": "keras_model",
+    "StopOnNonFinite": "keras_model",
     "units_from_model": "cut",
     "replace_batch_norm": "cut",
     "valid_cuts": "cut",
@@ -76,6 +78,7 @@ __all__ = [
     "PipelineState",
     "Runtime",
     "SidewaysModel",
+    "StopOnNonFinite",
     "SumFusion",
     "Topology",
     "Unit",

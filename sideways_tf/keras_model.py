@@ -29,6 +29,8 @@ cosine), which Keras' TensorBoard callback writes as scalars.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -164,6 +166,7 @@ class SidewaysModel(keras.Model):
         self._means: dict[str, keras.metrics.Mean] = {}
         self._fidelity_every = fidelity_every
         self._steps = 0
+        self._non_finite_steps = self._non_finite_in_a_row = 0  # skipped updates (fit)
 
     def get_compile_config(self):
         config = super().get_compile_config() or {}
@@ -257,9 +260,24 @@ class SidewaysModel(keras.Model):
             clips, labels = self._clips_and_labels(next(iterator))
             out = self.engine.train_clip(clips, labels)
             self._steps += 1
+            skipped = not bool(out["applied"]) and not bool(out["overflow"])
             if bool(out["applied"]):
                 self._loss_mean.update_state(out["loss"])
                 self._update_output_metrics(labels, out["outputs"])
+                self._non_finite_in_a_row = 0
+            elif skipped:  # (a float16 overflow only lowers the loss scale: not the data's fault)
+                self._non_finite_in_a_row += 1
+                self._non_finite_steps += 1
+                warnings.warn(
+                    f"SidewaysModel.fit, step {self._steps}: the loss or gradients are NaN/Inf, "
+                    f"so the update was skipped ({self._non_finite_in_a_row} in a row, "
+                    f"{self._non_finite_steps} in all; logs 'non_finite_steps'). Check the clips "
+                    "for NaN/Inf and lower the learning rate. To stop: "
+                    "keras.callbacks.TerminateOnNaN() at the first such step, or "
+                    "sw.StopOnNonFinite(max_in_a_row=10) as sideways-train does.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             for i, norm in enumerate(np.asarray(out["grad_norms"]), start=1):
                 self._mean_metric(f"grad_norm/unit_{i}").update_state(norm)
             if self._fidelity_every and self._steps % self._fidelity_every == 0:
@@ -267,7 +285,12 @@ class SidewaysModel(keras.Model):
                 fid = self.engine.gradient_fidelity(*host)
                 for i, c in enumerate(np.asarray(fid["cosine"]), start=1):
                     self._mean_metric(f"fidelity/unit_{i}").update_state(c)
-            return self._logs()
+            logs = self._logs()
+            logs["non_finite_steps"] = self._non_finite_steps
+            logs["non_finite_in_a_row"] = self._non_finite_in_a_row
+            if skipped:  # nothing was applied: the step's loss is NaN (TerminateOnNaN reads it)
+                logs["loss"] = float("nan")
+            return logs
 
         self.train_function = train_function
         return train_function
@@ -407,6 +430,37 @@ class SidewaysModel(keras.Model):
             print_fn(line)
 
 
+@keras.saving.register_keras_serializable(package="sideways_tf")
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops `fit` after `max_in_a_row` updates in a row were skipped for NaN/Inf loss or
+    gradients: the policy of sideways-train (train.max_non_finite_steps), as a callback.
+
+    keras.callbacks.TerminateOnNaN stops at the first such step; this one tolerates a
+    few (a bad clip now and then), and says why it stopped.
+    """
+
+    def __init__(self, max_in_a_row: int = 10):
+        super().__init__()
+        if isinstance(max_in_a_row, bool) or not isinstance(max_in_a_row, int) or max_in_a_row < 1:
+            raise ValueError(f"max_in_a_row must be a positive integer, got {max_in_a_row!r}.")
+        self.max_in_a_row = max_in_a_row
+        self.stopped_at = None  # the batch fit stopped at, if it did
+
+    def on_train_batch_end(self, batch, logs=None):
+        in_a_row = int((logs or {}).get("non_finite_in_a_row", 0))
+        if in_a_row >= self.max_in_a_row:
+            self.stopped_at = batch
+            self.model.stop_training = True
+            print(
+                f"StopOnNonFinite: {in_a_row} updates in a row (up to batch {batch}) had NaN "
+                "or Inf loss or gradients and were skipped; training stops. Check the input "
+                "data for NaN/Inf and the learning rate."
+            )
+
+    def get_config(self):
+        return {"max_in_a_row": self.max_in_a_row}
+
+
 def _metric(m):
     """A metric instance from a name or instance; "accuracy" means sparse categorical."""
     if isinstance(m, str) and m in ACCURACY_NAMES:
@@ -414,4 +468,4 @@ def _metric(m):
     return keras.metrics.get(m) if isinstance(m, str) else m
 
 
-__all__ = ["SidewaysModel"]
+__all__ = ["SidewaysModel", "StopOnNonFinite"]

@@ -267,3 +267,45 @@ def test_tensorboard_gets_the_engines_scalars_and_lr_scheduler_and_custom_metric
             for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
                 tags.update(v.tag for v in event.summary.value)
     assert {"epoch_grad_norm/unit_1", "epoch_fidelity/unit_2", "epoch_loss"} <= tags
+
+
+# -- Non-finite steps in fit (issue 26, item 1) -----------------------------------------
+
+
+def nan_batches(pattern, batch=2):
+    """(clips, labels) batches of tiny moving_shapes, NaN clips where pattern[i] is True."""
+    out = []
+    for (clips, labels), bad in zip(shapes(2 * len(pattern), batch), pattern):
+        out.append((np.full_like(clips, np.nan) if bad else clips.numpy(), labels.numpy()))
+    clips, labels = (np.concatenate(x) for x in zip(*out))
+    return tf.data.Dataset.from_tensor_slices((clips, labels)).batch(batch)
+
+
+def test_non_finite_steps_in_fit_are_logged_warned_and_stop_terminate_on_nan():
+    model = tiny_model()
+    with pytest.warns(RuntimeWarning, match=r"step 1: the loss or gradients are NaN/Inf"):
+        history = model.fit(
+            nan_batches([True, True, True]),
+            verbose=0,
+            callbacks=[keras.callbacks.TerminateOnNaN()],
+        )
+    # Nothing was applied, the loss says so (not 0.0), and TerminateOnNaN stopped at once.
+    assert int(model.optimizer.iterations) == 0
+    assert np.isnan(history.history["loss"][0])
+    assert history.history["non_finite_steps"][0] == 1
+
+
+def test_half_non_finite_batches_are_counted_and_stop_on_non_finite_stops_in_a_row():
+    model = tiny_model()
+    with pytest.warns(RuntimeWarning):
+        history = model.fit(nan_batches([False, True, False, True]), verbose=0)
+    assert int(model.optimizer.iterations) == 2  # the two finite batches
+    assert history.history["non_finite_steps"][0] == 2
+    assert np.isnan(history.history["loss"][0])  # the epoch's last batch was skipped
+    stop = sw.StopOnNonFinite(max_in_a_row=2)
+    model = tiny_model()
+    with pytest.warns(RuntimeWarning):
+        model.fit(nan_batches([True, False, True, True, False, False]), verbose=0, callbacks=[stop])
+    assert stop.stopped_at == 3 and int(model.optimizer.iterations) == 1  # batch 1 only
+    with pytest.raises(ValueError, match="max_in_a_row must be a positive integer"):
+        sw.StopOnNonFinite(max_in_a_row=0)
