@@ -36,9 +36,8 @@ def evaluate(engine: Engine, dataset: tf.data.Dataset, progress: bool = False) -
     metrics = engine.task.metrics()
     batches = dataset.batch(engine.batch_per_process).prefetch(2)
     bar = tqdm.tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False)
-    next_video = 0
+    next_video, label_key = 0, engine.task.label_key
     for batch in bar:
-        label_key = engine.task.label_key
         labels = batch[label_key] if label_key else None
         _, next_video = score_batch(
             engine, metrics, batch["frames"], labels, batch.get("video_index"), next_video

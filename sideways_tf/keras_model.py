@@ -222,34 +222,28 @@ class SidewaysModel(keras.Model):
         """(clips, labels or None, videos or None) of a batch: (clips, labels), clips alone,
         or a dict of the data contract ({"frames", "label", "video_index"}: what the
         library's readers yield, batched)."""
+        key = self.pipeline.task.label_key
         if isinstance(data, dict) and "frames" in data:
-            key = self.pipeline.task.label_key
             if key is not None and key not in data:
                 raise ValueError(
                     f"The batch has no {key!r}, which the pipeline's task "
                     f"({type(self.pipeline.task).__name__}) scores clips against."
                 )
             return data["frames"], data.get(key) if key else None, data.get("video_index")
-        clips, labels = self._clips_and_labels(data)
-        return clips, labels, None
-
-    def _clips_and_labels(self, data):
-        if isinstance(data, dict) and "frames" in data:
-            return self._unpack(data)[:2]
         clips, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
         if weights is not None:
             raise ValueError(
                 "SidewaysModel does not take sample weights: every valid step of every clip "
                 "counts alike. Give (clips, labels) or clips alone."
             )
-        if self.pipeline.task.label_key is None:
+        if key is None:
             labels = None  # the frames are the targets
         elif labels is None:
             raise ValueError(
                 f"The pipeline's task ({type(self.pipeline.task).__name__}) scores clips "
                 "against labels: give a dataset of (clips [B, K, *frame], labels [B])."
             )
-        return clips, labels
+        return clips, labels, None
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -257,7 +251,7 @@ class SidewaysModel(keras.Model):
         self._require_engine("fit()")
 
         def train_function(iterator):
-            clips, labels = self._clips_and_labels(next(iterator))
+            clips, labels, _ = self._unpack(next(iterator))
             out = self.engine.train_clip(clips, labels)
             self._steps += 1
             skipped = not bool(out["applied"]) and not bool(out["overflow"])
