@@ -9,6 +9,9 @@ Public API:
   StopOnNonFinite                    a callback: stop fit after N skipped (NaN/Inf) updates
   units_from_model, replace_batch_norm  your own functional model as units (cut.py)
   sideways_tf.modes, sideways_tf.tasks   Mode and Task values (modes.py, tasks/)
+  sideways_tf.export                 the streaming SavedModel: export.export(model, dir, batch_size=1)
+  sideways_tf.online                 learning on one stream: online_stream (in-stream before update), held_out
+  sideways_tf.diagnostics            StallWatch: a Sideways run that stalls warns, naming the unit
   Classification, FutureFrames       the tasks (gin: train.task = @Classification()); FrameLoss: the older name of FutureFrames
   make_runtime, Runtime              strategies, replicas, units on cores (distribute.py)
   sideways_tf.precision              mixed precision: policy_scope, loss_scaling
@@ -41,6 +44,9 @@ _EXPORTS = {
     "FutureFrames": "tasks",
     "tasks": None,
     "modes": None,
+    "export": None,
+    "online": None,
+    "diagnostics": None,
     "Pipeline": "pipeline",
     "PipelineState": "pipeline",
     "Edge": "topology",

@@ -62,7 +62,9 @@ def _import_tensorflow(verbosity: int):
     """Imports TensorFlow at the log level asked for (unless TF_CPP_MIN_LOG_LEVEL is set).
 
     Its C++ start-up lines bypass that level, so at verbosity 0 they go to a
-    temporary file, shown only if the import fails.
+    temporary file, shown only if the import fails. The first look at the devices
+    happens there too: on a machine without a GPU driver it logs "failed call to
+    cuInit", an error line that means only "no GPU here"; other lines it logs are kept.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(max(0, 2 - verbosity)))
     if verbosity > 0 or "tensorflow" in sys.modules:
@@ -76,6 +78,16 @@ def _import_tensorflow(verbosity: int):
             held.seek(0)
             sys.__stderr__.write(held.read().decode(errors="replace"))
             raise
+    with tempfile.TemporaryFile() as held:
+        with _stderr_to(held):
+            tensorflow.config.list_physical_devices()
+        held.seek(0)
+        lines = held.read().decode(errors="replace").splitlines(keepends=True)
+        sys.stderr.write("".join(line for line in lines if not _NO_GPU.search(line)))
+
+
+# What TensorFlow logs when it looks for a GPU on a machine without one: not a fault.
+_NO_GPU = re.compile(r"failed call to cuInit|Could not find cuda drivers")
 
 
 @contextlib.contextmanager
@@ -245,15 +257,29 @@ def train_main(argv: list[str] | None = None):
 
 def eval_main(argv: list[str] | None = None):
     parser = _parser("Evaluate the latest checkpoint of a sideways-train workdir.")
+    parser.add_argument(
+        "--protocols",
+        default="",
+        help=(
+            "Also the field's classification protocols, comma-separated: multiview (N clips "
+            "x 3 crops per video, N = clip_sampling.multiview_clips) and / or streaming (each "
+            "video run once, frame by frame); reported apart (multiview_*, streaming_*)."
+        ),
+    )
     args = parser.parse_args(argv)
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    unknown = sorted(set(protocols) - {"multiview", "streaming"})
+    if unknown:
+        parser.error(f"--protocols: unknown {unknown}; choose from multiview, streaming.")
     _import_tensorflow(args.verbosity)
     with _reported("sideways-eval", args.verbosity):
         from sideways_tf import evaluate
 
         result = evaluate.evaluate_workdir(
-            args.workdir, tuple(args.gin_param + _runtime_params(args))
+            args.workdir, tuple(args.gin_param + _runtime_params(args)), protocols=protocols
         )
     print(f"step {result['step']} ({result['checkpoint']}): {result['eval']}")
+    print(result["headline"])
 
 
 def export_main(argv: list[str] | None = None):

@@ -11,6 +11,7 @@ both and branches on neither.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -33,6 +34,37 @@ from sideways_tf.rules import (
     sideways_step,
 )
 from sideways_tf.rules import gradient_fidelity as _rule_fidelity
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def one_message(method):
+    """A library check raised while a step was traced reaches the caller as one message.
+
+    TensorFlow re-raises an error from inside a tf.function with the autograph stack
+    ("in user code: ..."), 40-80 lines before the line that says what to fix. When the
+    innermost frame is sideways_tf's own check (a ValueError, TypeError or KeyError
+    raised in this package: a unit's output shape, a label out of range), the error is
+    raised again, same type, with that check's message alone and a traceback that ends
+    at this call. Anything else (a fault inside TensorFlow or in a user's layer) keeps
+    TensorFlow's report.
+    """
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (ValueError, TypeError, KeyError) as e:
+            meta = getattr(e, "ag_error_metadata", None)
+            stack = getattr(meta, "translated_stack", None)
+            if not stack or not os.path.abspath(stack[0].filename).startswith(_PACKAGE_DIR):
+                raise
+            prefix = f"{type(e).__name__}: "
+            text = meta.cause_message
+            error = type(e)(text[len(prefix) :] if text.startswith(prefix) else text)
+        raise error from None
+
+    return call
 
 
 def step_targets(pipeline: Pipeline, mode: str | Mode, clip, labels):
@@ -222,6 +254,7 @@ class Engine:
         self.pipeline.reset_state()
         self.frames_seen.assign(0)
 
+    @one_message
     def train_clip(self, clip, labels=None) -> dict:
         """Trains on a batch of clips [B, K, *frame] with labels [B]; returns metrics.
 
@@ -401,6 +434,7 @@ class Engine:
 
     # -- Evaluation --------------------------------------------------------------
 
+    @one_message
     def predict_clip(self, clip):
         """Top outputs averaged over valid steps, from a fresh state: [B, K, ...] -> [B, ...].
 
@@ -418,6 +452,7 @@ class Engine:
     def _replica_predict(self, clip):
         return self.mode.predict_clip(self.pipeline, clip, training=False)
 
+    @one_message
     def predict_steps(self, clip) -> dict:
         """Every step's top output from a fresh state, with its target.
 
@@ -444,6 +479,7 @@ class Engine:
 
     # -- Diagnostics -------------------------------------------------------------
 
+    @one_message
     def gradient_fidelity(self, clip, labels=None) -> dict:
         """Per unit, how well the sideways gradient matches bptt's on this clip.
 

@@ -2,6 +2,8 @@
 
     sideways-export --workdir=/tmp/run --output=/tmp/run/export [--batch_size=1]
     sideways_tf.export.export(workdir_or_pipeline, "/tmp/export", batch_size=1)   # Python
+    sw.export.export(model, "/tmp/export", batch_size=1, tflite=True)  # + model.tflite
+    model.export("/tmp/export", batch_size=1)        # a SidewaysModel: the same, Keras' name
 
 From Python, `export` takes a workdir or a Pipeline / SidewaysModel in memory (one
 you built and trained yourself, e.g. from units_from_model); both write the same
@@ -401,35 +403,13 @@ def _from_memory(model, batch_size: int, mode=None) -> tuple[Pipeline, dict, mod
             "(set_weights), and export that; or export the workdir of a run "
             "(sideways-export --workdir=W rebuilds it in float32)."
         )
-    config = model.get_config()
-    config.update(batch_size=batch_size, frame_shape=tuple(model.frame_shape))
-    # Unpinned: traced on the default device (from_config leaves the units unbuilt, so
-    # their buffers take the new batch).
-    config["units"] = [{**u, "config": {**u["config"], "device": None}} for u in config["units"]]
-    try:
-        copy = Pipeline.from_config(config)
-    except Exception as e:
-        raise ValueError(
-            f"export could not rebuild the pipeline from its Keras config for batch_size="
-            f"{batch_size} ({type(e).__name__}: {e}). Register your own layers with "
-            "@keras.saving.register_keras_serializable() and give them get_config, or train "
-            "with sideways-train and export its workdir (sideways-export --workdir=W)."
-        ) from e
-    ours, theirs = _parameters(copy), _parameters(model)
-    if len(ours) != len(theirs):
-        raise ValueError(
-            f"export rebuilt the pipeline from its Keras config with {len(ours)} parameters, "
-            f"but it has {len(theirs)}: some layer's get_config does not rebuild it as it is. "
-            "Fix that get_config, or export the workdir of a run (sideways-export --workdir=W)."
-        )
-    for new, old in zip(ours, theirs):
-        if new.name != old.name or tuple(new.shape) != tuple(old.shape):
-            raise ValueError(
-                f"export rebuilt the pipeline, but its parameter {new.path} {tuple(new.shape)} "
-                f"does not match {old.path} {tuple(old.shape)}: the layers' get_config does "
-                "not rebuild them as they are. Fix their get_config, or export a workdir."
-            )
-        new.assign(old.numpy())
+    copy = rebuild_pipeline(
+        model,
+        batch_size,
+        pinned=False,
+        what="export",
+        otherwise="train with sideways-train and export its workdir (sideways-export --workdir=W)",
+    )
     metadata = _metadata(
         copy,
         copy.frame_shape,
@@ -444,8 +424,65 @@ def _from_memory(model, batch_size: int, mode=None) -> tuple[Pipeline, dict, mod
     return copy, metadata, mode
 
 
-def _parameters(pipeline: Pipeline) -> list:
-    """Every weight of the units and the head but the buffers, in build order."""
+def rebuild_pipeline(
+    pipeline: Pipeline,
+    batch_size: int,
+    pinned: bool = True,
+    what: str = "rebuild_pipeline",
+    otherwise: str = "build the pipeline for that batch size in your own code",
+) -> Pipeline:
+    """A copy of a built pipeline whose buffers hold `batch_size` clips, with its parameters.
+
+    The copy is rebuilt from the pipeline's Keras config (Pipeline.from_config: units and
+    head unbuilt), so its buffers take the new B ([B, *out_i], delay lines [d, B, *in]) and
+    start at zero; every other weight, trainable or not, is copied. pinned: placed as the
+    pipeline is (its plan and cores); False: no device pins, every unit on the default
+    device. The pipeline given is left as it was. what, otherwise: who asks, and the
+    alternative to name, in the messages of a layer whose get_config does not rebuild it.
+    """
+    _check_batch_size(batch_size)
+    config = pipeline.get_config()
+    config.update(batch_size=None, frame_shape=None)  # built below, once placed
+    if not pinned:
+        config["units"] = [
+            {**u, "config": {**u["config"], "device": None}} for u in config["units"]
+        ]
+    try:
+        copy = Pipeline.from_config(config)
+    except Exception as e:
+        raise ValueError(
+            f"{what} could not rebuild the pipeline from its Keras config for batch_size="
+            f"{batch_size} ({type(e).__name__}: {e}). Register your own layers with "
+            "@keras.saving.register_keras_serializable() and give them get_config, or "
+            f"{otherwise}."
+        ) from e
+    if pinned:
+        copy.plan, copy.cores = pipeline.plan, list(pipeline.cores)
+    else:
+        _unpin(copy)
+    copy.build((batch_size, *pipeline.frame_shape))
+    ours, theirs = parameters(copy), parameters(pipeline)
+    if len(ours) != len(theirs):
+        raise ValueError(
+            f"{what} rebuilt the pipeline from its Keras config with {len(ours)} parameters, "
+            f"but it has {len(theirs)}: some layer's get_config does not rebuild it as it is. "
+            f"Fix that get_config, or {otherwise}."
+        )
+    for new, old in zip(ours, theirs):
+        if new.name != old.name or tuple(new.shape) != tuple(old.shape):
+            raise ValueError(
+                f"{what} rebuilt the pipeline, but its parameter {new.path} "
+                f"{tuple(new.shape)} does not match {old.path} {tuple(old.shape)}: the "
+                f"layers' get_config does not rebuild them as they are. Fix their "
+                f"get_config, or {otherwise}."
+            )
+        new.assign(old.numpy())
+    return copy
+
+
+def parameters(pipeline: Pipeline) -> list:
+    """Every weight of the units and the head, trainable or not, but the state buffers:
+    the pipeline's parameters, in build order."""
     buffers = {id(b) for b in pipeline.state_variables()}
     weights = [w for u in pipeline.units for w in u.weights if id(w) not in buffers]
     return weights + (list(pipeline.head.weights) if pipeline.head is not None else [])
@@ -489,7 +526,13 @@ def check_output(output: str) -> list[str]:
     return present
 
 
-def export(source, output: str, batch_size: int = 1, mode: modes.Mode | str | None = None) -> dict:
+def export(
+    source,
+    output: str,
+    batch_size: int = 1,
+    mode: modes.Mode | str | None = None,
+    tflite: bool = False,
+) -> dict:
     """Writes the streaming SavedModel of `source` to `output`.
 
     source: a workdir (its newest readable checkpoint), or a built Pipeline or
@@ -502,9 +545,14 @@ def export(source, output: str, batch_size: int = 1, mode: modes.Mode | str | No
     training may rotate it away meanwhile. `output` is checked first (check_output);
     the export is written beside it and then swapped in, so a previous export there is
     replaced whole (its model.tflite too) and a failed export leaves it as it was.
+    tflite: also write output/model.tflite, the step (convert_tflite; sideways-export
+    --tflite).
     Returns the metadata (also written to output/sideways_export.json), with
-    "replaced": the previous export's files (not in the file).
+    "replaced": the previous export's files, and "tflite": the TFLite file's path or
+    None (neither in the file).
     """
+    if not isinstance(tflite, bool):
+        raise ValueError(f"tflite must be True or False, got {tflite!r}.")
     previous = check_output(output)
     if isinstance(source, (str, os.PathLike)):
         pipeline, metadata, mode = _from_workdir(os.fspath(source), batch_size, mode)
@@ -519,13 +567,16 @@ def export(source, output: str, batch_size: int = 1, mode: modes.Mode | str | No
         tf.saved_model.save(module, staging, signatures=module.signatures())
         with tf.io.gfile.GFile(os.path.join(staging, METADATA_FILE), "w") as f:
             f.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if tflite:
+            convert_tflite(staging)
         if tf.io.gfile.exists(output):
             tf.io.gfile.rmtree(output)
         tf.io.gfile.rename(staging, output)
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
-    return {**metadata, "replaced": previous}
+    written = os.path.join(output, "model.tflite") if tflite else None
+    return {**metadata, "replaced": previous, "tflite": written}
 
 
 def convert_tflite(output: str) -> str:

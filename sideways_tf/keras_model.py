@@ -25,6 +25,15 @@ num_videos and num_clips, future frames psnr, ssim and the copy-last-frame
 baseline), the same numbers sideways-eval reports; and the engine's health figures per unit, grad_norm/unit_i (and,
 with compile(fidelity_every=N), fidelity/unit_i: the sideways-vs-bptt gradient
 cosine), which Keras' TensorBoard callback writes as scalars.
+
+The batch is fixed per model, not per set of weights: the state buffers [B, ...] are
+state, not parameters, so weights saved at one B load into a model built for another
+(the buffers start at zero), and `model.with_batch_size(n)` is the same model for n
+clips per replica (predict, evaluate or export at B=1 what trained at B=16). fit refuses,
+before its first step, training data that would end in a partial batch (numpy arrays
+whose length is not a multiple of the batch; a tf.data dataset batched without
+drop_remainder=True), and predict and evaluate refuse clips too short to have a scored
+step (K < T_fill).
 """
 
 from __future__ import annotations
@@ -35,8 +44,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sideways_tf import diagnostics, modes, tasks
 from sideways_tf import evaluate as evaluation
-from sideways_tf import modes, tasks
+from sideways_tf import export as export_lib
 from sideways_tf.engine import Engine
 from sideways_tf.pipeline import Pipeline
 
@@ -91,6 +101,7 @@ class SidewaysModel(keras.Model):
             raise ValueError(
                 "Build the pipeline first: Pipeline(..., batch_size=B, frame_shape=...)."
             )
+        _check_logits_head(pipeline)
         self.pipeline = pipeline
         self.engine = None
         self.built = True
@@ -111,6 +122,8 @@ class SidewaysModel(keras.Model):
         carry_state: bool = False,
         jit_compile: bool = False,
         fidelity_every: int = 0,
+        stall_after: int = 200,
+        fidelity_floor: float = 0.1,
         **kwargs,
     ):
         """Sets the optimizer, metrics and the Sideways engine.
@@ -123,6 +136,10 @@ class SidewaysModel(keras.Model):
         mode: a name of sideways_tf.MODES; update_every, carry_state, jit_compile: as
           sideways_tf.Engine. fidelity_every: every N training steps, log the per-unit
           cosine of the sideways gradient against bptt's (0: never).
+        stall_after, fidelity_floor: in a Sideways mode, warn (RuntimeWarning) when the
+          training loss is still at chance after `stall_after` steps (0: off), or when a
+          unit's fidelity (with fidelity_every) stays below `fidelity_floor` for 3
+          samples in a row, naming the unit and what usually helps (sideways_tf.diagnostics).
         """
         if kwargs.get("steps_per_execution", 1) != 1:
             raise ValueError(
@@ -137,9 +154,18 @@ class SidewaysModel(keras.Model):
                     "sw.tasks.FutureFrames(horizon=1)."
                 )
             self.pipeline.task = loss
+            _check_logits_head(self.pipeline)
         if isinstance(fidelity_every, bool) or not isinstance(fidelity_every, int):
             raise ValueError(f"fidelity_every must be an integer >= 0, got {fidelity_every!r}.")
         mode_name = modes.get(mode).name
+        watch = diagnostics.StallWatch(
+            mode=mode_name,
+            approximate=modes.get(mode).approximate,
+            units=[u.name for u in self.pipeline.units],
+            chance_loss=self.pipeline.task.chance_loss(self.pipeline.top_output_shape),
+            after_steps=stall_after,
+            fidelity_floor=fidelity_floor,
+        )  # (checks the two thresholds before anything is compiled)
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
         with self.distribute_strategy.scope():
             self.engine = Engine(
@@ -156,6 +182,8 @@ class SidewaysModel(keras.Model):
             carry_state=carry_state,
             jit_compile=jit_compile,
             fidelity_every=fidelity_every,
+            stall_after=stall_after,
+            fidelity_floor=fidelity_floor,
             metrics=[
                 m if isinstance(m, str) else keras.saving.serialize_keras_object(m)
                 for m in metrics or []
@@ -165,6 +193,7 @@ class SidewaysModel(keras.Model):
         self._loss_mean = keras.metrics.Mean(name="loss")
         self._means: dict[str, keras.metrics.Mean] = {}
         self._fidelity_every = fidelity_every
+        self._watch = watch
         self._steps = 0
         self._non_finite_steps = self._non_finite_in_a_row = 0  # skipped updates (fit)
 
@@ -183,7 +212,16 @@ class SidewaysModel(keras.Model):
         optimizer = config.pop("optimizer", "adam")
         if isinstance(optimizer, dict):
             optimizer = keras.saving.deserialize_keras_object(optimizer)
-        keep = ("mode", "update_every", "carry_state", "jit_compile", "fidelity_every", "metrics")
+        keep = (
+            "mode",
+            "update_every",
+            "carry_state",
+            "jit_compile",
+            "fidelity_every",
+            "stall_after",
+            "fidelity_floor",
+            "metrics",
+        )
         self.compile(optimizer=optimizer, **{k: config[k] for k in keep if k in config})
 
     @property
@@ -259,6 +297,8 @@ class SidewaysModel(keras.Model):
                 self._loss_mean.update_state(out["loss"])
                 self._update_output_metrics(labels, out["outputs"])
                 self._non_finite_in_a_row = 0
+                for warning in self._watch.loss(self._steps, float(out["loss"])):
+                    warnings.warn(f"SidewaysModel.fit, {warning}", RuntimeWarning, stacklevel=2)
             elif skipped:  # (a float16 overflow only lowers the loss scale: not the data's fault)
                 self._non_finite_in_a_row += 1
                 self._non_finite_steps += 1
@@ -279,6 +319,8 @@ class SidewaysModel(keras.Model):
                 fid = self.engine.gradient_fidelity(*host)
                 for i, c in enumerate(np.asarray(fid["cosine"]), start=1):
                     self._mean_metric(f"fidelity/unit_{i}").update_state(c)
+                for warning in self._watch.fidelity(self._steps, np.asarray(fid["cosine"])):
+                    warnings.warn(f"SidewaysModel.fit, {warning}", RuntimeWarning, stacklevel=2)
             logs = self._logs()
             logs["non_finite_steps"] = self._non_finite_steps
             logs["non_finite_in_a_row"] = self._non_finite_in_a_row
@@ -301,6 +343,8 @@ class SidewaysModel(keras.Model):
         def test_function(iterator):
             clips, labels, videos = self._unpack(next(iterator))
             clips, labels = self._host(clips), None if labels is None else self._host(labels)
+            self._check_batch(int(clips.shape[0]))
+            self._check_scored_steps(int(clips.shape[1]), "evaluate")
             videos = None if videos is None else self._host(videos)
             batch, self._next_video = evaluation.score_batch(
                 self.engine, self._evaluation, clips, labels, videos, self._next_video
@@ -333,6 +377,7 @@ class SidewaysModel(keras.Model):
             (data,) = data  # Keras hands a list of steps_per_execution (= 1) batches
             clips, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             clips, n = self._padded(clips)
+            self._check_scored_steps(int(self._local_clips(clips).shape[1]), "predict")
             if getattr(self, "_per_step", False):
                 return self.engine.predict_steps(clips)["outputs"][:n]
             return self.engine.predict_clip(clips)[:n]
@@ -340,10 +385,46 @@ class SidewaysModel(keras.Model):
         self.predict_function = predict_function
         return predict_function
 
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        """Keras' fit, its training data checked before the first step.
+
+        Arrays (numpy, tensors) are batched by the model's batch (batch_size defaults to
+        it, R x B); a length that is not a multiple of it, or a tf.data dataset whose batch
+        axis is not that static size (batched without drop_remainder=True), is refused
+        with the fix for that kind of input: a partial last batch cannot train (the
+        buffers hold B clips) and would otherwise fail after the epoch's full batches.
+        class_weight is refused: every valid step of every clip weighs alike.
+        """
+        if self.engine is None:  # Keras says what to do (call compile())
+            return super().fit(x, y, batch_size=batch_size, **kwargs)
+        if kwargs.get("class_weight") is not None:
+            raise ValueError(
+                "SidewaysModel.fit does not take class_weight: the engine's loss weighs every "
+                "valid step of every clip alike. To balance the classes, resample the training "
+                "data instead, e.g. tf.data.Dataset.sample_from_datasets over one dataset per "
+                "class with the weights you want, or Dataset.rejection_resample."
+            )
+        batch_size = self._batch_for_arrays(x, batch_size, "fit")
+        self._check_whole_batches(x, kwargs.get("validation_split") or 0.0)
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        """Keras' evaluate (see make_test_function); arrays are batched by the model's batch
+        (batch_size defaults to it; a last partial batch is padded, its padding unscored)."""
+        if self.engine is not None:
+            batch_size = self._batch_for_arrays(x, batch_size, "evaluate")
+        return super().evaluate(x, y, batch_size=batch_size, **kwargs)
+
     def predict(
         self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, per_step=False
     ):
-        """Outputs averaged over valid steps [N, ...], or every step's [N, K, ...] (per_step)."""
+        """Outputs averaged over valid steps [N, ...], or every step's [N, K, ...] (per_step).
+
+        Arrays are batched by the model's batch (batch_size defaults to it; a last partial
+        batch is padded). Clips shorter than T_fill (no scored step) are refused.
+        """
+        self._require_engine("predict()")
+        batch_size = self._batch_for_arrays(x, batch_size, "predict")
         previous, self._per_step = getattr(self, "_per_step", False), per_step
         self.predict_function = None
         try:
@@ -358,6 +439,78 @@ class SidewaysModel(keras.Model):
         """Zeroes the buffers (the next clip starts new videos; carry_state runs)."""
         self._require_engine("reset_state()")
         self.engine.reset_state()
+
+    # -- Another batch size; export ----------------------------------------------------
+
+    def with_batch_size(self, batch_size: int) -> SidewaysModel:
+        """This model for `batch_size` clips per replica (B): the same parameters, compiled
+        alike (mode, metrics, engine settings, and the optimizer with its state).
+
+        For predict, evaluate or export at another batch than the one trained at (weights
+        trained at B=16, run at B=1), or more training. The pipeline is rebuilt from its
+        Keras config (export.rebuild_pipeline: placed as this one, inside this model's
+        strategy), so the state buffers [B, ...] take the new B and start at zero; this
+        model is left as it was. Weights files need no such step: load_weights fits a file
+        saved at any B (the buffers are state, not parameters).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"with_batch_size takes the clips per replica, B, a positive integer; got "
+                f"{batch_size!r}."
+            )
+        with self.distribute_strategy.scope():
+            pipeline = export_lib.rebuild_pipeline(
+                self.pipeline,
+                batch_size,
+                what="with_batch_size",
+                otherwise="build the model for that batch size and load_weights into it",
+            )
+            model = SidewaysModel(pipeline=pipeline, name=self.name)
+            if self.engine is not None:
+                model.compile_from_config(self.get_compile_config())
+                ours, theirs = model.optimizer.variables, self.optimizer.variables
+                if self.optimizer.built and [v.shape for v in ours] == [v.shape for v in theirs]:
+                    for new, old in zip(ours, theirs):
+                        new.assign(old)
+        return model
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        batch_size: int = 1,
+        tflite: bool = False,
+        **kwargs,
+    ) -> dict:
+        """The streaming SavedModel of this model: sideways_tf.export.export(self, filepath,
+        batch_size, tflite=...), under Keras' name.
+
+        Not Keras' `serve` endpoint: a SidewaysModel carries state from frame to frame, so
+        the export steps one frame at a time (signatures init_state() and step(frame,
+        **state); README "Streaming export") for `batch_size` streams, in the compiled
+        mode's network. tflite: also filepath/model.tflite. Returns the export's metadata.
+        """
+        if format != "tf_saved_model" or input_signature is not None or kwargs:
+            given = {"format": format, "input_signature": input_signature, **kwargs}
+            raise ValueError(
+                f"SidewaysModel.export takes batch_size and tflite, not {given}: it writes the "
+                "streaming SavedModel (init_state and step(frame, **state), one frame per "
+                "step), which a whole-clip Keras export cannot express. Call "
+                "model.export(dir, batch_size=1) (model.export(dir, tflite=True) adds "
+                "dir/model.tflite), or sw.export.export(model, dir, batch_size=1)."
+            )
+        metadata = export_lib.export(self, filepath, batch_size=batch_size, tflite=tflite)
+        if verbose or verbose is None:
+            print(
+                f"Exported the {metadata['network']} network of mode {metadata['mode']} to "
+                f"{filepath} for {batch_size} stream(s): signatures init_state() and "
+                f"step(frame, **state), frames {[batch_size, *metadata['frame_shape']]}"
+                + (f"; TFLite: {metadata['tflite']}" if tflite else "")
+                + "."
+            )
+        return metadata
 
     # -- Helpers ---------------------------------------------------------------------
 
@@ -383,15 +536,126 @@ class SidewaysModel(keras.Model):
             return clips, self.engine.batch_per_process
         clips = tf.convert_to_tensor(clips)
         n = int(clips.shape[0])
+        self._check_batch(n)
+        return tasks.pad_batch(clips, self.engine.batch_per_process), n
+
+    def _local_clips(self, clips):
+        """This process's first replica's clips (the clips themselves without a strategy)."""
+        if isinstance(clips, tf.distribute.DistributedValues):
+            return self.distribute_strategy.experimental_local_results(clips)[0]
+        return clips
+
+    def _check_batch(self, n: int):
+        """Refuses a batch of more clips than one step holds (evaluate, predict)."""
         if n > self.engine.batch_per_process:
             raise ValueError(
                 f"A batch of {n} clips, but the model holds {self.engine.batch_per_process} "
-                "per step (batch_size B per replica x the local replicas): batch the data by "
-                "that."
+                f"per step ({self._batch_words()}): batch the data by that, or use "
+                f"model.with_batch_size(b), the same model for b clips per replica."
             )
-        return tasks.pad_batch(clips, self.engine.batch_per_process), n
+
+    def _batch_words(self) -> str:
+        """How the batch of one step is made, in words: B, or R local replicas x B."""
+        b, r = self.pipeline.batch_size, self.engine.local_replicas
+        return f"batch_size B={b}" if r == 1 else f"{r} local replicas x batch_size B={b}"
+
+    # -- Input checks (before the first step) --------------------------------------
+
+    def _batch_for_arrays(self, x, batch_size, what: str):
+        """The batch_size Keras batches arrays by: the model's (R x B) unless given; another
+        is refused. Datasets and generators batch themselves (batch_size unused)."""
+        frames = _array_frames(x)
+        if frames is None:
+            return batch_size
+        step = self.engine.batch_per_process
+        # fit trains whole batches only; evaluate and predict pad a smaller one
+        if batch_size is not None and (batch_size > step or what == "fit" and batch_size < step):
+            raise ValueError(
+                f"{what}(batch_size={batch_size}), but the model takes {step} clips per step "
+                f"({self._batch_words()}; the state buffers hold them). Leave batch_size out "
+                f"(it defaults to {step}), or use model.with_batch_size(b): the same model "
+                "for b clips per replica."
+            )
+        return step if batch_size is None else batch_size
+
+    def _check_whole_batches(self, x, validation_split: float = 0.0):
+        """Refuses training data that would end in a partial batch, before the first step.
+
+        Arrays: their length (less fit's validation_split) must be a multiple of the batch.
+        A tf.data dataset: its batch axis (element_spec) must be the batch, static: a None
+        axis means it was batched without drop_remainder=True, and may end short.
+        """
+        step = self.engine.batch_per_process
+        frames = _array_frames(x)
+        if frames is not None:
+            n = int(frames.shape[0])
+            if validation_split:  # what Keras keeps for training
+                n = int(np.floor(n * (1.0 - validation_split)))
+            if n % step:
+                raise ValueError(_partial_arrays_message(n, step, self.engine.local_replicas))
+            return
+        if not isinstance(x, tf.data.Dataset):
+            return  # generators, PyDatasets, distributed datasets: checked per batch
+        spec = _frames_spec(x.element_spec)
+        rank = 2 + len(self.pipeline.frame_shape)  # [B, K, *frame]
+        if spec is None or spec.shape.rank is None or spec.shape.rank not in (rank, rank - 1):
+            return  # (a wrong shape: check_clip names it at the first batch)
+        if spec.shape.rank == rank - 1:
+            raise ValueError(
+                f"The training data yields single clips (element_spec {spec.shape}, "
+                f"[K, *frame]); batch them by the model's batch: "
+                f".batch({step}, drop_remainder=True)."
+            )
+        b = spec.shape[0]
+        if b is None:
+            raise ValueError(
+                f"The training data's batch axis is not fixed (element_spec {spec.shape}): a "
+                "dataset batched without drop_remainder=True ends in a smaller batch when its "
+                f"clip count is not a multiple of {step}, and that batch cannot train (the "
+                f"state buffers hold {step} clips: {self._batch_words()}); fit would fail "
+                "there, after the epoch's full batches trained. Batch with "
+                f".batch({step}, drop_remainder=True), or, for a dataset batched already, "
+                f".rebatch({step}, drop_remainder=True)."
+            )
+        if b != step:
+            raise ValueError(
+                f"The training data's batches hold {b} clips (element_spec {spec.shape}), but "
+                f"the model takes {step} per step ({self._batch_words()}). Batch by {step} "
+                f"(.batch({step}, drop_remainder=True) or .rebatch({step}, "
+                "drop_remainder=True)), or use model.with_batch_size(b), the same model for b "
+                "clips per replica."
+            )
+
+    def _check_scored_steps(self, num_frames: int, what: str):
+        """Refuses clips with no scored step: shorter than T_fill, the first step whose top
+        output is built from real frames only (or too short for the task's targets)."""
+        mode, p = self.engine.mode, self.pipeline
+        first = mode.first_step(p)
+        if num_frames < first:
+            raise ValueError(
+                f"{what} got clips of K={num_frames} frames, but no step of so short a clip is "
+                f"scored in mode '{mode.name}' on this pipeline: the top output of step t is "
+                f"built from real frames only from step T_fill = {first} ({p.num_units} "
+                f"units, {p.topology.describe().splitlines()[0]}), and earlier steps mix in "
+                "the buffers' zero state (they are left out of the average, so nothing would "
+                f"be left: all-zero outputs). Give clips of at least {first} frames (far "
+                "more is better), or use fewer units or a topology that fills sooner."
+            )
+        p.task.check_clip_length(
+            num_frames, mode.input_lag(p), first, mode.name, f"{what}'s clips, axis 1"
+        )
 
     # -- Summary -----------------------------------------------------------------------
+
+    def count_params(self) -> int:
+        """Parameters: every weight of the units and the head, trainable or not, but not
+        the state buffers (count_buffers; summary lists both apart)."""
+        return int(sum(np.prod(v.shape) for v in export_lib.parameters(self.pipeline)))
+
+    def count_buffers(self) -> int:
+        """Elements of the state buffers (outputs, messages, delay lines): B times the
+        state of one stream; not parameters."""
+        return int(sum(np.prod(b.shape) for b in self.pipeline.state_variables()))
 
     def summary(self, print_fn=None, **kwargs):
         """Units, parameters and state buffers apart (buffers are not parameters)."""
@@ -414,6 +678,9 @@ class SidewaysModel(keras.Model):
             name = f"{i} {u.name}" + (" + head" if i == p.num_units and p.head is not None else "")
             lines.append(f"{name:<28}{str(shape[1:]):<22}{params[i - 1]:>12,}{buffers[i - 1]:>12,}")
         lines.append(f"Parameters (trainable): {sum(params):,}")
+        frozen = self.count_params() - sum(params)
+        if frozen:
+            lines.append(f"Parameters (non-trainable): {frozen:,}")
         lines.append(
             f"State buffers (outputs, messages, delay lines; not trained): {sum(buffers):,}"
         )
@@ -453,6 +720,72 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
     def get_config(self):
         return {"max_in_a_row": self.max_in_a_row}
+
+
+def _array_frames(x):
+    """The clips of array input (numpy, a tensor, or the data contract's dict of them), else
+    None (a dataset, a generator: Keras does not batch those)."""
+    if isinstance(x, dict) and "frames" in x:
+        x = x["frames"]
+    if isinstance(x, (np.ndarray, tf.Tensor)) and x.ndim >= 1:
+        return x
+    return None
+
+
+def _frames_spec(spec):
+    """The clips' TensorSpec in a dataset's element_spec: (clips, labels), a contract dict
+    ({"frames", ...}) or clips alone; None for anything else."""
+    if isinstance(spec, dict):
+        spec = spec.get("frames")
+    elif isinstance(spec, (tuple, list)) and spec:
+        spec = spec[0]
+    return spec if isinstance(spec, tf.TensorSpec) else None
+
+
+def _partial_arrays_message(n: int, step: int, replicas: int) -> str:
+    """Why arrays of n clips cannot train at `step` clips per step, and the numpy fixes."""
+    keep = n - n % step
+    fixes = [f"trim the arrays to {keep} clips (x[:{keep}], y[:{keep}])"] if keep else []
+    fits = [b for b in range(step // replicas, 0, -1) if n % (b * replicas) == 0]
+    if fits:  # the largest per-replica batch below this one that divides n
+        fixes.append(
+            f"pick a batch that divides {n}: model.with_batch_size({fits[0]}) is the same "
+            f"model for {fits[0]} clip{'s' if fits[0] > 1 else ''} per replica"
+        )
+    fixes = fixes or [f"give a multiple of {step} clips"]
+    where = "fit would fail there, after the full batches trained" if keep else "none would"
+    return (
+        f"fit got {n} training clips, not a multiple of the model's batch of {step} clips per "
+        f"step: the last batch would hold {n % step}, and a partial batch cannot train (the "
+        f"state buffers hold {step} clips; {where}). To fix, {' or '.join(fixes)}."
+    )
+
+
+def _check_logits_head(pipeline: Pipeline):
+    """Refuses a classifier whose last layer is a softmax: the task's loss takes logits."""
+    task = pipeline.task
+    if not isinstance(task, tasks.Classification) or not isinstance(task.loss_arg, str):
+        return  # (a loss of one's own may take probabilities)
+    top = pipeline.head if pipeline.head is not None else pipeline.units[-1].module
+    layer = _last_layer(top)
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
+        raise ValueError(
+            f"The head ends in a softmax (layer {layer.name!r}), but the task's loss "
+            f"({task.loss_arg}) takes logits: the probabilities would be softmaxed again, "
+            "which flattens the gradients and slows or stalls training. Drop the softmax "
+            "(e.g. keras.layers.Dense(12) without activation='softmax'); predict then gives "
+            "logits, and keras.ops.softmax(logits) the probabilities."
+        )
+
+
+def _last_layer(layer):
+    """The layer that makes a Sequential's or a functional model's output (nested too)."""
+    while isinstance(layer, keras.Model) and layer.layers:
+        if not isinstance(layer, keras.Sequential) and not getattr(layer, "outputs", None):
+            break  # a subclassed model: its last attribute need not make its output
+        layer = layer.layers[-1]
+    return layer
 
 
 def _metric(m):

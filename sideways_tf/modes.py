@@ -59,6 +59,11 @@ class Mode:
     def __str__(self):
         return self.name
 
+    @property
+    def approximate(self) -> bool:
+        """Whether its gradients are Sideways' approximation (gradient fidelity applies)."""
+        return self.rule is rules.sideways_gradients
+
     # -- Facts for a pipeline ---------------------------------------------------------
 
     def input_lag(self, pipeline) -> int:

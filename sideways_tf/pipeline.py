@@ -31,7 +31,7 @@ from sideways_tf import placement as placement_lib
 from sideways_tf import tasks
 from sideways_tf import topology as topology_lib
 from sideways_tf.steps import unroll
-from sideways_tf.units import Unit, _per_replica_buffers
+from sideways_tf.units import Unit, _per_replica_buffers, load_buffers
 
 
 class PipelineState(NamedTuple):
@@ -294,6 +294,11 @@ class Pipeline(keras.Layer):
             u.reset_state()
         for b in self.head_lines:
             b.assign(tf.zeros(b.shape, b.dtype))
+
+    def load_own_variables(self, store):
+        """Keras' loading of the pipeline's own variables, the head's delay lines: as
+        Unit.load_own_variables (a line saved at another batch size starts at zero)."""
+        load_buffers(getattr(self, "head_lines", []), store)
 
     # -- Forward passes ----------------------------------------------------------
 

@@ -98,6 +98,10 @@ class Settings:
     jit_compile: bool = False  # XLA-compile the update (units of a replica on one device)
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (loss-scaled)
     max_non_finite_steps: int = 10  # stop after this many non-finite updates in a row
+    stall_after: int = (
+        200  # sideways modes: warn if the loss is still at chance after N steps (0: off)
+    )
+    fidelity_floor: float = 0.1  # sideways modes: warn if a unit's fidelity stays below this
     # -- Logging and checkpoints
     log_every: int = 50  # training steps between train scalars
     fidelity_every: int = 250  # steps between sideways-vs-bptt gradient fidelity (0: off)
@@ -139,7 +143,7 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}.")
-        for name in ("fidelity_every", "images_every"):
+        for name in ("fidelity_every", "images_every", "stall_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0 (0: off), got {value!r}.")
@@ -149,6 +153,10 @@ class Settings:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"train.{name} must be a positive integer or None, got {value!r}.")
+        if isinstance(self.fidelity_floor, bool) or not -1.0 <= self.fidelity_floor <= 1.0:
+            raise ValueError(
+                f"train.fidelity_floor is a cosine in [-1, 1] (-1: off), got {self.fidelity_floor!r}."
+            )
         precision_lib.check_precision(self.precision, "train.precision")
         if self.task is not None and not isinstance(self.task, Task):
             raise ValueError(

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from sideways_tf import checkpointing, distribute, summaries
+from sideways_tf import checkpointing, diagnostics, distribute, summaries
 from sideways_tf import workdir as workdir_lib
 from sideways_tf.evaluate import check_eval_size, evaluate, headline
 from sideways_tf.runs import Run, build_run
@@ -127,6 +127,14 @@ def _train(
         run.writers,
     )
     task = pipeline.task
+    watch = diagnostics.StallWatch(
+        mode=engine.mode.name,
+        approximate=engine.mode.approximate,
+        units=[u.name for u in pipeline.units],
+        chance_loss=task.chance_loss(pipeline.top_output_shape),
+        after_steps=settings.stall_after,
+        fidelity_floor=settings.fidelity_floor,
+    )
     eval_ds = (
         settings.eval_data() if settings.eval_data is not None else None
     )  # finite; re-read each time
@@ -244,6 +252,8 @@ def _train(
                 continue
             non_finite_in_a_row = 0
             window["loss"].append(float(metrics["loss"]))
+            for warning in watch.loss(s, float(metrics["loss"])) if runtime.is_chief else ():
+                bar.write(f"warning: {warning}")
             for name, value in metrics.get("task", {}).items():
                 window[name].append(value)
 
@@ -286,12 +296,20 @@ def _train(
                     k[:3]: f"{v:.3f}" for k, v in {"loss": scalars["loss"], **task_scalars}.items()
                 }
                 bar.set_postfix(**shown, fps=f"{fps:.0f}")
+                if bar.disable and runtime.is_chief:  # (train.progress = False: a line instead)
+                    train_figures = {"loss": scalars["loss"], **task_scalars}
+                    figures = ", ".join(f"{k} {v:.3f}" for k, v in train_figures.items())
+                    print(f"step {s}: train {figures} ({fps:.0f} frames/s)", flush=True)
             if settings.fidelity_every and (s % settings.fidelity_every == 0 or s == 1):
                 fid = engine.gradient_fidelity(frames, host_labels)
                 summaries.write_per_unit(writers["train"], s, "fidelity/cosine", fid["cosine"])
                 summaries.write_per_unit(
                     writers["train"], s, "fidelity/norm_ratio", fid["norm_ratio"]
                 )
+                for warning in (
+                    watch.fidelity(s, np.asarray(fid["cosine"])) if runtime.is_chief else ()
+                ):
+                    bar.write(f"warning: {warning}")
             if settings.images_every and (s % settings.images_every == 0 or s == 1):
                 summaries.write_clips(writers["train"], s, "input_clips", frames)
             if s % settings.checkpoint_every == 0 or s == last:

@@ -14,6 +14,13 @@ build() (the static-batch pattern of Keras' stateful RNNs):
 Nothing else: no per-frame history, so the state does not grow with clip length.
 Buffers are stored in the unit's compute dtype (bfloat16 / float16 under a
 mixed Keras dtype policy, see sideways_tf.precision); parameters stay float32.
+
+A module holding BatchNormalization is refused (at construction, and again at
+build for layers a module creates in its build()): u_i[t] is B clips of one
+frame, never B*K frames, and the VJP is taken at the unit's current input
+(algorithm.md s.3), so batch statistics couple the clips of a batch in ways the
+gradient rules do not model (keras.applications ResNet50 at B=2 gave gradient
+norms of 1e8-1e10). `allow_batch_norm=True` is the opt-out.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class Unit(keras.Layer):
         topology (set by the Pipeline; one undelayed edge by default).
       has_message: whether the unit receives a gradient message (every unit but
         the top, whose gradient is its fresh loss gradient).
+      allow_batch_norm: accept a module that holds BatchNormalization (refused by
+        default, see the module docstring; sideways_tf.replace_batch_norm is the fix).
     """
 
     def __init__(
@@ -53,6 +62,7 @@ class Unit(keras.Layer):
         device: str | None = None,
         delays: tuple[int, ...] | None = None,
         has_message: bool = True,
+        allow_batch_norm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -61,6 +71,9 @@ class Unit(keras.Layer):
                 f"Unit module must be a Keras layer or model, got {type(module).__name__}; "
                 "wrap plain functions in keras.layers.Lambda."
             )
+        self.allow_batch_norm = bool(allow_batch_norm)
+        if not self.allow_batch_norm:
+            check_batch_norm(module, f"Unit {self.name!r}")
         if isinstance(fusion, str) and fusion not in fusion_lib.FUSIONS:
             raise ValueError(
                 f"Unknown fusion {fusion!r}; choose one of {sorted(fusion_lib.FUSIONS)}."
@@ -95,9 +108,14 @@ class Unit(keras.Layer):
                 in_shape = self.fusion.compute_output_shape(shapes)
             else:
                 in_shape = shapes[0]
-            spec = self.module.compute_output_spec(keras.KerasTensor(in_shape, dtype="float32"))
             if not self.module.built:
+                # (first: a keras.Sequential without an Input builds its functional graph here;
+                # its direct compute_output_spec passes `training` to layers, e.g. Flatten,
+                # whose compute_output_spec takes no such argument)
                 self.module.build(in_shape)
+            if not self.allow_batch_norm:  # norms a module creates in its build()
+                check_batch_norm(self.module, f"Unit {self.name!r}")
+            spec = self.module.compute_output_spec(keras.KerasTensor(in_shape, dtype="float32"))
             self.output_shape_ = tuple(spec.shape)
             with _per_replica_buffers():
                 self.output_buffer = self._buffer(self.output_shape_, "output")
@@ -144,6 +162,7 @@ class Unit(keras.Layer):
             device=self.device,
             delays=self.delays,
             has_message=self.has_message,
+            allow_batch_norm=self.allow_batch_norm,
         )
         return config
 
@@ -168,6 +187,54 @@ class Unit(keras.Layer):
         """Zeroes every buffer: the start of a new batch of clips."""
         for b in self.state_variables:
             b.assign(ops.zeros(b.shape, b.dtype))
+
+    def load_own_variables(self, store):
+        """Keras' loading (load_weights, load_model) of the unit's own variables, its buffers.
+
+        Buffers are state, not parameters: one saved at another batch size (weights saved
+        at B=16, loaded at B=1) or not saved starts at zero (load_buffers). The module's
+        and the fusion's weights load as Keras loads any layer's.
+        """
+        load_buffers(self.state_variables, store)
+
+
+def load_buffers(buffers, store):
+    """Buffer k takes entry "k" of a Keras weights store where the shapes agree, and zeros
+    where they do not (saved at another batch size B) or where nothing was saved."""
+    for k, b in enumerate(buffers):
+        saved = store[str(k)] if str(k) in store else None
+        fits = saved is not None and tuple(saved.shape) == tuple(b.shape)
+        b.assign(saved if fits else ops.zeros(b.shape, b.dtype))
+
+
+def batch_norm_layers(layer: keras.Layer) -> list[str]:
+    """Names of the BatchNormalization layers in a layer, itself included, in any depth.
+
+    Sub-layers of nested models, Sequential blocks and custom layers alike (the layers
+    Keras tracks: attributes, lists and dicts of layers).
+    """
+    found = layer._flatten_layers(include_self=True, recursive=True)
+    return [sub.name for sub in found if isinstance(sub, keras.layers.BatchNormalization)]
+
+
+def check_batch_norm(layer: keras.Layer, owner: str):
+    """Raises a ValueError naming the BatchNormalization layers in `layer`, and the fixes.
+
+    owner: how the message names what holds them ("Unit 'unit2'", "'resnet50'").
+    """
+    found = batch_norm_layers(layer)
+    if not found:
+        return
+    names = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    raise ValueError(
+        f"{owner} holds BatchNormalization ({names}; {len(found)} layers): inside a unit it "
+        "normalises over the B clips of one step, never B*K frames, and couples the clips "
+        "in ways the gradient rules do not model (gradients blow up). Fix: "
+        "model = sw.replace_batch_norm(model) for a functional or Sequential model "
+        "(GroupNorm, gamma and beta kept); keras.layers.GroupNormalization instead in your "
+        "own block's code; or allow_batch_norm=True (sw.Unit(..., allow_batch_norm=True), "
+        "sw.units_from_model(..., allow_batch_norm=True)) if you know what you do."
+    )
 
 
 @contextlib.contextmanager

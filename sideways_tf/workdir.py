@@ -47,6 +47,8 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "train.progress",
     "train.max_non_finite_steps",
+    "train.stall_after",
+    "train.fidelity_floor",
 )
 
 

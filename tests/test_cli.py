@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import gin
 import keras
 import pytest
 
+import sideways_tf as sw
 from sideways_tf import checkpointing, cli, train, workdir
 
 pytestmark = pytest.mark.usefixtures("fresh_gin_config")
@@ -159,3 +161,31 @@ def test_the_command_line_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("sideways-train: Configurable 'train' doesn't have a parameter")
     assert proc.stderr.count("\n") == 4, proc.stderr  # message, location (2), hint
+    assert "cuInit" not in proc.stderr  # (looking for a GPU on a machine without one)
+
+
+class _Liar(keras.layers.Layer):
+    """Declares its input's shape and returns half of its channels."""
+
+    def call(self, x):
+        return x[..., : x.shape[-1] // 2]
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+@gin.configurable
+def cli_test_liar_pipeline(batch_size, frame_shape, task=None, placement=None):
+    units = [sw.Unit(keras.layers.Conv2D(4, 1), name="fine"), sw.Unit(_Liar(), name="liar")]
+    head = task.head(frame_shape)
+    return sw.Pipeline(units, head=head, task=task, batch_size=batch_size, frame_shape=frame_shape)
+
+
+def test_an_error_raised_inside_the_compiled_step_is_one_message(tmp_path, capsys):
+    """The unit's check runs while TensorFlow traces the step (autograph's 40-80 line
+    report around it): the command prints the check's message alone."""
+    err = usage_error(
+        cli.train_main, train_argv(tmp_path, "train.model_fn=@cli_test_liar_pipeline"), capsys
+    )
+    assert err.startswith("sideways-train: Unit 2 ('liar') returned an output of shape")
+    assert err.count("\n") == 1 and "in user code" not in err

@@ -349,6 +349,32 @@ def test_a_sideways_model_exports_its_mode_and_the_same_step(trained_in_memory, 
         )
 
 
+def test_keras_export_writes_ours_with_its_tflite_step_and_sw_export_is_the_module(
+    trained_in_memory, tmp_path
+):
+    import sideways_tf as sw
+
+    vars(sw).pop("export", None)  # as in a fresh process, where only the lazy name gives it
+    assert sw.export is export
+    pipeline, engine = trained_in_memory
+    model = sw.SidewaysModel(pipeline=pipeline)
+    model.compile(optimizer="sgd", mode="skip_sideways")
+    with pytest.raises(ValueError, match=r"or sw\.export\.export\(model, dir, batch_size=1\)"):
+        model.export(str(tmp_path / "keras"), format="tflite")  # Keras' own formats
+    meta = model.export(str(tmp_path / "model"), batch_size=1, tflite=True, verbose=False)
+    assert meta["tflite"] == str(tmp_path / "model" / "model.tflite")
+    assert (meta["mode"], meta["batch_size"]) == ("skip_sideways", 1)
+    # TFLite steps one stream as predict_steps does at the model's B = 4.
+    runner = tf.lite.Interpreter(meta["tflite"]).get_signature_runner("step")
+    state = tf.saved_model.load(str(tmp_path / "model")).signatures["init_state"]()
+    state = {k: v.numpy() for k, v in state.items()}
+    frames = clip()
+    expected = engine.predict_steps(np.concatenate([frames, frames]))["outputs"].numpy()
+    for k in range(frames.shape[1]):
+        state = runner(frame=frames[:1, k], **state)
+        np.testing.assert_allclose(state.pop("outputs"), expected[:1, k], rtol=1e-4, atol=1e-5)
+
+
 def test_a_wrong_batch_names_the_python_and_the_command_line_fix(trained_in_memory, tmp_path):
     pipeline, _ = trained_in_memory
     export.export(pipeline, str(tmp_path / "model"), batch_size=BATCH)

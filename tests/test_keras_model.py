@@ -166,7 +166,7 @@ def test_future_frame_fit_reports_psnr_and_ssim_next_to_copying_the_last_frame()
     model = sw.SidewaysModel(pipeline=pipeline)
     model.compile(optimizer="adam", mode="skip_sideways")
     ds = moving_shapes_future_dataset("train", num_examples=4, **FRAMES)
-    data = ds.map(lambda e: e["frames"]).batch(2)
+    data = ds.map(lambda e: e["frames"]).batch(2, drop_remainder=True)
     history = model.fit(data, epochs=1, validation_data=data, verbose=0)
     for key in ("val_psnr", "val_ssim", "val_psnr_copy_last", "val_ssim_copy_last", "loss"):
         assert np.isfinite(history.history[key][0]), key
@@ -278,7 +278,7 @@ def nan_batches(pattern, batch=2):
     for (clips, labels), bad in zip(shapes(2 * len(pattern), batch), pattern):
         out.append((np.full_like(clips, np.nan) if bad else clips.numpy(), labels.numpy()))
     clips, labels = (np.concatenate(x) for x in zip(*out))
-    return tf.data.Dataset.from_tensor_slices((clips, labels)).batch(batch)
+    return tf.data.Dataset.from_tensor_slices((clips, labels)).batch(batch, drop_remainder=True)
 
 
 def test_non_finite_steps_in_fit_are_logged_warned_and_stop_terminate_on_nan():

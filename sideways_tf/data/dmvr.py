@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 import gin
 import tensorflow as tf
 
+from sideways_tf.data import contract
 from sideways_tf.data import sampling as sampling_lib
 from sideways_tf.data.sampling import ClipSampling
 
@@ -322,16 +323,26 @@ def _parse_video(element: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 def _short_video_message(pattern, sampling: ClipSampling, steps: int) -> str:
     """Why a video is too short for one clip, naming the bindings and the fixes."""
-    need = (sampling.num_frames - 1) * sampling.stride + 1
+    need = sampling.span
     extra = sampling.num_frames - steps
     horizon = (
         f" + dmvr_dataset.extra_frames = {extra} (the future-frame targets, FutureFrames.horizon)"
         if extra
         else ""
     )
+    speed = (
+        f" * {max(sampling.temporal.speeds)}"
+        if sampling.temporal is not None and max(sampling.temporal.speeds) > 1
+        else ""
+    )
+    fastest = (
+        f" (the fastest class of clip_sampling.temporal_task = {sampling.temporal_task!r})"
+        if speed
+        else ""
+    )
     return (
-        f"A video in {pattern} is shorter than one clip: a clip spans (K - 1) * stride + 1 = "
-        f"{need} frames, K = clip_sampling.num_frames = {steps}{horizon}, stride = "
+        f"A video in {pattern} is shorter than one clip: a clip spans (K - 1) * stride{speed} "
+        f"+ 1 = {need} frames{fastest}, K = clip_sampling.num_frames = {steps}{horizon}, stride = "
         f"clip_sampling.stride = {sampling.stride}. Fix: lower clip_sampling.num_frames (or "
         "the horizon, or the stride), convert the videos at a higher --fps, or leave out the "
         f"videos shorter than {need} frames"
@@ -345,7 +356,7 @@ def check_video_lengths(files, pattern, sampling: ClipSampling, steps: int) -> b
     record), so nothing is decoded. Shards without it (other converters, older runs)
     are checked while reading instead (_check_video_length).
     """
-    need = (sampling.num_frames - 1) * sampling.stride + 1
+    need = sampling.span
     short, total = [], 0
     for f in files:
         meta = f"{f.rsplit('/', 1)[0]}/_shards_meta/{f.rsplit('/', 1)[-1]}.json"
@@ -368,7 +379,7 @@ def check_video_lengths(files, pattern, sampling: ClipSampling, steps: int) -> b
 
 def _check_video_length(video, *, pattern, sampling: ClipSampling, steps: int, files):
     """Passes a video on if one clip fits in it; else stops reading, naming the bindings."""
-    need = (sampling.num_frames - 1) * sampling.stride + 1
+    need = sampling.span
     message = (
         _short_video_message(pattern, sampling, steps)
         + " (the shard, record and frame count follow)."
@@ -397,6 +408,7 @@ def dmvr_dataset(
     extra_frames: int = 0,  # frames past K in each clip: the future-frame targets (horizon h)
     short_videos: str = "loop",  # a video shorter than a clip: "loop" it, or stop with an "error"
     input_context: tf.distribute.InputContext | None = None,
+    protocol: str | None = None,  # evaluation: None, "multiview" or "streaming" (see below)
 ) -> tf.data.Dataset:
     """Clips of DMVR records, unbatched, for training or evaluation.
 
@@ -415,10 +427,15 @@ def dmvr_dataset(
         frames, does: "loop" (frames wrap around: harmless for classification) or "error"
         (reading stops with a message naming the bindings: future frames must not wrap).
       input_context: from tf.distribute; each input pipeline reads its share of shards.
+      protocol: an evaluation protocol (sampling.protocol_sampling; evaluate.py scores
+        them): "multiview", N = clip_sampling.multiview_clips clips x 3 crops per video;
+        "streaming", each video whole, {"frames": [T', S, S, 3]} with T' varying.
     Returns:
       tf.data.Dataset of {"frames": float32 [K, S, S, 3] (normalised), "label": int32 [],
       "video_index": int64 []} (contract.clip_spec). In evaluation each video yields
-      `sampling.num_eval_clips` consecutive clips with the same video_index.
+      `sampling.num_eval_clips` consecutive clips with the same video_index. With
+      clip_sampling.temporal_task the labels are the task's (records need none), and
+      the dataset names its classes (contract.class_names).
     """
     sampling = sampling_lib.clip_sampling() if sampling is None else sampling
     if isinstance(extra_frames, bool) or not isinstance(extra_frames, int) or extra_frames < 0:
@@ -431,13 +448,25 @@ def dmvr_dataset(
     steps = sampling.num_frames
     sampling = dataclasses.replace(sampling, num_frames=steps + extra_frames)
     training = bool(split_is_training)
+    if protocol is not None and training:
+        raise ValueError(
+            f"dmvr_dataset.protocol = {protocol!r} is an evaluation protocol, but this reader "
+            "reads a training split (split_is_training = True). Bind it on the evaluation "
+            "reader only, or leave it None."
+        )
+    sampling = sampling_lib.protocol_sampling(sampling, protocol, "dmvr_dataset.protocol")
     files = list_shards(pattern)
     ds = _read_shards(files, training, cycle_length, input_context)
     ds = ds.map(lambda record, video_index: {"serialized": record, "video_index": video_index})
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     parse_or_skip = _map_skipping_failures("not a SequenceExample with frames", files)
     ds = parse_or_skip(ds, _parse_video, **parallel)
-    if short_videos == "error" and not check_video_lengths(files, pattern, sampling, steps):
+    streaming = protocol == "streaming"  # whole videos: no clip has to fit
+    if (
+        short_videos == "error"
+        and not streaming
+        and not check_video_lengths(files, pattern, sampling, steps)
+    ):
         check = functools.partial(
             _check_video_length, pattern=pattern, sampling=sampling, steps=steps, files=files
         )
@@ -446,9 +475,12 @@ def dmvr_dataset(
         ds = ds.repeat()  # after parsing: an epoch without one parsable record ends the data
     # Records whose sampled frames do not decode are skipped and counted (skipped_records).
     decode_or_skip = _map_skipping_failures("a sampled frame is not a readable JPEG", files)
-    ds = sampling_lib.video_clips(
-        ds, training=training, sampling=sampling, jpeg=True, decode_map=decode_or_skip
-    )
+    read = sampling_lib.video_streams if streaming else sampling_lib.video_clips
+    kwargs = {} if streaming else {"training": training}
+    ds = read(ds, sampling=sampling, jpeg=True, decode_map=decode_or_skip, **kwargs)
     if frames_only:
         ds = ds.map(lambda clip: {"frames": clip["frames"]})
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if sampling.temporal is not None:
+        ds = contract.with_class_names(ds, sampling.temporal.class_names)
+    return ds

@@ -22,6 +22,12 @@ Generation is on the fly and stateless: clip `i` of split `s` under `seed` is a
 pure function of the key (i, 3 * seed + split_id), so parallel maps stay
 deterministic and train, eval and test never share a key.
 
+With `temporal_task` ("arrow", "speed": data/temporal.py) the label is made from time
+instead: the clip forward or reversed, or its frames at stride 1, 2 or 4 (the shape 2,
+4 or 8 pixels per frame at the default speed). Arrow of time is a control here, not a
+task: constant motion on a torus is time-symmetric (a reversed clip is a forward clip
+of the opposite direction, from another uniform start), so no model can beat 1/2.
+
 Run `python -m sideways_tf.data.moving_shapes --png docs/moving_shapes.png` to draw
 a few clips.
 """
@@ -36,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from sideways_tf.data import contract
+from sideways_tf.data import temporal as temporal_lib
 
 SHAPES = ("square", "circle", "triangle", "cross", "diamond")
 DIRECTIONS = ("right", "left", "down", "up")
@@ -327,6 +334,7 @@ def moving_shapes_dataset(
     num_examples: int | None = None,
     seed: int = 0,
     clips_per_video: int = 1,
+    temporal_task: str | None = None,
     **options,
 ) -> tf.data.Dataset:
     """Moving-shapes clips, unbatched: {"frames", "label", "video_index"}.
@@ -340,6 +348,11 @@ def moving_shapes_dataset(
       clips_per_video: cut each video into this many consecutive clips of
         num_frames (one trajectory continued); they share label and video_index and
         come one after another.
+      temporal_task: None (label = shape and direction), or "arrow" / "speed": the label
+        is the clip's class of that temporal task (data/temporal.py), made from a video of
+        the task's window of frames. "train" draws one class per video from its key;
+        "eval" and "test" give every video once per class (a clip and its reverse, the
+        three speeds), with video_index = index x classes + class.
       **options: fields of MovingShapesOptions (defaults sized so that a small
         convnet learns the task in minutes on 2 CPU cores):
         frame_size=32 (int or (H, W)); num_frames=16 (K); num_shapes=3 (square,
@@ -363,6 +376,20 @@ def moving_shapes_dataset(
     split_id = _split_id(split)
     k, c = opts.num_frames, clips_per_video
     h, w = gen.h, gen.w
+    temporal = temporal_lib.get(temporal_task, "moving_shapes_dataset.temporal_task")
+    if temporal is not None:
+        if c != 1:
+            raise ValueError(
+                f"moving_shapes_dataset.clips_per_video = {c} with temporal_task = "
+                f"{temporal_task!r}: a temporal task makes one clip per video and class; "
+                "set clips_per_video = 1."
+            )
+        ds = _indices(split, num_examples).map(
+            lambda index: _temporal_clips(gen, temporal, split_id, seed, index, split == "train"),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        return contract.with_class_names(ds.unbatch(), temporal.class_names)
 
     def make(index):
         frames, label = gen.render(gen.key(split_id, seed, index), k * c)  # [C*K, H, W, 3]
@@ -379,6 +406,27 @@ def moving_shapes_dataset(
     )
     ds = ds if c == 1 else ds.unbatch()
     return contract.with_class_names(ds, class_names(opts.num_shapes, opts.num_directions))
+
+
+def _temporal_clips(gen, temporal, split_id: int, seed: int, index, draw: bool) -> dict:
+    """One video's clips of a temporal task: one drawn class (draw) or every class.
+
+    Returns {"frames" [n, K, H, W, 3], "label" [n], "video_index" [n]} (n = 1 when draw).
+    """
+    k = gen.opts.num_frames
+    key = gen.key(split_id, seed, index)
+    video, _ = gen.render(key, temporal.window(k, 1))  # [W, H, W, 3]
+    offsets = tf.constant(temporal.clip_offsets(k, 1))  # [n, K]
+    if draw:  # stateless: the same class for the same video, run after run
+        label_key = tf.random.experimental.stateless_fold_in(key, 1)
+        labels = tf.random.stateless_uniform([1], label_key, 0, temporal.num_classes, tf.int32)
+    else:
+        labels = tf.range(temporal.num_classes, dtype=tf.int32)
+    return {
+        "frames": tf.gather(video, tf.gather(offsets, labels)),  # [n, K, H, W, 3]
+        "label": labels,
+        "video_index": tf.cast(index, tf.int64) * temporal.num_classes + tf.cast(labels, tf.int64),
+    }
 
 
 @gin.configurable(module="sideways_tf.data")

@@ -1,6 +1,9 @@
 """Tasks: what a pipeline is trained to output, and how it is scored (tasks/base.py).
 
     Classification   a label per clip, logits at every step (classification.py)
+    TemporalClassification
+                     the same, the label made from time: arrow of time, playback speed
+                     (classification.py; the data side: data/temporal.py)
     FutureFrames     the frame h steps ahead of the newest seen (future_frames.py;
                      its heads: frame_decoder.py)
 
@@ -12,7 +15,12 @@ supplies the model's head, the objective and the evaluation's Metrics.
 from __future__ import annotations
 
 from sideways_tf.tasks.base import EvalBatch, Metrics, Task, pad_batch
-from sideways_tf.tasks.classification import LOSSES, ClassHead, Classification
+from sideways_tf.tasks.classification import (
+    LOSSES,
+    ClassHead,
+    Classification,
+    TemporalClassification,
+)
 from sideways_tf.tasks.frame_decoder import FrameDecoder, frame_decoder
 from sideways_tf.tasks.future_frames import DECODERS, FrameLoss, FutureFrames, frame_loss
 
@@ -40,6 +48,7 @@ __all__ = [
     "FutureFrames",
     "Metrics",
     "Task",
+    "TemporalClassification",
     "as_task",
     "frame_decoder",
     "frame_loss",

@@ -33,7 +33,8 @@ class EvalBatch(NamedTuple):
 
     outputs:    [n, K, ...] every step's top output y[t] (n real clips, padding dropped);
     targets:    [n, K, ...] what each step is scored against (Task.step_targets);
-    weights:    [K] 1.0 where step t is scored (pipeline full, target present);
+    weights:    [K] 1.0 where step t is scored (pipeline full, target present), the same
+                for every clip; or [n, K], per clip (a streamed video's chunks);
     references: {name: [n, K, ...]} the task's extras (Task.prediction_targets);
     labels:     [n, ...] the batch's `label_key` values, or None;
     videos:     [n] int64 the video each clip comes from (clips of a video pool).
@@ -60,6 +61,14 @@ class Metrics:
 
     def result(self) -> dict:
         raise NotImplementedError
+
+    def protocol_result(self, protocol: str) -> dict:
+        """The result of an evaluation protocol ("multiview", "streaming": evaluate.py),
+        its figures named apart (e.g. multiview_accuracy). Classification has them."""
+        raise ValueError(
+            f"{type(self).__name__} reports no {protocol!r} evaluation: the multi-view and "
+            "streaming protocols score a label per video (train.task = @Classification())."
+        )
 
     def headline(self, result: dict) -> str:
         shown = [f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)]
@@ -105,6 +114,13 @@ class Task:
     def train_metrics(self, outputs, labels) -> dict:
         """Figures of one training batch: outputs averaged over valid steps [B, ...]."""
         return {}
+
+    def chance_loss(self, top_output_shape) -> float | None:
+        """The loss of a model that knows nothing (the stall diagnostic's reference), or None.
+
+        top_output_shape: the head's output shape [B, ...] (Pipeline.top_output_shape).
+        """
+        return None
 
     # -- Checks before a run ---------------------------------------------------------
 
