@@ -33,6 +33,9 @@ setuptools.setup(
         "video": ["av>=12"],
         "tpu": ["google-cloud-storage>=2.10"],
         "plots": ["matplotlib>=3.8"],
+        # benchmarks/future_unseen.py: scikit-image's sample photographs (never imported by
+        # sideways_tf itself) and PyAV to write the videos.
+        "unseen": ["scikit-image>=0.22", "av>=12"],
     },
     entry_points={
         "console_scripts": [

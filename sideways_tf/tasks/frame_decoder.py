@@ -1,16 +1,23 @@
 """The future-frame heads: the top unit's map a_L[t] -> a predicted frame.
 
-frame_decoder(decoder, frame_shape)   the head FutureFrames.decoder names:
-  "whole"   FrameDecoder()                       paints the whole frame;
-  "delta"   FrameDecoder(residual=True)          x^[t - lag + h] = x[t - lag] +
-                                                 D(a_L[t], x[t - lag]), zero-initialised
-                                                 last conv: a fresh model is copy-last;
-  "motion"  FrameDecoder(residual=True, motion_radius=MOTION_RADIUS, previous_frame=True)
-            D = s (sum_k w_k S_k x - x) over the shifts S_k of x = x[t - lag], with
-            softmax weights w and an amount s = tanh(.) read off a_L[t], x[t - lag] and
-            the last change seen, x[t - lag] - x[t - lag - 1]; also copy-last when fresh.
-            A moved pixel is a pixel of the frame, whatever the footage, so it carries
-            to videos the model never saw (README, "Future-frame prediction").
+frame_decoder(decoder, frame_shape)   the head FutureFrames.decoder names (DECODERS):
+  "whole"    FrameDecoder()                       paints the whole frame;
+  "delta"    FrameDecoder(residual=True)          x^[t - lag + h] = x[t - lag] +
+                                                  D(a_L[t], x[t - lag]), zero-initialised
+                                                  last conv: a fresh model is copy-last;
+  "motion"   FrameDecoder(residual=True, motion_radius=MOTION_RADIUS, previous_frame=True)
+             D = s (sum_k w_k S_k x - x) over the shifts S_k of x = x[t - lag], with
+             softmax weights w and an amount s = tanh(.) in (-1, 1) read off a_L[t],
+             x[t - lag] and the last change seen, x[t - lag] - x[t - lag - 1]; also
+             copy-last when fresh. A moved pixel is a pixel of the frame, whatever the
+             footage (README, "Future-frame prediction").
+  "gated"    "motion" with the amount a gate g = clip(tanh(.), 0, 1) in [0, 1]: every
+             prediction is a convex mix of the last frame's pixels (gate="learned").
+  "checked"  "gated" times a check on the frames seen (gate="checked"): the same motion
+             applied to x[t - lag - 1] must explain x[t - lag] better than no motion does,
+             or the head copies the last frame there. Moves pixels only where the footage
+             just showed that motion, so it falls back to copy-last on footage whose motion
+             it cannot follow (README, "Future frames of footage never seen").
 """
 
 from __future__ import annotations
@@ -18,17 +25,30 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-MOTION_RADIUS = 2  # decoder "motion": pixels move by up to 2 px per prediction
+MOTION_RADIUS = 2  # decoders that move pixels: by up to 2 px per prediction
+GATES = (None, "learned", "checked")  # FrameDecoder(gate=...): how far pixels move, below
+CHECK_EPS = 1e-4  # the check's floor on the change seen (frames in [-1, 1]: ~ (0.01)^2)
+
+# FutureFrames.decoder -> FrameDecoder's arguments beyond frame_shape.
+DECODERS = {
+    "motion": dict(residual=True, motion_radius=MOTION_RADIUS, previous_frame=True),
+    "delta": dict(residual=True),
+    "whole": dict(),
+    "gated": dict(residual=True, motion_radius=MOTION_RADIUS, previous_frame=True, gate="learned"),
+    "checked": dict(
+        residual=True, motion_radius=MOTION_RADIUS, previous_frame=True, gate="checked"
+    ),
+}
 
 
 def frame_decoder(decoder: str, frame_shape) -> FrameDecoder:
-    """The FrameDecoder that FutureFrames.decoder names ("motion", "delta" or "whole")."""
-    return FrameDecoder(
-        frame_shape,
-        residual=decoder != "whole",
-        motion_radius=MOTION_RADIUS if decoder == "motion" else 0,
-        previous_frame=decoder == "motion",
-    )
+    """The FrameDecoder that FutureFrames.decoder names (a key of DECODERS)."""
+    if decoder not in DECODERS:
+        raise ValueError(
+            f"FutureFrames.decoder = {decoder!r} is not a decoder; choose one of "
+            f"{tuple(DECODERS)} (gin: FutureFrames.decoder = 'checked')."
+        )
+    return FrameDecoder(frame_shape, **DECODERS[decoder])
 
 
 @keras.saving.register_keras_serializable(package="sideways_tf")
@@ -56,6 +76,27 @@ class FrameDecoder(keras.layers.Layer):
     previous_frame=True: the weights also read the last change seen, x[t - lag] -
       x[t - lag - 1] (call(..., previous_frame=x[t - lag - 1]); the Pipeline's head line
       is one frame longer): the motion the frames show, whatever the features carry.
+    gate (motion_radius > 0): how far pixels move, x^ = x + g (sum_k w_k S_k x - x):
+      None       g = s = tanh(z) in (-1, 1) (decoder "motion"; s < 0 pushes a pixel away
+                 from its neighbours, so the mix is convex only for s >= 0);
+      "learned"  g = clip(tanh(z), 0, 1) in [0, 1]: always a convex mix (decoder "gated");
+      "checked"  g = c g', g' = clip(tanh(z), 0, 1) and the check c in [0, 1] (decoder
+                 "checked"; needs previous_frame=True): the same motion applied to the
+                 frame before, x' = x[t - lag - 1], B(a) = x' + a (sum_k w_k S_k x' - x'),
+                 is what it would have made of x'; per pixel, over the (2r + 1)^2 window P
+                 around it,
+                   e(a) = mean_P mean_C (B(a) - x)^2   (that motion's error on the last step)
+                   e_c = e(0) = mean_P mean_C (x' - x)^2     (copy-last's)
+                   c = clip((e_c - min(e(g'), e(1))) / (e_c + CHECK_EPS), 0, 1).
+                 e(a) is convex in a, so e(1) < e_c gives e(g') <= e_c for every g' in
+                 [0, 1]: wherever c > 0 the motion the head applies, x' moved by g',
+                 would have done no worse than copy-last on the last frame pair seen (the
+                 applied amount is checked so that a fraction of a pixel passes; the full
+                 step too, so that a fresh gate, g' = 0, has a check to learn from). Where
+                 c = 0 the prediction is exactly x[t - lag]; so too where nothing changed
+                 (e_c = 0: a still region, a clip's first step).
+      z is the last conv's extra channel, zero when fresh: g = 0, exactly copy-last.
+      (clip passes the gradient at its bounds, so a fresh gate learns from z = 0.)
     """
 
     def __init__(
@@ -65,9 +106,25 @@ class FrameDecoder(keras.layers.Layer):
         residual: bool = False,
         motion_radius: int = 0,
         previous_frame: bool = False,
+        gate: str | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", "head")
+        if gate not in GATES:
+            raise ValueError(
+                f"FrameDecoder(gate={gate!r}); choose one of {GATES} (FutureFrames.decoder "
+                "'motion', 'gated' or 'checked')."
+            )
+        if gate and not motion_radius:
+            raise ValueError(
+                f"FrameDecoder(gate={gate!r}) gates a motion and needs motion_radius > 0 "
+                "(FutureFrames.decoder = 'gated' or 'checked')."
+            )
+        if gate == "checked" and not previous_frame:
+            raise ValueError(
+                "FrameDecoder(gate='checked') checks the motion on x[t - lag - 1] and needs "
+                "previous_frame=True (FutureFrames.decoder = 'checked')."
+            )
         if motion_radius and not residual:
             raise ValueError(
                 f"FrameDecoder(motion_radius={motion_radius}) moves the last frame seen and "
@@ -87,6 +144,7 @@ class FrameDecoder(keras.layers.Layer):
         self.residual = bool(residual)
         self.motion_radius = int(motion_radius)
         self.previous_frame = bool(previous_frame)
+        self.gate = gate
         r = self.motion_radius
         # (dy, dx) of the shifted copies of x[t - lag] the change mixes, the centre excluded.
         self.offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy or dx]
@@ -169,7 +227,29 @@ class FrameDecoder(keras.layers.Layer):
         weights = ops.softmax(out[..., :-1], axis=-1)  # [B, H, W, N]: where pixels come from
         amount = ops.tanh(out[..., -1:])  # [B, H, W, 1]: how far towards them, 0 when fresh
         mix = ops.sum(weights[..., None] * self._differences(last), axis=3)  # sum_k w_k S_k x - x
-        return last + amount * mix
+        if self.gate is None:
+            return last + amount * mix
+        gate = ops.clip(amount, 0.0, 1.0)  # [B, H, W, 1]
+        if self.gate == "checked":
+            previous = ops.cast(previous_frame, "float32")
+            return last + self.check(weights, gate, last, previous) * gate * mix
+        return last + gate * mix
+
+    def check(self, weights, gate, last, previous):
+        """c [B, H, W, 1] in [0, 1]: how much better the motion the head would apply,
+        weights [B, H, W, N] moved by gate [B, H, W, 1], explains x = last from x' =
+        previous (both [B, H, W, C]) than no motion does, over the (2r + 1)^2 window
+        around each pixel (class docstring, gate="checked")."""
+        change = ops.sum(weights[..., None] * self._differences(previous), axis=3)
+        made = [previous + gate * change, previous + change, previous]  # B(g'), B(1), B(0)
+        errors = ops.stack(  # [B, H, W, 3]: e(g'), e(1), e(0) = copy-last's, per pixel
+            [ops.mean(ops.square(b - last), axis=-1) for b in made], axis=-1
+        )
+        window = 2 * self.motion_radius + 1
+        errors = ops.average_pool(errors, window, strides=1, padding="same")  # window means
+        motion = ops.minimum(errors[..., :1], errors[..., 1:2])
+        copy = errors[..., 2:]
+        return ops.clip((copy - motion) / (copy + CHECK_EPS), 0.0, 1.0)
 
     def _differences(self, frame):
         """S_k x - x for every offset k: [B, H, W, C] -> [B, H, W, N, C] (edge pixels repeat)."""
@@ -192,5 +272,7 @@ class FrameDecoder(keras.layers.Layer):
             motion_radius=self.motion_radius,
             previous_frame=self.previous_frame,
         )
+        if self.gate:  # (absent for the older heads: their saved configs stay as they were)
+            config["gate"] = self.gate
         config.pop("autocast", None)
         return config

@@ -27,16 +27,20 @@ import tensorflow as tf
 
 from sideways_tf.data import contract
 from sideways_tf.tasks.base import EvalBatch, Metrics, Task
+from sideways_tf.tasks.frame_decoder import DECODERS as HEADS
 from sideways_tf.tasks.frame_decoder import frame_decoder
 
 PSNR_CAP = 100.0  # dB: the PSNR of identical frames (tf.image.psnr's inf), kept finite
 
 # How the head makes the frame (FutureFrames.decoder; tasks.frame_decoder):
-#   "motion"  moves the last frame seen's pixels by a motion read off the features and
-#             the last change seen (residual, motion_radius 2, previous frame); default;
+#   "checked" moves the last frame seen's pixels where the same motion explains the last
+#             change seen better than copying did, else copies it (the folder configs');
+#   "gated"   moves them by a learned gate in [0, 1] (no check);
+#   "motion"  moves them by an amount in (-1, 1) (residual, motion_radius 2, previous
+#             frame); the default;
 #   "delta"   the last frame seen plus a change painted from the features (residual);
 #   "whole"   the whole frame painted from the features.
-DECODERS = ("motion", "delta", "whole")
+DECODERS = tuple(HEADS)
 
 
 @gin.configurable(module="sideways_tf")
@@ -61,7 +65,10 @@ class FutureFrames(Task):
                 "the top output has seen, an integer >= 1."
             )
         if decoder not in DECODERS:
-            raise ValueError(f"FutureFrames.decoder = {decoder!r}; choose one of {DECODERS}.")
+            raise ValueError(
+                f"FutureFrames.decoder = {decoder!r} is not a decoder; choose one of {DECODERS} "
+                "(gin: FutureFrames.decoder = 'checked')."
+            )
         self.norm, self.horizon, self.decoder = norm, horizon, decoder
 
     def head(self, frame_shape):
