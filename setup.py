@@ -29,7 +29,12 @@ setuptools.setup(
             "ruff>=0.6",
             "av>=12",
             "matplotlib>=3.8",
+            "jax>=0.4.30",  # the JAX suite (make test) and tests/test_backends.py
         ],
+        # KERAS_BACKEND=jax: the engine, the modes, SidewaysModel, benchmarks/accelerator.py
+        # (pip install jax[cuda12] for a GPU). TensorFlow is still needed for tf.data, the
+        # gin run path, checkpoints and the SavedModel export.
+        "jax": ["jax>=0.4.30"],
         "video": ["av>=12"],
         "tpu": ["google-cloud-storage>=2.10"],
         "plots": ["matplotlib>=3.8"],

@@ -20,8 +20,8 @@ import functools
 import logging
 
 import numpy as np
-import tensorflow as tf
 
+from sideways_tf.backend import tf  # (the graph profiler: TensorFlow, imported on first use)
 from sideways_tf.steps import unit_step
 
 

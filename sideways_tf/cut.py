@@ -17,8 +17,9 @@ no call after c reads a tensor made before c (a residual branch would cross,
 and a unit passes one activation a_i to the next). Unit k is the sub-model from
 cut k-1's tensor to cut k's (a keras.Model over the base model's own layers, so
 the parameters are shared with it). With num_units=N the N-1 cuts are chosen
-among the valid ones to balance each unit's forward + VJP FLOPs (sideways_tf.costs:
-Sideways' step time tends to the slowest unit's).
+among the valid ones to balance each unit's forward + VJP FLOPs (Sideways' step time
+tends to the slowest unit's), as TensorFlow's graph profiler counts them
+(sideways_tf.costs) or, on Keras' JAX backend, XLA's cost analysis of the jitted VJP.
 
 Normalisation inside a unit must not use batch statistics: a unit sees B clips
 of one frame per step, never B*K frames, and the VJP is taken at the unit's
@@ -38,8 +39,9 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from sideways_tf import backend
+from sideways_tf.backend import tf  # (the graph profiler: TensorFlow, imported on first use)
 from sideways_tf.units import Unit, batch_norm_layers, check_batch_norm
 
 
@@ -369,21 +371,48 @@ def _cut_index(graph: _Graph, valid: dict, index: dict, name: str) -> int:
 
 def _segment_flops(graph: _Graph, tensors: list) -> list[float]:
     """Forward + VJP FLOPs of the sub-models between consecutive tensors, batch 1."""
+    vjp_flops = _vjp_flops_jax if backend.is_jax() else _vjp_flops_tf
+    return [
+        vjp_flops(keras.Model(start, end), (1, *start.shape[1:]))
+        for start, end in zip(tensors[:-1], tensors[1:])
+    ]
+
+
+def _vjp_flops_tf(block: keras.Model, shape: tuple) -> float:
+    """FLOPs of block's forward and VJP (w.r.t. input and parameters) on float32 [shape],
+    as TensorFlow's graph profiler counts them (sideways_tf.costs.graph_flops)."""
     from sideways_tf import costs
 
-    flops = []
-    for start, end in zip(tensors[:-1], tensors[1:]):
-        block = keras.Model(start, end)
-        spec = tf.TensorSpec((1, *start.shape[1:]), tf.float32)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = block(x, training=True)
+        return tape.gradient(y, [x] + block.trainable_variables)
 
-        def step(x, block=block):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = block(x, training=True)
-            return tape.gradient(y, [x] + block.trainable_variables)
+    spec = tf.TensorSpec(shape, tf.float32)
+    return costs.graph_flops(tf.function(step).get_concrete_function(spec).graph)
 
-        flops.append(costs.graph_flops(tf.function(step).get_concrete_function(spec).graph))
-    return flops
+
+def _vjp_flops_jax(block: keras.Model, shape: tuple) -> float:
+    """The same on Keras' JAX backend: XLA's cost analysis of the jitted forward and VJP
+    (lowered on shapes alone; nothing runs)."""
+    import jax
+    import jax.numpy as jnp
+
+    others = [v.value for v in block.non_trainable_variables]
+
+    def step(x, theta):
+        def forward(x, theta):
+            return block.stateless_call(theta, others, x, training=True)[0]
+
+        y, pullback = jax.vjp(forward, x, theta)
+        return pullback(jnp.ones_like(y))
+
+    theta = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in block.trainable_variables]
+    cost = jax.jit(step).lower(jax.ShapeDtypeStruct(shape, jnp.float32), theta).cost_analysis()
+    if isinstance(cost, (list, tuple)):  # (older JAX: one dict per computation)
+        cost = cost[0]
+    return float(cost.get("flops", 0.0))
 
 
 def _balanced_cuts(graph: _Graph, valid: dict, num_units: int) -> list[int]:

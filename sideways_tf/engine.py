@@ -16,9 +16,10 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from sideways_tf import modes, placement, precision
+from sideways_tf import backend, modes, placement, precision
+from sideways_tf.backend import tf
 from sideways_tf.fusion import StridedPointwiseConv
 from sideways_tf.modes import MODES, Mode
 from sideways_tf.pipeline import Pipeline
@@ -47,7 +48,9 @@ def one_message(method):
     raised in this package: a unit's output shape, a label out of range), the error is
     raised again, same type, with that check's message alone and a traceback that ends
     at this call. Anything else (a fault inside TensorFlow or in a user's layer) keeps
-    TensorFlow's report.
+    TensorFlow's report. On JAX, an error raised while jax.jit traces keeps every
+    frame between this call and the check (the engine, the seam, the rules): the same
+    rewrite applies when the innermost frame is this package's.
     """
 
     @functools.wraps(method)
@@ -55,6 +58,11 @@ def one_message(method):
         try:
             return method(*args, **kwargs)
         except (ValueError, TypeError, KeyError) as e:
+            if backend.is_jax():  # (JAX re-raises as is, through the traced frames)
+                if not _raised_here(e):
+                    raise
+                error = type(e)(*e.args)
+                raise error from None
             meta = getattr(e, "ag_error_metadata", None)
             stack = getattr(meta, "translated_stack", None)
             if not stack or not os.path.abspath(stack[0].filename).startswith(_PACKAGE_DIR):
@@ -67,10 +75,20 @@ def one_message(method):
     return call
 
 
+def _raised_here(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is in sideways_tf."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+
+
 def step_targets(pipeline: Pipeline, mode: str | Mode, clip, labels):
     """(targets [B, K, ...], present [K]) of the pipeline's task for `mode`'s input lag."""
     lag = modes.get(mode).input_lag(pipeline)
-    return pipeline.task.step_targets(tf.convert_to_tensor(clip), labels, lag)
+    return pipeline.task.step_targets(ops.convert_to_tensor(clip), labels, lag)
 
 
 def check_mode(mode: str | Mode, pipeline: Pipeline) -> Mode:
@@ -89,6 +107,8 @@ def _check_strided_pointwise(pipeline: Pipeline):
     user's model (e.g. keras.applications ResNet50's shortcuts) may hold plain ones.
     """
     if pipeline.batch_size % 2 == 0 or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return
+    if not backend.is_tensorflow():  # (a oneDNN kernel of TensorFlow's)
         return
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return
@@ -111,12 +131,12 @@ def _check_strided_pointwise(pipeline: Pipeline):
         )
 
 
-def _all_finite(x) -> tf.Tensor:
-    return tf.reduce_all(tf.math.is_finite(x))
+def _all_finite(x):
+    return ops.all(ops.isfinite(x))
 
 
 def _global_norm(tensors):
-    return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in tensors] + [tf.constant(0.0)]))
+    return ops.sqrt(sum((ops.sum(ops.square(g)) for g in tensors), ops.convert_to_tensor(0.0)))
 
 
 class Engine:
@@ -139,6 +159,13 @@ class Engine:
         TPU's) runs the frame loop unrolled over the static K (the rules'
         `unrolled`): XLA compiles a graph loop's backward convolutions to naive
         loops on CPU (benchmarks/compiled.py); compile time then grows with K.
+        On JAX every update is one jax.jit, whatever jit_compile says.
+      unroll: the frame loop's form, if not the compiler's default (unrolled under XLA:
+        TF's jit_compile, TPU, JAX; a graph loop otherwise). False under XLA keeps
+        one loop body (tf.while_loop, jax.lax.scan): compile time flat in K, but on
+        CPU the backward convolutions in a loop body are naive loops (JAX on CPU,
+        benchmarks/accelerator.py: skip_sideways 3.0 s per update in a scan, 0.24 s
+        unrolled, quickstart network).
 
     Data parallelism: create the pipeline, the optimizer and the engine inside a
     tf.distribute strategy's scope (sideways_tf.distribute.Runtime.scope()). Each
@@ -162,6 +189,7 @@ class Engine:
         update_every: int | None = None,
         carry_state: bool = False,
         jit_compile: bool = False,
+        unroll: bool | None = None,
     ):
         if not pipeline.built:
             raise ValueError(
@@ -182,11 +210,11 @@ class Engine:
             )
         if optimizer is not None:
             _check_strided_pointwise(pipeline)
-        self.strategy = tf.distribute.get_strategy()
+        self.strategy = backend.Strategy()
         self.variables = all_variables(pipeline)
         first = self.variables[0]
         first = first.value if isinstance(first, keras.Variable) else first
-        if not self.strategy.extended.variable_created_in_scope(first):
+        if backend.is_tensorflow() and not self.strategy.extended.variable_created_in_scope(first):
             raise ValueError(
                 "The pipeline's variables were created under another tf.distribute strategy "
                 "than this engine's. Build the pipeline, the optimizer and the Engine inside "
@@ -197,19 +225,14 @@ class Engine:
         self.update_every, self.carry_state = update_every, carry_state
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.local_replicas = (
-            len(self.strategy.extended.worker_devices) if tf.distribute.has_strategy() else 1
+            len(self.strategy.extended.worker_devices)
+            if backend.is_tensorflow() and tf.distribute.has_strategy()
+            else 1
         )
         with pipeline.unit_variable_scope(pipeline.num_units):
             # Computation steps t (frames) since the last reset, per replica: decides which
             # top losses are masked (t < T_fill).
-            self.frames_seen = tf.Variable(
-                0,
-                dtype=tf.int32,
-                trainable=False,
-                name="steps_since_reset",
-                synchronization=tf.VariableSynchronization.ON_READ,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+            self.frames_seen = backend.replica_variable(0, "int32", "steps_since_reset")
         if optimizer is not None:
             optimizer.build(self.variables)
         self.loss_scaled = optimizer is not None and precision.is_loss_scaled(optimizer)
@@ -217,20 +240,32 @@ class Engine:
         if self.loss_scaled:
             with pipeline.unit_variable_scope(pipeline.num_units):
                 # S when the buffered messages were formed (rescaled when S changes).
-                self.message_scale = tf.Variable(
-                    float(optimizer.initial_scale),
-                    dtype=tf.float32,
-                    trainable=False,
-                    name="message_loss_scale",
-                    synchronization=tf.VariableSynchronization.ON_READ,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                self.message_scale = backend.replica_variable(
+                    float(optimizer.initial_scale), "float32", "message_loss_scale"
                 )
-        # The frame loop's form follows the compiler: unrolled for XLA, a graph loop otherwise.
-        self.unrolled = jit_compile or _on_tpu(pipeline)
-        self._update = tf.function(self._update_fn, jit_compile=jit_compile)
-        self._predict = tf.function(self._predict_fn, jit_compile=jit_compile)
-        self._predict_steps = tf.function(self._predict_steps_fn, jit_compile=jit_compile)
-        self._fidelity = tf.function(self._fidelity_fn)
+        # The frame loop's form follows the compiler: unrolled for XLA (TF's jit_compile, a
+        # TPU, and always on JAX), a graph loop otherwise.
+        self.unrolled = jit_compile or _on_tpu(pipeline) or backend.is_jax()
+        if unroll is not None:
+            self.unrolled = bool(unroll)
+        # One compiled call each (backend.function: tf.function; on JAX one jax.jit of a
+        # stateless function over every variable below).
+        jit = jit_compile or backend.is_jax()
+        self._update = backend.function(self._update_fn, self.state, jit_compile=jit)
+        self._predict = backend.function(self._predict_fn, self.state, jit_compile=jit)
+        self._predict_steps = backend.function(self._predict_steps_fn, self.state, jit_compile=jit)
+        self._fidelity = backend.function(
+            self._fidelity_fn, self.state, jit_compile=backend.is_jax()
+        )
+
+    def state(self) -> list:
+        """Every variable an update reads or assigns: the pipeline's (parameters, buffers,
+        seeds), the optimizer's, the frame counter and the message scale."""
+        owned = list(self.pipeline.variables)
+        if self.optimizer is not None:
+            owned += list(self.optimizer.variables)
+        owned += [v for v in (self.frames_seen, self.message_scale) if v is not None]
+        return list({id(v): v for v in owned}.values())
 
     @property
     def batch_per_replica(self) -> int:
@@ -285,17 +320,23 @@ class Engine:
                 "pick K or update_every so that it is."
             )
         results = [
-            self._update(clip, labels, tf.constant(s), chunk, fresh=s == 0 and not self.carry_state)
+            self._update(
+                clip,
+                labels,
+                ops.convert_to_tensor(s, "int32"),
+                chunk=chunk,
+                fresh=s == 0 and not self.carry_state,
+            )
             for s in range(0, num_frames, chunk)
         ]
         if len(results) == 1:
             return self._with_task_metrics(results[0], labels)
-        weights = tf.stack([r["valid_steps"] for r in results])
-        total = tf.maximum(tf.reduce_sum(weights), 1.0)
+        weights = ops.stack([r["valid_steps"] for r in results])
+        total = ops.maximum(ops.sum(weights), 1.0)
         merged = dict(results[-1])
-        merged["valid_steps"] = tf.reduce_sum(weights)
-        merged["applied"] = tf.reduce_all([r["applied"] for r in results])
-        merged["overflow"] = tf.reduce_any([r["overflow"] for r in results])
+        merged["valid_steps"] = ops.sum(weights)
+        merged["applied"] = ops.all(ops.stack([r["applied"] for r in results]))
+        merged["overflow"] = ops.any(ops.stack([r["overflow"] for r in results]))
         for key in ("loss", "outputs"):
             merged[key] = sum(r[key] * r["valid_steps"] for r in results) / total
         return self._with_task_metrics(merged, labels)
@@ -303,7 +344,7 @@ class Engine:
     def _with_task_metrics(self, metrics: dict, labels) -> dict:
         """Adds the task's figures of this batch (eagerly; e.g. clip_accuracy of the outputs)."""
         if labels is not None:
-            host = tf.concat(self._local(labels), axis=0)
+            host = ops.concatenate(self._local(labels), axis=0)
             metrics["task"] = self.task.train_metrics(metrics["outputs"], host)
         return metrics
 
@@ -329,19 +370,18 @@ class Engine:
 
         def apply():
             self.strategy.run(lambda g: self.optimizer.apply(g, self.variables), (out["grads"],))
-            return tf.constant(True)
 
-        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        applied = backend.when(finite, apply)
         overflow = self._local(out["overflow"])[0]
-        lowered = tf.constant(False)
+        lowered = ops.convert_to_tensor(False)
         if self.loss_scaled:
-            lowered = tf.cond(overflow, self._lower_loss_scale, lambda: tf.constant(False))
-        with tf.control_dependencies([applied, lowered]):
-            params_finite = tf.reduce_all([_all_finite(v) for v in self.variables])
+            lowered = backend.when(overflow, self._lower_loss_scale)
+        with backend.control_dependencies([applied, lowered]):
+            params_finite = ops.all(ops.stack([_all_finite(v) for v in self.variables]))
             loss_scale = self._loss_scale()
         return {
             "loss": self._local_mean(out["loss"]),
-            "outputs": tf.concat(self._local(out["outputs"]), axis=0),
+            "outputs": ops.concatenate(self._local(out["outputs"]), axis=0),
             "valid_steps": self._local_mean(out["valid_steps"]),
             "grad_norms": self._local_mean(out["grad_norms"]),
             "applied": applied,
@@ -350,17 +390,16 @@ class Engine:
             "loss_scale": loss_scale,
         }
 
-    def _loss_scale(self) -> tf.Tensor:
+    def _loss_scale(self):
         """[] float32: the LossScaleOptimizer's current scale S, or 1."""
         if not self.loss_scaled:
-            return tf.constant(1.0)
-        return tf.convert_to_tensor(self.optimizer.dynamic_scale)
+            return ops.convert_to_tensor(1.0)
+        return backend.read(self.optimizer.dynamic_scale)
 
     def _lower_loss_scale(self):
         """After an overflow: S / 2 and the growth counter reset (LossScaleOptimizer's rule)."""
         self.optimizer.step_counter.assign(0)
         self.optimizer.dynamic_scale.assign(self.optimizer.dynamic_scale * 0.5)
-        return tf.constant(True)
 
     def _replica_gradients(self, clip, labels, start, chunk: int, fresh: bool):
         """One replica's share: frames [start, start + chunk) of its clips [B, K, *frame].
@@ -375,7 +414,7 @@ class Engine:
         targets, present = self.task.step_targets(clip, labels, lag)
         if chunk != clip.shape[1]:
             clip, targets = (_frames(x, start, chunk) for x in (clip, targets))
-            present = present[start : start + chunk]
+            present = ops.slice(present, [start], [chunk])
         state = self.pipeline.zero_state() if fresh else self.pipeline.read_state(self.frames_seen)
         loss_scale = self._loss_scale() if self.loss_scaled else None
         if loss_scale is not None and not fresh:  # messages formed under an earlier S
@@ -398,7 +437,7 @@ class Engine:
                 finite_grads += [_all_finite(g) for g in gu]
                 scale = 1.0 / self.num_replicas
                 grads += [g * scale for g in gu] if self.num_replicas > 1 else list(gu)
-        finite_loss, finite_grads = _all_finite(out.loss), tf.reduce_all(finite_grads)
+        finite_loss, finite_grads = _all_finite(out.loss), ops.all(ops.stack(finite_grads))
         finite = finite_loss & finite_grads
 
         def write():
@@ -406,30 +445,29 @@ class Engine:
             self.frames_seen.assign(out.state.t)
             if loss_scale is not None:
                 self.message_scale.assign(loss_scale)
-            return tf.constant(True)
 
-        tf.cond(finite, write, lambda: tf.constant(False))
-        bad = 1.0 - tf.cast(tf.stack([finite_loss, finite_grads]), tf.float32)
+        backend.when(finite, write)
+        bad = 1.0 - ops.cast(ops.stack([finite_loss, finite_grads]), "float32")
         if self.num_replicas > 1:  # every replica must take the same decision
             bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
         return {
             "grads": grads,
-            "finite": tf.reduce_all(bad == 0.0),
+            "finite": ops.all(bad == 0.0),
             # Scaled gradients overflowed, the loss did not: S is too large, not the data bad.
-            "overflow": tf.constant(self.loss_scaled) & (bad[0] == 0.0) & (bad[1] > 0.0),
+            "overflow": ops.convert_to_tensor(self.loss_scaled) & (bad[0] == 0.0) & (bad[1] > 0.0),
             "loss": out.loss * unscale,
             "outputs": out.outputs,
             "valid_steps": out.valid_steps,
-            "grad_norms": tf.stack(norms),
+            "grad_norms": ops.stack(norms),
         }
 
     def _rescale_messages(self, messages, loss_scale) -> tuple:
         """m_i formed under S' = message_scale, brought to S: m_i * S / S' (a power of 2)."""
-        ratio = loss_scale / tf.convert_to_tensor(self.message_scale)
+        ratio = loss_scale / backend.read(self.message_scale)
         out = []
         for j, m in enumerate(messages, start=1):
             with self.pipeline.unit_scope(j):
-                out.append(m * tf.cast(ratio, m.dtype))
+                out.append(m * ops.cast(ratio, m.dtype))
         return tuple(out)
 
     # -- Evaluation --------------------------------------------------------------
@@ -447,7 +485,7 @@ class Engine:
 
     def _predict_fn(self, clip):
         out = self.strategy.run(self._replica_predict, args=(clip,))
-        return tf.concat(self._local(out), axis=0)
+        return ops.concatenate(self._local(out), axis=0)
 
     def _replica_predict(self, clip):
         return self.mode.predict_clip(self.pipeline, clip, training=False)
@@ -468,7 +506,9 @@ class Engine:
 
     def _predict_steps_fn(self, clip):
         out = self.strategy.run(self._replica_predict_steps, args=(clip,))
-        merged = {k: tf.concat(self._local(v), axis=0) for k, v in out.items() if k != "weights"}
+        merged = {
+            k: ops.concatenate(self._local(v), axis=0) for k, v in out.items() if k != "weights"
+        }
         merged["weights"] = self._local(out["weights"])[0]  # the same on every replica
         return merged
 
@@ -508,11 +548,11 @@ class Engine:
 
     def _local_mean(self, value):
         parts = self._local(value)
-        return tf.add_n(list(parts)) / len(parts) if len(parts) > 1 else parts[0]
+        return sum(parts[1:], parts[0]) / len(parts) if len(parts) > 1 else parts[0]
 
     def _distribute(self, clip, labels):
         """Checks the input and hands each local replica its B clips."""
-        if isinstance(clip, tf.distribute.DistributedValues):
+        if backend.is_tensorflow() and isinstance(clip, tf.distribute.DistributedValues):
             for c in self._local(clip):
                 self.pipeline.check_clip(c)
             if labels is not None:
@@ -520,10 +560,10 @@ class Engine:
                     self._check_labels(y)
             return clip, labels
         self.pipeline.check_clip(clip, batch_size=self.batch_per_process)
-        clip = tf.convert_to_tensor(clip)
+        clip = ops.convert_to_tensor(clip)
         if labels is not None:
-            labels = tf.convert_to_tensor(labels)
-            self._check_labels(labels, self.batch_per_process)
+            self._check_labels(labels, self.batch_per_process)  # (before JAX refuses a dtype)
+            labels = ops.convert_to_tensor(labels)
         if self.local_replicas == 1:
             return clip, labels
         b, n = self.pipeline.batch_size, self.local_replicas
@@ -549,8 +589,8 @@ class Engine:
 
 def _frames(x, start, count: int):
     """x[:, start : start + count] of a [B, K, ...] tensor, with a static count."""
-    begin = [0, start] + [0] * (x.shape.rank - 2)
-    return tf.slice(x, begin, [x.shape[0], count, *x.shape[2:]])
+    begin = [0, start] + [0] * (len(x.shape) - 2)
+    return ops.slice(x, begin, [x.shape[0], count, *x.shape[2:]])
 
 
 def _on_tpu(pipeline) -> bool:
@@ -565,7 +605,7 @@ def gradient_fidelity(pipeline: Pipeline, clip, labels=None, loss_scale=None) ->
     {"cosine": [L], "norm_ratio": [L]}.
     """
     lag = pipeline.topology.newest_lag(pipeline.num_units)
-    targets, present = pipeline.task.step_targets(tf.convert_to_tensor(clip), labels, lag)
+    targets, present = pipeline.task.step_targets(ops.convert_to_tensor(clip), labels, lag)
     return _rule_fidelity(pipeline, clip, targets, present, loss_scale=loss_scale)
 
 

@@ -24,6 +24,11 @@ The field's protocols for classification go through the same Metrics, reported a
                 the state carried (Mode.stream_step: the network sideways-export saves),
                 its logits averaged over all the video's scored steps and read at its
                 end (stream_videos): streaming_accuracy, _videos, _frames.
+
+score_batch is keras.ops and numpy: it runs on either Keras backend (SidewaysModel.evaluate
+under KERAS_BACKEND=jax imports no TensorFlow). What reads tf.data (evaluate's batching,
+the protocols, check_eval_size), writes TensorBoard summaries or restores a run
+(evaluate_workdir) uses TensorFlow, imported when first reached.
 """
 
 from __future__ import annotations
@@ -32,18 +37,22 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 import tqdm
+from keras import ops
 
-from sideways_tf import summaries
-from sideways_tf import workdir as workdir_lib
-from sideways_tf.data.sampling import PROTOCOLS
+from sideways_tf.backend import tf
 from sideways_tf.engine import Engine
-from sideways_tf.runs import load_run
 from sideways_tf.steps import unroll
 from sideways_tf.tasks import EvalBatch, Metrics, Task, pad_batch
 
 STREAM_CHUNK = 16  # frames per call of the streaming protocol (any length gives the same figures)
+
+
+def _protocols() -> tuple:
+    """The evaluation protocols (the readers' protocol_sampling: tf.data, so TensorFlow)."""
+    from sideways_tf.data.sampling import PROTOCOLS
+
+    return PROTOCOLS
 
 
 def evaluate(
@@ -57,8 +66,8 @@ def evaluate(
     a reader's protocol="streaming"). protocol None: the task's result; "multiview" or
     "streaming": Metrics.protocol_result, its figures named apart.
     """
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"protocol = {protocol!r}; use None or one of {PROTOCOLS}.")
+    if protocol is not None and protocol not in _protocols():
+        raise ValueError(f"protocol = {protocol!r}; use None or one of {_protocols()}.")
     metrics = engine.task.metrics()
     if protocol == "streaming":
         stream_videos(engine, metrics, dataset, progress=progress)
@@ -165,7 +174,7 @@ def _stream_chunks(engine: Engine, chunk: int) -> Callable:
 def evaluate_protocols(
     engine: Engine,
     eval_data: Callable,
-    protocols: Sequence[str] = PROTOCOLS,
+    protocols: Sequence[str] | None = None,
     progress: bool = False,
 ) -> dict:
     """The field's classification protocols, each reported apart: {multiview_accuracy,
@@ -174,9 +183,9 @@ def evaluate_protocols(
 
     eval_data: the run's evaluation reader (train.eval_data), called with
     protocol="multiview" / "streaming" (dmvr_dataset takes it; its N clips:
-    clip_sampling.multiview_clips).
+    clip_sampling.multiview_clips). protocols: None for all of them.
     """
-    protocols = check_protocols(eval_data, protocols)
+    protocols = check_protocols(eval_data, _protocols() if protocols is None else protocols)
     result = {}
     for protocol in protocols:
         result.update(evaluate(engine, eval_data(protocol=protocol), progress, protocol))
@@ -188,9 +197,9 @@ def check_protocols(eval_data: Callable, protocols: Sequence[str]) -> list[str]:
     an unknown one or a reader that cannot give their clips."""
     if isinstance(protocols, str):
         protocols = [p.strip() for p in protocols.split(",") if p.strip()]
-    unknown = [p for p in protocols if p not in PROTOCOLS]
+    unknown = [p for p in protocols if p not in _protocols()]
     if unknown:
-        raise ValueError(f"Unknown evaluation protocol(s) {unknown}; choose from {PROTOCOLS}.")
+        raise ValueError(f"Unknown evaluation protocol(s) {unknown}; choose from {_protocols()}.")
     if protocols and not _takes_protocol(eval_data):
         raise ValueError(
             f"The evaluation reader ({_name(eval_data)}) takes no protocol=, so it cannot give "
@@ -213,7 +222,7 @@ def _name(fn) -> str:
 
 
 def _check_finite(outputs, which: str) -> None:
-    if not np.all(np.isfinite(outputs.numpy())):
+    if not np.all(np.isfinite(ops.convert_to_numpy(outputs))):
         raise FloatingPointError(
             f"Evaluation produced NaN/Inf outputs ({which}): the parameters or the eval data "
             "are not finite. No figure is reported."
@@ -230,18 +239,18 @@ def score_batch(
     own, numbered from next_video). Returns (the batch as scored, the next free
     video number).
     """
-    clips = tf.convert_to_tensor(clips)
+    clips = ops.convert_to_tensor(clips)
     n = int(clips.shape[0])
     out = engine.predict_steps(pad_batch(clips, engine.batch_per_process))
     outputs = out["outputs"][:n]
     _check_finite(outputs, f"clips {next_video}..{next_video + n - 1} of this evaluation")
     if labels is not None:
-        labels = tf.convert_to_tensor(labels)
+        labels = ops.convert_to_tensor(labels)
         engine.task.check_labels(labels, n, num_outputs=int(engine.pipeline.top_output_shape[-1]))
     lag = engine.mode.input_lag(engine.pipeline)
     targets, present = engine.task.step_targets(clips, labels, lag)
     if videos is None:
-        videos = tf.range(next_video, next_video + n, dtype=tf.int64)
+        videos = np.arange(next_video, next_video + n, dtype=np.int64)
     references = {k: v[:n] for k, v in out.items() if k not in ("outputs", "weights")}
     weights = out["weights"] * present  # [K]
     batch = EvalBatch(outputs, targets, weights, references, labels, videos)
@@ -286,6 +295,10 @@ def evaluate_workdir(
     "eval", "headline"}: the training step evaluated, its checkpoint, the figures and
     the task's one line of them.
     """
+    from sideways_tf import summaries
+    from sideways_tf import workdir as workdir_lib
+    from sideways_tf.runs import load_run
+
     run = load_run(workdir, gin_params=tuple(gin_params))
     if run.eval_data is None:
         raise ValueError(

@@ -34,21 +34,34 @@ before its first step, training data that would end in a partial batch (numpy ar
 whose length is not a multiple of the batch; a tf.data dataset batched without
 drop_remainder=True), and predict and evaluate refuse clips too short to have a scored
 step (K < T_fill).
+
+The same code runs on Keras' TensorFlow and JAX backends (KERAS_BACKEND=jax). On JAX
+the engine's update is one jax.jit per clip whose new values it assigns to the
+variables; Keras' JAX trainer, which threads a stateless state through its steps and
+writes it back when its loop ends, is handed an empty state (_get_jax_state, _keras_step),
+so the variables always hold what the engine trained: callbacks, History, the progress
+bar, TerminateOnNaN, ModelCheckpoint and save / load_model see the same as on
+TensorFlow. There, `import sideways_tf.keras_model` and fit / evaluate / predict of
+numpy arrays, Python generators or a keras.utils.PyDataset import no TensorFlow; a
+tf.data dataset is taken where TensorFlow is installed (Keras reads it as numpy);
+tf.distribute strategies and `export` (a SavedModel) are TensorFlow's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from sideways_tf import diagnostics, modes, tasks
+from sideways_tf import backend, diagnostics, modes, tasks
 from sideways_tf import evaluate as evaluation
-from sideways_tf import export as export_lib
 from sideways_tf.engine import Engine
 from sideways_tf.pipeline import Pipeline
+from sideways_tf.rebuild import parameters, rebuild_pipeline
 
 ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy")
 
@@ -167,7 +180,7 @@ class SidewaysModel(keras.Model):
             fidelity_floor=fidelity_floor,
         )  # (checks the two thresholds before anything is compiled)
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
-        with self.distribute_strategy.scope():
+        with self._strategy_scope():
             self.engine = Engine(
                 self.pipeline,
                 mode,
@@ -288,8 +301,8 @@ class SidewaysModel(keras.Model):
             return self.train_function
         self._require_engine("fit()")
 
-        def train_function(iterator):
-            clips, labels, _ = self._unpack(next(iterator))
+        def train_step(data):
+            clips, labels, _ = self._unpack(data)
             out = self.engine.train_clip(clips, labels)
             self._steps += 1
             skipped = not bool(out["applied"]) and not bool(out["overflow"])
@@ -298,7 +311,7 @@ class SidewaysModel(keras.Model):
                 self._update_output_metrics(labels, out["outputs"])
                 self._non_finite_in_a_row = 0
                 for warning in self._watch.loss(self._steps, float(out["loss"])):
-                    warnings.warn(f"SidewaysModel.fit, {warning}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(f"SidewaysModel.fit, {warning}", RuntimeWarning, stacklevel=3)
             elif skipped:  # (a float16 overflow only lowers the loss scale: not the data's fault)
                 self._non_finite_in_a_row += 1
                 self._non_finite_steps += 1
@@ -310,7 +323,7 @@ class SidewaysModel(keras.Model):
                     "keras.callbacks.TerminateOnNaN() at the first such step, or "
                     "sw.StopOnNonFinite(max_in_a_row=10) as sideways-train does.",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             for i, norm in enumerate(np.asarray(out["grad_norms"]), start=1):
                 self._mean_metric(f"grad_norm/unit_{i}").update_state(norm)
@@ -320,7 +333,7 @@ class SidewaysModel(keras.Model):
                 for i, c in enumerate(np.asarray(fid["cosine"]), start=1):
                     self._mean_metric(f"fidelity/unit_{i}").update_state(c)
                 for warning in self._watch.fidelity(self._steps, np.asarray(fid["cosine"])):
-                    warnings.warn(f"SidewaysModel.fit, {warning}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(f"SidewaysModel.fit, {warning}", RuntimeWarning, stacklevel=3)
             logs = self._logs()
             logs["non_finite_steps"] = self._non_finite_steps
             logs["non_finite_in_a_row"] = self._non_finite_in_a_row
@@ -328,8 +341,8 @@ class SidewaysModel(keras.Model):
                 logs["loss"] = float("nan")
             return logs
 
-        self.train_function = train_function
-        return train_function
+        self.train_function = _keras_step(train_step)
+        return self.train_function
 
     def make_test_function(self, force=False):
         """Each Keras test step is one batch of the ONE evaluation loop (evaluate.score_batch):
@@ -340,8 +353,8 @@ class SidewaysModel(keras.Model):
             return self.test_function
         self._require_engine("evaluate()")
 
-        def test_function(iterator):
-            clips, labels, videos = self._unpack(next(iterator))
+        def test_step(data):
+            clips, labels, videos = self._unpack(data)
             clips, labels = self._host(clips), None if labels is None else self._host(labels)
             self._check_batch(int(clips.shape[0]))
             self._check_scored_steps(int(clips.shape[1]), "evaluate")
@@ -351,7 +364,7 @@ class SidewaysModel(keras.Model):
             )
             if labels is not None and self._output_metrics:  # on p(clip), as in training
                 w = batch.weights
-                clip_outputs = tf.einsum("nk...,k->n...", batch.outputs, w) / tf.reduce_sum(w)
+                clip_outputs = ops.einsum("nk...,k->n...", batch.outputs, w) / ops.sum(w)
                 self._update_output_metrics(labels, clip_outputs)
             result = self._evaluation.result()
             result.pop("images", None)
@@ -359,8 +372,8 @@ class SidewaysModel(keras.Model):
             logs.update({m.name: m.result() for m in self._output_metrics})
             return logs
 
-        self.test_function = test_function
-        return test_function
+        self.test_function = _keras_step(test_step)
+        return self.test_function
 
     def reset_metrics(self):
         """Keras calls this before every epoch and evaluation: a fresh evaluation too."""
@@ -373,8 +386,7 @@ class SidewaysModel(keras.Model):
             return self.predict_function
         self._require_engine("predict()")
 
-        def predict_function(data):
-            (data,) = data  # Keras hands a list of steps_per_execution (= 1) batches
+        def predict_step(data):
             clips, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             clips, n = self._padded(clips)
             self._check_scored_steps(int(self._local_clips(clips).shape[1]), "predict")
@@ -382,8 +394,8 @@ class SidewaysModel(keras.Model):
                 return self.engine.predict_steps(clips)["outputs"][:n]
             return self.engine.predict_clip(clips)[:n]
 
-        self.predict_function = predict_function
-        return predict_function
+        self.predict_function = _keras_step(predict_step, predict=True)
+        return self.predict_function
 
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """Keras' fit, its training data checked before the first step.
@@ -440,6 +452,34 @@ class SidewaysModel(keras.Model):
         self._require_engine("reset_state()")
         self.engine.reset_state()
 
+    # -- Keras' JAX trainer: the variables stay the engine's -----------------------------
+
+    def _get_jax_state(
+        self,
+        trainable_variables=False,
+        non_trainable_variables=False,
+        optimizer_variables=False,
+        metrics_variables=False,
+        purge_model_variables=False,
+    ):
+        """The state Keras' JAX trainer hands its step functions: one empty list per
+        group asked for, and no variable purged (emptied until the loop ends).
+
+        Its own steps are stateless (values in, new values out, written back by
+        jax_state_sync); the engine's updates are not: each assigns the new values to
+        the variables (backend.function), and our metrics update in place, so the
+        variables always hold the current values, which callbacks, save and the next
+        step read (see _keras_step).
+        """
+        del purge_model_variables
+        groups = (trainable_variables, non_trainable_variables, optimizer_variables)
+        return tuple([] for wanted in (*groups, metrics_variables) if wanted)
+
+    def jax_state_sync(self):
+        """Keras' JAX trainer writes its step functions' state into the variables here;
+        ours is empty (_get_jax_state): the variables are current already."""
+        self._jax_state_synced = True
+
     # -- Another batch size; export ----------------------------------------------------
 
     def with_batch_size(self, batch_size: int) -> SidewaysModel:
@@ -458,8 +498,8 @@ class SidewaysModel(keras.Model):
                 f"with_batch_size takes the clips per replica, B, a positive integer; got "
                 f"{batch_size!r}."
             )
-        with self.distribute_strategy.scope():
-            pipeline = export_lib.rebuild_pipeline(
+        with self._strategy_scope():
+            pipeline = rebuild_pipeline(
                 self.pipeline,
                 batch_size,
                 what="with_batch_size",
@@ -501,6 +541,8 @@ class SidewaysModel(keras.Model):
                 "model.export(dir, batch_size=1) (model.export(dir, tflite=True) adds "
                 "dir/model.tflite), or sw.export.export(model, dir, batch_size=1)."
             )
+        from sideways_tf import export as export_lib  # (a SavedModel: TensorFlow)
+
         metadata = export_lib.export(self, filepath, batch_size=batch_size, tflite=tflite)
         if verbose or verbose is None:
             print(
@@ -526,22 +568,28 @@ class SidewaysModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def _host(self, value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return tf.concat(self.distribute_strategy.experimental_local_results(value), 0)
-        return tf.convert_to_tensor(value)
+        if _is_distributed(value):
+            return ops.concatenate(self.distribute_strategy.experimental_local_results(value), 0)
+        return ops.convert_to_tensor(value)
+
+    def _strategy_scope(self):
+        """The tf.distribute strategy's scope the model was built in (on JAX, none)."""
+        if backend.is_tensorflow():
+            return self.distribute_strategy.scope()
+        return contextlib.nullcontext()
 
     def _padded(self, clips):
         """A last partial batch padded to the static batch (returns it and the real count)."""
-        if isinstance(clips, tf.distribute.DistributedValues):
+        if _is_distributed(clips):
             return clips, self.engine.batch_per_process
-        clips = tf.convert_to_tensor(clips)
+        clips = ops.convert_to_tensor(clips)
         n = int(clips.shape[0])
         self._check_batch(n)
         return tasks.pad_batch(clips, self.engine.batch_per_process), n
 
     def _local_clips(self, clips):
         """This process's first replica's clips (the clips themselves without a strategy)."""
-        if isinstance(clips, tf.distribute.DistributedValues):
+        if _is_distributed(clips):
             return self.distribute_strategy.experimental_local_results(clips)[0]
         return clips
 
@@ -594,7 +642,8 @@ class SidewaysModel(keras.Model):
             if n % step:
                 raise ValueError(_partial_arrays_message(n, step, self.engine.local_replicas))
             return
-        if not isinstance(x, tf.data.Dataset):
+        tf = _loaded_tensorflow()
+        if tf is None or not isinstance(x, tf.data.Dataset):
             return  # generators, PyDatasets, distributed datasets: checked per batch
         spec = _frames_spec(x.element_spec)
         rank = 2 + len(self.pipeline.frame_shape)  # [B, K, *frame]
@@ -650,7 +699,7 @@ class SidewaysModel(keras.Model):
     def count_params(self) -> int:
         """Parameters: every weight of the units and the head, trainable or not, but not
         the state buffers (count_buffers; summary lists both apart)."""
-        return int(sum(np.prod(v.shape) for v in export_lib.parameters(self.pipeline)))
+        return int(sum(np.prod(v.shape) for v in parameters(self.pipeline)))
 
     def count_buffers(self) -> int:
         """Elements of the state buffers (outputs, messages, delay lines): B times the
@@ -727,7 +776,9 @@ def _array_frames(x):
     None (a dataset, a generator: Keras does not batch those)."""
     if isinstance(x, dict) and "frames" in x:
         x = x["frames"]
-    if isinstance(x, (np.ndarray, tf.Tensor)) and x.ndim >= 1:
+    tf = _loaded_tensorflow()
+    array = isinstance(x, np.ndarray) or backend.is_tensor(x)
+    if (array or tf is not None and isinstance(x, tf.Tensor)) and x.ndim >= 1:
         return x
     return None
 
@@ -739,7 +790,42 @@ def _frames_spec(spec):
         spec = spec.get("frames")
     elif isinstance(spec, (tuple, list)) and spec:
         spec = spec[0]
-    return spec if isinstance(spec, tf.TensorSpec) else None
+    return spec if isinstance(spec, _loaded_tensorflow().TensorSpec) else None
+
+
+def _keras_step(step, predict: bool = False):
+    """Keras' step function (make_train_function's and the others') around step(batch).
+
+    On TensorFlow, Keras calls it with the data iterator (predict: a list of
+    steps_per_execution = 1 batches) and reads its logs or outputs. On JAX, Keras calls
+    it with (state, iterator): the variables' values, handed through a stateless step
+    and written back into the variables after the loop (JAXTrainer.jax_state_sync).
+    The engine updates the variables themselves (one jax.jit per clip, whose new
+    values it assigns), so the state is empty and goes back as it came
+    (SidewaysModel._get_jax_state): nothing stale is ever written over them.
+    """
+    if backend.is_jax():
+
+        def jax_step(state, iterator):
+            return step(next(iterator)), state
+
+        return jax_step
+    if predict:
+        return lambda data: step(data[0])
+    return lambda iterator: step(next(iterator))
+
+
+def _loaded_tensorflow():
+    """TensorFlow where something imported it (always on its backend), else None: a tf.data
+    dataset or a tf.distribute value can only come from it, so asking whether a value is
+    one never imports it under KERAS_BACKEND=jax."""
+    return sys.modules.get("tensorflow")
+
+
+def _is_distributed(value) -> bool:
+    """A tf.distribute per-replica value (a distributed dataset's batch)."""
+    tf = _loaded_tensorflow()
+    return tf is not None and isinstance(value, tf.distribute.DistributedValues)
 
 
 def _partial_arrays_message(n: int, step: int, replicas: int) -> str:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
 from sideways_tf import rules
-from sideways_tf.steps import unroll
+from sideways_tf.backend import unroll
 
 TOPOLOGIES = ("any", "chain", "skips")
 
@@ -121,10 +122,10 @@ class Mode:
 
         filled[t] is 1.0 where the output is built from real frames only.
         """
-        clip = tf.convert_to_tensor(clip)
+        clip = ops.convert_to_tensor(clip)
         if not self.pipelined:
             per_step, _ = rules.frame_outputs(pipeline, clip, training=training)
-            return per_step, tf.ones([clip.shape[1]], tf.float32)
+            return per_step, ops.ones((ops.shape(clip)[1],), "float32")
 
         def step(state, k):
             state, y = pipeline.forward_step(state, clip[:, k], training=training)
@@ -155,12 +156,14 @@ class Mode:
         """
         if self.pipelined:
             return self.named_state(pipeline.zero_state())
-        state = {"t": tf.constant(0, tf.int32)}
+        state = {"t": ops.convert_to_tensor(0, "int32")}
         if pipeline.head_reads_previous_frame:
-            state["previous_frame"] = tf.zeros((pipeline.batch_size, *pipeline.frame_shape))
+            state["previous_frame"] = ops.zeros(
+                (pipeline.batch_size, *pipeline.frame_shape), "float32"
+            )
         return state
 
-    def stream_step(self, pipeline, state: dict, x_t, training=False) -> tuple[dict, tf.Tensor]:
+    def stream_step(self, pipeline, state: dict, x_t, training=False) -> tuple[dict, Any]:
         """One frame x[t] [B, *frame] through the network this mode trains: (state, y[t]).
 
         pipelined: pipeline.forward_step, y[t] built from x[t - oldest] .. x[t - newest];
@@ -171,10 +174,11 @@ class Mode:
             state = self.unnamed_state(pipeline, state)
             state, y = pipeline.forward_step(state, x_t, training=training)
             return self.named_state(state), y
-        x_t = tf.convert_to_tensor(x_t)  # [B, *frame]
+        x_t = ops.convert_to_tensor(x_t)  # [B, *frame]
         new, previous = {"t": state["t"] + 1}, None
         if pipeline.head_reads_previous_frame:
-            previous = tf.where(state["t"] == 0, x_t, state["previous_frame"])
+            # (a select, not a branch: t may be traced)
+            previous = ops.where(ops.equal(state["t"], 0), x_t, state["previous_frame"])
             new["previous_frame"] = x_t
         return new, pipeline.frame_forward(x_t, training=training, previous=previous)
 

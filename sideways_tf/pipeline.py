@@ -21,15 +21,16 @@ passes is the rules' and the engine's business.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from sideways_tf import backend, tasks
 from sideways_tf import placement as placement_lib
-from sideways_tf import tasks
 from sideways_tf import topology as topology_lib
+from sideways_tf.backend import tf
 from sideways_tf.steps import unroll
 from sideways_tf.units import Unit, _per_replica_buffers, load_buffers
 
@@ -48,7 +49,7 @@ class PipelineState(NamedTuple):
               second edge with delay lag + 1.
     """
 
-    t: tf.Tensor
+    t: Any
     outputs: tuple
     messages: tuple
     delays: tuple
@@ -256,10 +257,10 @@ class Pipeline(keras.Layer):
 
     def read_state(self, t) -> PipelineState:
         return PipelineState(
-            t=tf.convert_to_tensor(t, tf.int32),
-            outputs=tuple(tf.convert_to_tensor(u.output_buffer) for u in self.units),
-            messages=tuple(tf.convert_to_tensor(u.message_buffer) for u in self.units[:-1]),
-            delays=tuple(tf.convert_to_tensor(b) for b in self.delay_buffers()),
+            t=ops.cast(backend.read(t), "int32"),
+            outputs=tuple(backend.read(u.output_buffer) for u in self.units),
+            messages=tuple(backend.read(u.message_buffer) for u in self.units[:-1]),
+            delays=tuple(backend.read(b) for b in self.delay_buffers()),
         )
 
     def write_state(self, state: PipelineState):
@@ -275,15 +276,15 @@ class Pipeline(keras.Layer):
         outputs, messages, delays = [], [], []
         for i, u in enumerate(self.units, start=1):
             with self.unit_scope(i):
-                outputs.append(tf.zeros(u.output_buffer.shape, u.output_buffer.dtype))
+                outputs.append(ops.zeros(u.output_buffer.shape, u.output_buffer.dtype))
                 if u.message_buffer is not None:
-                    messages.append(tf.zeros(u.message_buffer.shape, u.message_buffer.dtype))
-                delays += [tf.zeros(b.shape, b.dtype) for b in u.delay_buffers if b is not None]
+                    messages.append(ops.zeros(u.message_buffer.shape, u.message_buffer.dtype))
+                delays += [ops.zeros(b.shape, b.dtype) for b in u.delay_buffers if b is not None]
         if self.head_lines:
             with self.unit_scope(self.num_units):
-                delays += [tf.zeros(b.shape, b.dtype) for b in self.head_lines]
+                delays += [ops.zeros(b.shape, b.dtype) for b in self.head_lines]
         return PipelineState(
-            t=tf.constant(0, tf.int32),
+            t=ops.convert_to_tensor(0, "int32"),
             outputs=tuple(outputs),
             messages=tuple(messages),
             delays=tuple(delays),
@@ -293,7 +294,7 @@ class Pipeline(keras.Layer):
         for u in self.units:
             u.reset_state()
         for b in self.head_lines:
-            b.assign(tf.zeros(b.shape, b.dtype))
+            b.assign(ops.zeros(b.shape, b.dtype))
 
     def load_own_variables(self, store):
         """Keras' loading of the pipeline's own variables, the head's delay lines: as
@@ -318,11 +319,11 @@ class Pipeline(keras.Layer):
                 inputs.append(previous[e.source])
                 continue
             line = state.delays[slot[k]]  # [d, B, ...], holds a_j[t-1-d] .. a_j[t-2]
-            newest = tf.cast(previous[e.source], line.dtype)  # (frames come in float32)
+            newest = ops.cast(previous[e.source], line.dtype)  # (frames come in float32)
             if i > self.num_units:
-                line = tf.where(state.t == 0, tf.broadcast_to(newest[None], tf.shape(line)), line)
+                line = ops.where(state.t == 0, newest[None], line)  # (broadcast over d)
             inputs.append(line[0])
-            new_lines[slot[k]] = tf.concat([line[1:], newest[None]], axis=0)
+            new_lines[slot[k]] = ops.concatenate([line[1:], newest[None]], axis=0)
         return inputs, new_lines
 
     def check_unit_output(self, i: int, a):
@@ -364,7 +365,7 @@ class Pipeline(keras.Layer):
             out = self.head(a_top, training=training, **dict(zip(names, frames)))
         else:
             out = self.head(a_top, training=training)
-        return tf.cast(out, tf.float32)
+        return ops.cast(out, "float32")
 
     def step(self, state: PipelineState, x_t, unit_fn: Callable, training=None):
         """The skeleton of one pipelined computation step t, for every unit at once.
@@ -377,7 +378,7 @@ class Pipeline(keras.Layer):
         read only the previous step's buffers, so no unit waits on another. x_t:
         [B, *frame]. Returns (state at t without messages changed, [extra_i per unit]).
         """
-        previous = (tf.convert_to_tensor(x_t), *state.outputs)  # a_j[t-1], j = 0..L
+        previous = (ops.convert_to_tensor(x_t), *state.outputs)  # a_j[t-1], j = 0..L
         outputs, extras, lines = [], [], list(state.delays)
         for i, unit in enumerate(self.units, start=1):
             with self.unit_scope(i):
@@ -422,7 +423,7 @@ class Pipeline(keras.Layer):
 
     def call(self, clip, training=None):
         """Pipelined outputs of a whole clip from a zero state: [B, K, ...] -> [B, K, out]."""
-        clip = tf.convert_to_tensor(clip)
+        clip = ops.convert_to_tensor(clip)
         if clip.shape[1] is None:
             raise ValueError("Pipeline.call needs a static clip length K.")
 
@@ -441,11 +442,11 @@ class Pipeline(keras.Layer):
         shape = tuple(clip.shape)
         batch_size = batch_size or self.batch_size
         expected = (batch_size, "K", *self.frame_shape)
-        dtype = tf.as_dtype(clip.dtype)
-        if not dtype.is_floating:
+        if not backend.is_floating(clip.dtype):
             raise TypeError(
-                f"{name} has dtype {dtype.name}; the pipeline takes float frames. Convert and "
-                "normalise first, e.g. tf.cast(frames, tf.float32) / 127.5 - 1."
+                f"{name} has dtype {keras.backend.standardize_dtype(clip.dtype)}; the pipeline "
+                "takes float frames. Convert and normalise first, e.g. "
+                "keras.ops.cast(frames, 'float32') / 127.5 - 1."
             )
         if len(shape) != len(expected):
             raise ValueError(

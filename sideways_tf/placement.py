@@ -26,7 +26,8 @@ import dataclasses
 import threading
 from collections.abc import Sequence
 
-import tensorflow as tf
+from sideways_tf import backend
+from sideways_tf.backend import tf
 
 
 def resolve_device(device: str | None) -> str | None:
@@ -37,6 +38,12 @@ def resolve_device(device: str | None) -> str | None:
     """
     if device is None:
         return None
+    if not backend.is_tensorflow():
+        raise ValueError(
+            f"Unit(device={device!r}): a unit's own device is a tf.device placement, on the "
+            "TensorFlow backend. On JAX leave device=None (one jax.jit runs the whole clip on "
+            "the default device)."
+        )
     try:
         spec = tf.DeviceSpec.from_string(device if device.startswith("/") else "/" + device)
     except ValueError as e:
@@ -61,8 +68,8 @@ def resolve_device(device: str | None) -> str | None:
 
 
 def device_scope(device: str | None):
-    """tf.device(device), or a no-op for None."""
-    return tf.device(device) if device else contextlib.nullcontext()
+    """tf.device(device) (on JAX a no-op: see Plan), or a no-op for None."""
+    return backend.device_scope(device)
 
 
 def accelerators() -> list[str]:

@@ -23,10 +23,12 @@ Which rule a mode uses, and what else a mode decides, is sideways_tf.modes.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import tensorflow as tf
+import keras
+from keras import ops
 
+from sideways_tf import backend
 from sideways_tf.pipeline import Pipeline, PipelineState
 from sideways_tf.steps import unit_step, unroll
 
@@ -35,9 +37,9 @@ class StepResult(NamedTuple):
     """What one sideways step yields besides the new state."""
 
     grads: tuple  # g_theta_i[t], one list per unit, aligned with pipeline.unit_variables(i)
-    loss: tf.Tensor  # [] l_t (times S), zero while masked
-    outputs: tf.Tensor  # [B, *out] top output y[t]
-    valid: tf.Tensor  # [] 1.0 once t >= T_fill and step t has a target, else 0.0
+    loss: Any  # [] l_t (times S), zero while masked
+    outputs: Any  # [B, *out] top output y[t]
+    valid: Any  # [] 1.0 once t >= T_fill and step t has a target, else 0.0
 
 
 class ClipGradients(NamedTuple):
@@ -45,21 +47,21 @@ class ClipGradients(NamedTuple):
 
     grads: tuple  # per unit, averaged over valid steps (times S)
     state: PipelineState  # state after the clip
-    loss: tf.Tensor  # [] mean loss over valid steps (times S)
-    outputs: tf.Tensor  # [B, *out] top outputs averaged over valid steps
-    valid_steps: tf.Tensor  # [] number of valid steps
+    loss: Any  # [] mean loss over valid steps (times S)
+    outputs: Any  # [B, *out] top outputs averaged over valid steps
+    valid_steps: Any  # [] number of valid steps
 
 
-def masked_loss(pipeline: Pipeline, target, outputs, valid, loss_scale=None) -> tf.Tensor:
+def masked_loss(pipeline: Pipeline, target, outputs, valid, loss_scale=None):
     """S * mean over the batch of the task's loss, times valid; in float32."""
-    outputs = tf.cast(outputs, tf.float32)
-    loss = tf.reduce_mean(pipeline.task.loss(target, outputs)) * valid
-    return loss if loss_scale is None else loss * tf.cast(loss_scale, loss.dtype)
+    outputs = ops.cast(outputs, "float32")
+    loss = ops.mean(pipeline.task.loss(target, outputs)) * valid
+    return loss if loss_scale is None else loss * ops.cast(loss_scale, loss.dtype)
 
 
-def valid_step(pipeline: Pipeline, t) -> tf.Tensor:
+def valid_step(pipeline: Pipeline, t):
     """1.0 when the top output of step t (1-based) is built from real frames only."""
-    return tf.cast(t >= pipeline.fill_steps, tf.float32)
+    return ops.cast(t >= pipeline.fill_steps, "float32")
 
 
 def sideways_step(
@@ -86,7 +88,7 @@ def sideways_step(
     0.0 when step t has no target. Returns (state at t, StepResult).
     """
     t = state.t + 1
-    valid = valid_step(pipeline, t) * tf.cast(present_t, tf.float32)
+    valid = valid_step(pipeline, t) * ops.cast(present_t, "float32")
 
     def local_step(i, unit, inputs, head):
         edges = pipeline.topology.sources[i - 1]
@@ -117,10 +119,18 @@ def sideways_step(
     messages = []
     for j in range(1, pipeline.num_units):
         with pipeline.unit_scope(j):
-            messages.append(tf.add_n(replies[j]))
+            messages.append(_add_n(replies[j]))
     top = extras[-1][0]
     result = StepResult(tuple(out.grads for out, _ in extras), top.loss, top.output, valid)
     return state._replace(messages=tuple(messages)), result
+
+
+def _add_n(values: list):
+    """Sum of a list of tensors (the replies one source receives)."""
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
 
 
 def zero_gradients(pipeline: Pipeline) -> list:
@@ -128,7 +138,7 @@ def zero_gradients(pipeline: Pipeline) -> list:
     out = []
     for i in range(1, pipeline.num_units + 1):
         with pipeline.unit_scope(i):
-            out.append([tf.zeros(v.shape, v.dtype) for v in pipeline.unit_variables(i)])
+            out.append([ops.zeros(v.shape, v.dtype) for v in pipeline.unit_variables(i)])
     return out
 
 
@@ -142,8 +152,8 @@ def sideways_gradients(
     unrolled: the loop unrolled over a static K instead (for XLA; the graph grows
     with K, the memory still does not).
     """
-    clip = tf.convert_to_tensor(clip)
-    outputs_zero = tf.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
+    clip = ops.convert_to_tensor(clip)
+    outputs_zero = ops.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
 
     def step(carry, k):
         state, accum, loss_sum, n_valid, outputs_sum = carry
@@ -154,7 +164,7 @@ def sideways_gradients(
         for i, (au, gu) in enumerate(zip(accum, out.grads), start=1):
             with pipeline.unit_scope(i):  # each unit's accumulator stays on its device
                 # float32 like the parameters, whatever dtype a VJP comes out in.
-                summed.append([a + tf.cast(g, a.dtype) for a, g in zip(au, gu)])
+                summed.append([a + ops.cast(g, a.dtype) for a, g in zip(au, gu)])
         carry = (
             state,
             summed,
@@ -165,11 +175,11 @@ def sideways_gradients(
         return carry, None
 
     init = (state, zero_gradients(pipeline), 0.0, 0.0, outputs_zero)
-    num_steps = clip.shape[1] if unrolled else tf.shape(clip)[1]
+    num_steps = clip.shape[1] if unrolled else backend.dynamic_length(clip)
     (state, accum, loss_sum, n_valid, outputs_sum), _ = unroll(
         step, init, num_steps, static=unrolled
     )
-    n = tf.maximum(n_valid, 1.0)
+    n = ops.maximum(n_valid, 1.0)
     grads = []
     for i, gu in enumerate(accum, start=1):
         with pipeline.unit_scope(i):
@@ -193,19 +203,36 @@ def all_variables(pipeline: Pipeline) -> list:
 
 
 def pipelined_forward(
-    pipeline, state, clip, targets=None, present=None, training=True, loss_scale=None
+    pipeline,
+    state,
+    clip,
+    targets=None,
+    present=None,
+    training=True,
+    loss_scale=None,
+    remat=False,
+    unrolled=True,
 ):
-    """The pipelined network over a clip, one forward_step per frame (K static, unrolled).
+    """The pipelined network over a clip, one forward_step per frame.
 
     targets [B, K, ...] and present [K] as the task's step_targets. Returns (state,
     mean loss over valid steps (0 without targets), top outputs averaged over valid
-    steps [B, ...], number of valid steps).
+    steps [B, ...], number of valid steps). remat: each step's forward rematerialized
+    (keras.remat: jax.checkpoint, tf.recompute_grad), for bptt's backward pass.
+    unrolled: the frame loop unrolled over a static K (what a TensorFlow tape needs);
+    False: one graph loop, which JAX differentiates (jax.lax.scan).
     """
-    clip = tf.convert_to_tensor(clip)
+    clip = ops.convert_to_tensor(clip)
+
+    def forward(state, x_t):
+        return pipeline.forward_step(state, x_t, training=training)
+
+    if remat:  # keep only each step's state; recompute its activations in the backward pass
+        forward = keras.remat(forward)
 
     def step(carry, k):
         state, loss_sum, n_valid, outputs_sum = carry
-        state, y = pipeline.forward_step(state, clip[:, k], training=training)
+        state, y = forward(state, clip[:, k])
         valid = valid_step(pipeline, state.t)
         if present is not None:
             valid *= present[k]
@@ -213,28 +240,45 @@ def pipelined_forward(
             loss_sum += masked_loss(pipeline, targets[:, k], y, valid, loss_scale)
         return (state, loss_sum, n_valid + valid, outputs_sum + y * valid), None
 
+    outputs_zero = ops.zeros((pipeline.batch_size, *pipeline.top_output_shape[1:]))
     (state, loss_sum, n_valid, outputs_sum), _ = unroll(
-        step, (state, 0.0, 0.0, 0.0), clip.shape[1], static=True
+        step, (state, 0.0, 0.0, outputs_zero), clip.shape[1], static=unrolled
     )
-    n = tf.maximum(n_valid, 1.0)
+    n = ops.maximum(n_valid, 1.0)
     return state, loss_sum / n, outputs_sum / n, n_valid
 
 
 def bptt_gradients(
-    pipeline, state, clip, targets, present, training=True, loss_scale=None, unrolled=True
+    pipeline,
+    state,
+    clip,
+    targets,
+    present,
+    training=True,
+    loss_scale=None,
+    unrolled=True,
+    remat=False,
 ) -> ClipGradients:
     """The exact gradient of the pipelined network over the clip: one tape over K steps.
 
     loss = mean over valid steps t of l_t. The tape holds every step's activations,
-    so memory grows with K (the frame loop is always unrolled: K must be static).
+    so memory grows with K (on TensorFlow the frame loop is unrolled: K must be static).
+    remat: the tape keeps only each step's state and recomputes the step's activations
+    in the backward pass (the fair memory baseline for Sideways: still O(K) states,
+    about twice the forward compute; benchmarks/accelerator.py). unrolled=False on
+    JAX: the frame loop is one jax.lax.scan (with remat, jax.checkpoint in its body:
+    XLA cannot schedule the recomputation early, as it may in an unrolled graph).
     """
-    del unrolled  # the tape needs every step
-    theta = all_variables(pipeline)
-    with tf.GradientTape() as tape:
-        state, loss, outputs, n_valid = pipelined_forward(
-            pipeline, state, clip, targets, present, training, loss_scale
+    # A TensorFlow tape needs every step unrolled; JAX differentiates a scan too.
+    unrolled = unrolled or not backend.is_jax()
+
+    def forward(_):
+        state_out, loss, outputs, n_valid = pipelined_forward(
+            pipeline, state, clip, targets, present, training, loss_scale, remat, unrolled
         )
-    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, (state_out, outputs, n_valid)
+
+    loss, (state, outputs, n_valid), _, flat = backend.vjp(forward, [], all_variables(pipeline))
     return ClipGradients(split_per_unit(pipeline, flat), state, loss, outputs, n_valid)
 
 
@@ -243,15 +287,15 @@ def frame_outputs(pipeline: Pipeline, clip, training=True):
 
     Returns (per-frame outputs [B, K, ...], outputs averaged over the clip [B, ...]).
     """
-    clip = tf.convert_to_tensor(clip)
-    frames = tf.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
+    clip = ops.convert_to_tensor(clip)
+    frames = ops.reshape(clip, (-1, *pipeline.frame_shape))  # [B*K, *frame]
     previous = None
     if pipeline.head_reads_previous_frame:  # x[t - 1], x[0] before the clip's first frame
-        previous = tf.concat([clip[:, :1], clip[:, :-1]], axis=1)
-        previous = tf.reshape(previous, (-1, *pipeline.frame_shape))
+        previous = ops.concatenate([clip[:, :1], clip[:, :-1]], axis=1)
+        previous = ops.reshape(previous, (-1, *pipeline.frame_shape))
     outputs = pipeline.frame_forward(frames, training=training, previous=previous)
-    per_step = tf.reshape(outputs, (pipeline.batch_size, -1, *outputs.shape[1:]))  # [B, K, ...]
-    return per_step, tf.reduce_mean(per_step, axis=1)
+    per_step = ops.reshape(outputs, (pipeline.batch_size, -1, *outputs.shape[1:]))  # [B, K, ...]
+    return per_step, ops.mean(per_step, axis=1)
 
 
 def frame_gradients(
@@ -264,20 +308,22 @@ def frame_gradients(
     No frame loop: `unrolled` changes nothing.
     """
     del unrolled
-    num_frames = tf.shape(clip)[1]
-    frame_targets = tf.reshape(targets, (-1, *targets.shape[2:]))  # [B*K, ...]
-    weights = tf.tile(present, [pipeline.batch_size])  # [B*K], frame k of clip b at b*K + k
-    total = tf.maximum(tf.reduce_sum(weights), 1.0)
-    theta = all_variables(pipeline)
-    with tf.GradientTape() as tape:
+    num_frames = backend.dynamic_length(clip)
+    frame_targets = ops.reshape(targets, (-1, *targets.shape[2:]))  # [B*K, ...]
+    weights = ops.tile(present, [pipeline.batch_size])  # [B*K], frame k of clip b at b*K + k
+    total = ops.maximum(ops.sum(weights), 1.0)
+
+    def forward(_):
         per_step, outputs = frame_outputs(pipeline, clip, training=training)
-        per_frame = tf.cast(tf.reshape(per_step, (-1, *per_step.shape[2:])), tf.float32)
-        loss = tf.reduce_sum(pipeline.task.loss(frame_targets, per_frame) * weights) / total
+        per_frame = ops.cast(ops.reshape(per_step, (-1, *per_step.shape[2:])), "float32")
+        loss = ops.sum(pipeline.task.loss(frame_targets, per_frame) * weights) / total
         if loss_scale is not None:
-            loss *= tf.cast(loss_scale, loss.dtype)
-    flat = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            loss = loss * ops.cast(loss_scale, loss.dtype)
+        return loss, outputs
+
+    loss, outputs, _, flat = backend.vjp(forward, [], all_variables(pipeline))
     state = state._replace(t=state.t + num_frames)
-    n = tf.reduce_sum(present)
+    n = ops.sum(present)
     return ClipGradients(split_per_unit(pipeline, flat), state, loss, outputs, n)
 
 
@@ -298,9 +344,9 @@ def gradient_fidelity(pipeline: Pipeline, clip, targets, present, loss_scale=Non
     )
     cosine, ratio = [], []
     for gs, ge in zip(side.grads, exact.grads):
-        s = tf.concat([tf.reshape(g, [-1]) for g in gs], 0)
-        e = tf.concat([tf.reshape(g, [-1]) for g in ge], 0)
-        ns, ne = tf.norm(s), tf.norm(e)
-        cosine.append(tf.reduce_sum(s * e) / tf.maximum(ns * ne, 1e-30))
-        ratio.append(ns / tf.maximum(ne, 1e-30))
-    return {"cosine": tf.stack(cosine), "norm_ratio": tf.stack(ratio)}
+        s = ops.concatenate([ops.reshape(g, [-1]) for g in gs], 0)
+        e = ops.concatenate([ops.reshape(g, [-1]) for g in ge], 0)
+        ns, ne = ops.norm(s), ops.norm(e)
+        cosine.append(ops.sum(s * e) / ops.maximum(ns * ne, 1e-30))
+        ratio.append(ns / ops.maximum(ne, 1e-30))
+    return {"cosine": ops.stack(cosine), "norm_ratio": ops.stack(ratio)}

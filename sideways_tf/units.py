@@ -28,11 +28,10 @@ from __future__ import annotations
 import contextlib
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from sideways_tf import backend, placement
 from sideways_tf import fusion as fusion_lib
-from sideways_tf import placement
 
 
 @keras.saving.register_keras_serializable(package="sideways_tf")
@@ -246,9 +245,10 @@ def _per_replica_buffers():
     locally inside a replica). Parameters stay mirrored. ONLY_FIRST_REPLICA is what
     a read outside a replica returns (TensorBoard's buffer norms).
     """
-    if not tf.distribute.has_strategy():
+    if not backend.is_tensorflow() or not backend.tf.distribute.has_strategy():
         yield
         return
+    tf = backend.tf
 
     def creator(next_creator, **kwargs):
         kwargs["synchronization"] = tf.VariableSynchronization.ON_READ

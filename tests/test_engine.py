@@ -3,11 +3,10 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from toy import conv_pipeline, dense_pipeline, flat, random_clip, rule_grads
+from toy import compile_fn, conv_pipeline, dense_pipeline, flat, random_clip, rule_grads
 
 import sideways_tf as sw
-from sideways_tf import engine
+from sideways_tf import backend, engine
 
 MODE_TOPOLOGY = [
     ("frame_bp", "skip(2)"),
@@ -33,16 +32,33 @@ def test_every_variable_gets_a_finite_nonzero_update(mode, topology, fusion):
         assert np.any(new != old), f"{mode}/{topology}/{fusion}: {v.path} was not updated"
 
 
-def test_one_trace_for_many_clips():
+def test_one_trace_for_many_clips(monkeypatch):
+    # The Python bodies run once per trace (tf.function's or jax.jit's), never per call.
+    traces = {"_update_fn": 0, "_predict_fn": 0}
+
+    def counted(name):
+        method = getattr(sw.Engine, name)
+
+        def body(*args, **kwargs):
+            traces[name] += 1
+            return method(*args, **kwargs)
+
+        return body
+
+    for name in traces:
+        monkeypatch.setattr(sw.Engine, name, counted(name))
     pipeline = dense_pipeline("skip(2)")
     eng = sw.Engine(pipeline, "skip_sideways", keras.optimizers.SGD(0.1))
     for seed in range(4):
         eng.train_clip(*random_clip(pipeline, 10, seed=seed))
         eng.predict_clip(random_clip(pipeline, 10, seed=seed)[0])
-    assert eng._update.experimental_get_tracing_count() == 1
-    assert eng._predict.experimental_get_tracing_count() == 1
+    assert traces == {"_update_fn": 1, "_predict_fn": 1}
+    if backend.is_tensorflow():
+        assert eng._update.experimental_get_tracing_count() == 1
+        assert eng._predict.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.tf_only  # Unit(device="CPU:1"): tf.device placement on the 4 logical CPUs
 @pytest.mark.parametrize("rule", [engine.sideways_gradients, engine.bptt_gradients])
 def test_same_gradients_on_one_device_and_on_two(rule):
     one = conv_pipeline(topology="skip(2)", devices=["CPU:0"])
@@ -53,8 +69,11 @@ def test_same_gradients_on_one_device_and_on_two(rule):
     assert "CPU:1" in two.units[-1].module.weights[0].value.device
     assert "CPU:0" in two.units[0].module.weights[0].value.device
     clip, labels = random_clip(one, 9)
-    fn = tf.function(lambda p, c, y: rule_grads(rule, p, c, y))
-    for g1, g2 in zip(flat(fn(one, clip, labels)), flat(fn(two, clip, labels))):
+
+    def grads(p):
+        return flat(compile_fn(lambda c, y: rule_grads(rule, p, c, y), p)(clip, labels))
+
+    for g1, g2 in zip(grads(one), grads(two)):
         np.testing.assert_allclose(g2, g1, rtol=1e-5, atol=1e-7)
 
 
@@ -95,7 +114,7 @@ def test_prediction_leaves_training_state_alone():
 def test_gradient_fidelity_is_exact_at_the_top_and_approximate_below():
     pipeline = dense_pipeline("chain", num_units=3)
     eng = sw.Engine(pipeline, "sideways", keras.optimizers.SGD(0.1))
-    fid = {k: v.numpy() for k, v in eng.gradient_fidelity(*random_clip(pipeline, 12)).items()}
+    fid = {k: np.asarray(v) for k, v in eng.gradient_fidelity(*random_clip(pipeline, 12)).items()}
     assert fid["cosine"].shape == (3,)
     # The top unit's gradient is exact; below it, stale messages make it approximate.
     np.testing.assert_allclose([fid["cosine"][-1], fid["norm_ratio"][-1]], [1.0, 1.0], rtol=1e-4)
@@ -119,7 +138,7 @@ def test_frame_of_wrong_shape(chain_engine):
 
 
 def test_frame_of_wrong_dtype(chain_engine):
-    with pytest.raises(TypeError, match="dtype uint8.*tf.cast"):
+    with pytest.raises(TypeError, match="dtype uint8.*ops.cast"):
         chain_engine.train_clip(np.zeros((2, 8, 5), "uint8"), np.zeros(2, "int32"))
 
 
@@ -139,7 +158,11 @@ def test_edge_to_a_later_unit():
 
 
 def test_device_that_does_not_exist():
-    with pytest.raises(ValueError, match="'CPU:9' does not exist.*CPU:0"):
+    if backend.is_tensorflow():
+        message = "'CPU:9' does not exist.*CPU:0"
+    else:  # a unit's own device is a tf.device placement: refused on JAX, naming the fix
+        message = r"Unit\(device='CPU:9'\).*TensorFlow backend.*leave device=None"
+    with pytest.raises(ValueError, match=message):
         sw.Unit(keras.layers.Dense(3), device="CPU:9")
 
 
@@ -223,6 +246,11 @@ def test_fidelity_changes_no_variable_and_is_exact_at_the_top_with_dropout():
 
 
 def test_a_plain_strided_1x1_conv_trained_at_an_odd_batch_is_refused_naming_it():
+    """TensorFlow's oneDNN CPU kernel for its gradient aborts the process: refused there.
+
+    On JAX (XLA's kernels) there is no such kernel, and the same pipeline trains.
+    """
+
     def unit(stride):
         return sw.Unit(keras.Sequential([keras.layers.Conv2D(4, 1, strides=stride, name="c")]))
 
@@ -235,8 +263,16 @@ def test_a_plain_strided_1x1_conv_trained_at_an_odd_batch_is_refused_naming_it()
             frame_shape=(8, 8, 3),
         )
 
-    with pytest.raises(ValueError, match=r"1x1 convolutions with a stride > 1.*odd batch \(B = 3"):
-        sw.Engine(build(3, 2), "sideways", keras.optimizers.Adam(1e-3))
+    if backend.is_jax():
+        eng = sw.Engine(build(3, 2), "sideways", keras.optimizers.Adam(1e-3))
+        clip = np.random.default_rng(0).normal(size=(3, 4, 8, 8, 3)).astype("float32")
+        metrics = eng.train_clip(clip, np.array([0, 1, 0], "int32"))
+        assert bool(metrics["applied"]) and np.isfinite(float(metrics["loss"]))
+    else:
+        with pytest.raises(
+            ValueError, match=r"1x1 convolutions with a stride > 1.*odd batch \(B = 3"
+        ):
+            sw.Engine(build(3, 2), "sideways", keras.optimizers.Adam(1e-3))
     sw.Engine(build(2, 2), "sideways", keras.optimizers.Adam(1e-3))  # even: no abort, accepted
     sw.Engine(build(3, 1), "sideways", keras.optimizers.Adam(1e-3))  # unstrided: accepted
     sw.Engine(build(3, 2), "sideways")  # predicting only: no gradient kernel

@@ -7,13 +7,12 @@ frame) are added here, in this module alone, and trained by the one engine.
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 from toy import dense_pipeline, random_clip
 
 import sideways_tf as sw
-from sideways_tf import modes, rules, runs, tasks
-from sideways_tf.data import contract
-from sideways_tf.evaluate import evaluate
+from sideways_tf import backend, modes, rules, tasks
+from sideways_tf.evaluate import score_batch
 
 
 def frozen_bottom(
@@ -23,7 +22,7 @@ def frozen_bottom(
     out = rules.sideways_gradients(
         pipeline, state, clip, targets, present, training, loss_scale, unrolled
     )
-    grads = ([tf.zeros_like(g) for g in out.grads[0]], *out.grads[1:])
+    grads = ([ops.zeros_like(g) for g in out.grads[0]], *out.grads[1:])
     return out._replace(grads=tuple(grads))
 
 
@@ -58,7 +57,10 @@ def test_a_registered_mode_trains_through_the_one_engine(toy_mode):
     assert toy_mode.name in sw.MODES
 
 
+@pytest.mark.tf_only  # runs.Settings: the gin run path's settings (sideways_tf.runs imports TF)
 def test_an_unknown_mode_names_the_binding_and_the_choices():
+    from sideways_tf import runs
+
     with pytest.raises(ValueError, match=r"train.mode = 'sidways' is not a mode.*skip_sideways"):
         runs.Settings(mode="sidways", model_fn=None, train_data=None)
 
@@ -91,19 +93,21 @@ class PerFrameLabels(tasks.Task):
         return tasks.classification.sparse_softmax_cross_entropy(targets, outputs)
 
     def step_targets(self, clip, labels, lag):
-        num_frames = tf.shape(clip)[1]
-        source = tf.range(num_frames) - lag
-        present = tf.cast(source >= 0, tf.float32)
-        return tf.gather(labels, tf.maximum(source, 0), axis=1), present
+        num_frames = ops.shape(clip)[1]
+        source = ops.arange(num_frames) - lag
+        present = ops.cast(source >= 0, "float32")
+        return ops.take(labels, ops.maximum(source, 0), axis=1), present
 
     def check_labels(self, labels, batch_size, num_outputs=None):
-        if labels.shape.rank != 2 or labels.shape[0] != batch_size:
+        if len(labels.shape) != 2 or labels.shape[0] != batch_size:
             raise ValueError(f"labels have shape {tuple(labels.shape)}; expected [B, K].")
 
     def train_metrics(self, outputs, labels):
         return {}
 
     def check_data(self, dataset, binding):
+        from sideways_tf.data import contract  # (a tf.data dataset: TensorFlow)
+
         return contract.check_clip_dataset(dataset, binding, labelled=False)
 
     def metrics(self):
@@ -120,17 +124,37 @@ class FrameAccuracy(tasks.Metrics):
         self.hits = self.total = 0.0
 
     def update(self, batch):
-        hit = tf.cast(
-            tf.argmax(batch.outputs, -1, output_type=tf.int32) == batch.targets, tf.float32
-        )
-        self.hits += float(tf.reduce_sum(hit * batch.weights))
-        self.total += float(tf.reduce_sum(batch.weights)) * int(batch.outputs.shape[0])
+        outputs, weights = np.asarray(batch.outputs), np.asarray(batch.weights)
+        hit = (np.argmax(outputs, -1) == np.asarray(batch.targets)).astype("float32")
+        self.hits += float(np.sum(hit * weights))
+        self.total += float(np.sum(weights)) * int(outputs.shape[0])
 
     def result(self):
         return {"frame_accuracy": self.hits / self.total}
 
     def headline(self, result):
         return f"frame accuracy {result['frame_accuracy']:.3f}"
+
+
+def frame_accuracy(engine, frames, labels):
+    """The evaluation's figure over clips [N, K, dim], batch by batch (evaluate.score_batch,
+    the loop's body); on TensorFlow, evaluate() over the same clips as a tf.data dataset too,
+    which must agree."""
+    metrics = engine.task.metrics()
+    batch, next_video = engine.batch_per_process, 0
+    for b in range(0, len(frames), batch):
+        _, next_video = score_batch(
+            engine, metrics, frames[b : b + batch], labels[b : b + batch], None, next_video
+        )
+    accuracy = metrics.result()["frame_accuracy"]
+    if backend.is_tensorflow():
+        import tensorflow as tf
+
+        from sideways_tf.evaluate import evaluate
+
+        dataset = tf.data.Dataset.from_tensor_slices({"frames": frames, "label": labels})
+        assert evaluate(engine, dataset)["frame_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    return accuracy
 
 
 def per_frame_data(num, num_frames=12, dim=5, seed=0):
@@ -151,13 +175,12 @@ def test_a_new_task_trains_and_evaluates_in_every_mode(mode):
     engine = sw.Engine(pipeline, mode, keras.optimizers.Adam(0.02))
     frames, labels = per_frame_data(8 * 40)
     eval_frames, eval_labels = per_frame_data(64, seed=1)
-    eval_ds = tf.data.Dataset.from_tensor_slices({"frames": eval_frames, "label": eval_labels})
-    before = evaluate(engine, eval_ds)["frame_accuracy"]
+    before = frame_accuracy(engine, eval_frames, eval_labels)
     losses = [
         float(engine.train_clip(frames[b : b + 8], labels[b : b + 8])["loss"])
         for b in range(0, len(frames), 8)
     ]
-    after = evaluate(engine, eval_ds)["frame_accuracy"]
+    after = frame_accuracy(engine, eval_frames, eval_labels)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert after > 0.85 > before
     with pytest.raises(ValueError, match=r"expected \[B, K\]"):

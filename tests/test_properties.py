@@ -1,23 +1,24 @@
-"""The properties P1-P5 of algorithm.md section 6, on tiny pipelines.
+"""The properties P1-P5 of algorithm.md section 6, on tiny pipelines, on either backend.
 
-Core checks run both eagerly and under tf.function: the two differ more often
-than one would think.
+Core checks run both eagerly and compiled as the engine compiles (tf.function on
+TensorFlow, one jax.jit on JAX: toy.compile_fn): the two differ more often than one
+would think.
 """
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from toy import dense_pipeline, flat, random_clip, rule_grads
+from keras import ops
+from toy import compile_fn, dense_pipeline, flat, random_clip, rule_grads
 
 import sideways_tf as sw
-from sideways_tf import engine
+from sideways_tf import backend, engine
 
 TOPOLOGIES = ["chain", "skip(2)", "dense(3)", "skip(2, 1)"]
 
 
-def run_eagerly_or_not(fn, compiled):
-    return tf.function(fn) if compiled else fn
+def run_eagerly_or_not(fn, compiled, pipeline):
+    return compile_fn(fn, pipeline) if compiled else fn
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -26,9 +27,8 @@ def test_p1_one_unit_sideways_equals_frame_bp(compiled):
     clip, labels = random_clip(pipeline, 6)
 
     def grads(rule):
-        return run_eagerly_or_not(lambda c, y: rule_grads(rule, pipeline, c, y), compiled)(
-            clip, labels
-        )
+        fn = run_eagerly_or_not(lambda c, y: rule_grads(rule, pipeline, c, y), compiled, pipeline)
+        return fn(clip, labels)
 
     side, frame = flat(grads(engine.sideways_gradients)), flat(grads(engine.frame_gradients))
     np.testing.assert_allclose(side[0], frame[0], rtol=1e-5, atol=1e-7)
@@ -44,7 +44,7 @@ def per_step_gradients(pipeline, clip, labels, compiled):
             out.append(step.grads)
         return out
 
-    return [flat(g) for g in run_eagerly_or_not(steps, compiled)(clip, labels)]
+    return [flat(g) for g in run_eagerly_or_not(steps, compiled, pipeline)(clip, labels)]
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -86,7 +86,7 @@ def identity_pipeline(topology, num_units, dim):
     return sw.Pipeline(
         units,
         topology=topology,
-        loss=lambda labels, a: 0.5 * tf.reduce_sum(tf.square(a), axis=-1),
+        loss=lambda labels, a: 0.5 * ops.sum(ops.square(a), axis=-1),
         batch_size=1,
         frame_shape=(dim,),
     )
@@ -114,7 +114,7 @@ def test_p3_chain_provenance(compiled):
             trace.append((state.outputs, state.messages))
         return trace
 
-    trace = run_eagerly_or_not(run, compiled)(clip, labels)
+    trace = run_eagerly_or_not(run, compiled, pipeline)(clip, labels)
     for t in range(1, num_frames + 1):
         outputs, messages = trace[t - 1]
         for i in range(1, num_units + 1):
@@ -164,29 +164,55 @@ def test_p4_state_does_not_grow_with_clip_length():
 
 
 def test_p4_bptt_tape_grows_with_clip_length_and_sideways_does_not():
-    pipeline = dense_pipeline("skip(2)", num_units=3)
+    pipeline = dense_pipeline("skip(2)", num_units=3)  # B = 2, dim = 5
+    lengths = (8, 64)
 
-    def graph_size(rule, num_frames):
-        spec = (
-            tf.TensorSpec((2, num_frames, 5), tf.float32),
-            tf.TensorSpec((2,), tf.int32),
-        )
-        fn = tf.function(lambda c, y: rule_grads(rule, pipeline, c, y))
-        return len(fn.get_concrete_function(*spec).graph.get_operations())
+    if backend.is_tensorflow():  # the traced graph: bptt's tape holds every step's ops
+        import tensorflow as tf
 
-    bptt = [graph_size(engine.bptt_gradients, k) for k in (8, 64)]
-    side = [graph_size(engine.sideways_gradients, k) for k in (8, 64)]
-    assert bptt[1] > 6 * bptt[0]  # activations of every step stay on the tape
-    assert side[0] == side[1]  # one graph loop, whatever K
+        def graph_size(rule, num_frames):
+            spec = (
+                tf.TensorSpec((2, num_frames, 5), tf.float32),
+                tf.TensorSpec((2,), tf.int32),
+            )
+            fn = tf.function(lambda c, y: rule_grads(rule, pipeline, c, y))
+            return len(fn.get_concrete_function(*spec).graph.get_operations())
+
+        bptt = [graph_size(engine.bptt_gradients, k) for k in lengths]
+        side = [graph_size(engine.sideways_gradients, k) for k in lengths]
+        assert bptt[1] > 6 * bptt[0]  # activations of every step stay on the tape
+        assert side[0] == side[1]  # one graph loop, whatever K
+        return
+
+    # On JAX: the bytes XLA allocates for the compiled call's intermediates (its memory
+    # analysis; the clip and the per-step targets are arguments, not counted), per frame.
+    def temp_bytes(rule, num_frames):
+        clip, labels = random_clip(pipeline, num_frames)
+        targets, present = sw.engine.step_targets(pipeline, "bptt", clip, labels)
+
+        def grads(c, t, p):
+            return rule(pipeline, pipeline.zero_state(), c, t, p).grads
+
+        return compile_fn(grads, pipeline).memory(clip, targets, present)["temp"]
+
+    def per_frame(rule):
+        small, large = (temp_bytes(rule, k) for k in lengths)
+        return (large - small) / (lengths[1] - lengths[0])
+
+    activation = 2 * 5 * 4  # one unit's a_i[t]: [B, dim] float32
+    bptt, side = per_frame(engine.bptt_gradients), per_frame(engine.sideways_gradients)
+    assert bptt >= pipeline.num_units * activation, bptt  # every unit's activation, every frame
+    # Less than one activation per frame (measured: ~3.4 bytes, jax.lax.scan's step index).
+    assert side < activation, side
 
 
 def test_p5_chain_is_the_per_frame_network_delayed():
     num_units = 3
     pipeline = dense_pipeline("chain", num_units=num_units)
     clip, _ = random_clip(pipeline, 9)
-    pipelined = pipeline(clip).numpy()  # [B, K, classes]
+    pipelined = np.asarray(pipeline(clip))  # [B, K, classes]
     per_frame = np.stack(
-        [pipeline.frame_forward(clip[:, k]).numpy() for k in range(clip.shape[1])], axis=1
+        [np.asarray(pipeline.frame_forward(clip[:, k])) for k in range(clip.shape[1])], axis=1
     )
     # Top output at step t is the per-frame network on frame t-(L-1): it never sees two frames.
     np.testing.assert_allclose(
@@ -207,6 +233,6 @@ def test_p5_only_skips_see_motion(topology, sees_motion):
     other, _ = random_clip(pipeline, num_frames, seed=1)
     chain_frame = num_frames - num_units  # 0-based index of frame t-L+1 at t = K
     other[:, chain_frame] = clip[:, chain_frame]
-    top = pipeline(clip).numpy()[:, -1]
-    top_other = pipeline(other).numpy()[:, -1]
+    top = np.asarray(pipeline(clip))[:, -1]
+    top_other = np.asarray(pipeline(other))[:, -1]
     assert (not np.allclose(top, top_other, atol=1e-6)) == sees_motion

@@ -5,10 +5,9 @@ import os
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
 
 import sideways_tf as sw
-from sideways_tf import config_files, train
+from sideways_tf import backend, config_files
 
 
 def dense_pipeline(
@@ -25,7 +24,7 @@ def dense_pipeline(
     """Units Dense(dim, tanh) on vector frames [B, dim]; head Dense(classes).
 
     placement: e.g. runtime.placement(cores), built inside runtime.scope(); None:
-    each unit on devices[i] (default: wherever TensorFlow puts it).
+    each unit on devices[i] (TensorFlow only; default: wherever the backend puts it).
     """
     keras.utils.set_random_seed(seed)
     devices = devices or [None] * num_units
@@ -83,6 +82,12 @@ def rule_grads(rule, pipeline, clip, labels, mode="bptt"):
     return rule(pipeline, pipeline.zero_state(), clip, *targets(pipeline, clip, labels, mode)).grads
 
 
+def compile_fn(fn, pipeline):
+    """fn compiled as the engine compiles its calls: tf.function on TensorFlow, one jax.jit
+    of a stateless function over the pipeline's variables on JAX (backend.function)."""
+    return backend.function(fn, lambda: pipeline.variables, jit_compile=backend.is_jax())
+
+
 def flat(grads):
     """Per-unit gradient lists -> one flat float64 vector per unit."""
     return [np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in gu]) for gu in grads]
@@ -90,6 +95,8 @@ def flat(grads):
 
 def train_config(workdir, *params, config="tiny", **kwargs):
     """train() under a shipped gin config (default: tiny) and bindings; gin cleared after."""
+    from sideways_tf import train  # (the gin run path: TensorFlow)
+
     gin.clear_config()
     gin.parse_config_files_and_bindings([config_files.resolve(config)], list(params))
     try:
@@ -100,6 +107,8 @@ def train_config(workdir, *params, config="tiny", **kwargs):
 
 def event_tags(directory):
     """Every summary tag in a TensorBoard event directory."""
+    import tensorflow as tf
+
     tags = set()
     for name in tf.io.gfile.listdir(directory):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):

@@ -9,10 +9,9 @@ it through the command line (tests/test_tasks.py). It needs no labels:
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from sideways_tf import tasks
-from sideways_tf.data import contract
 
 
 @gin.configurable
@@ -27,16 +26,18 @@ class Brightness(tasks.Task):
         return tasks.ClassHead(1, name="head")  # (global average pool, then Dense(1))
 
     def loss(self, targets, outputs):
-        return tf.square(outputs[:, 0] - targets)
+        return ops.square(outputs[:, 0] - targets)
 
     def step_targets(self, clip, labels, lag):
-        clip = tf.convert_to_tensor(clip)
-        num_frames = tf.shape(clip)[1]
-        seen = tf.gather(clip, tf.maximum(tf.range(num_frames) - lag, 0), axis=1)
-        means = tf.reduce_mean(tf.reshape(seen, [tf.shape(clip)[0], num_frames, -1]), -1)
-        return means, tf.ones([num_frames], tf.float32)  # [B, K], [K]
+        clip = ops.convert_to_tensor(clip)
+        num_frames = ops.shape(clip)[1]
+        seen = ops.take(clip, ops.maximum(ops.arange(num_frames) - lag, 0), axis=1)
+        means = ops.mean(ops.reshape(seen, (ops.shape(clip)[0], num_frames, -1)), -1)
+        return means, ops.ones((num_frames,), "float32")  # [B, K], [K]
 
     def check_data(self, dataset, binding):
+        from sideways_tf.data import contract  # (a tf.data dataset: TensorFlow)
+
         return contract.check_clip_dataset(dataset, binding, labelled=False)
 
     def metrics(self):

@@ -11,9 +11,26 @@ The offline side (decoding videos with PyAV, dataset listings, the `sideways-con
 shard writer) lives in sideways_tf.data.prepare, which training never imports.
 """
 
-from sideways_tf.data.dmvr import dmvr_dataset
-from sideways_tf.data.moving_shapes import moving_shapes_dataset, moving_shapes_future_dataset
-from sideways_tf.data.sampling import ClipSampling, clip_sampling
+import importlib
+
+# Names load on first use (PEP 562): the readers import TensorFlow, which a JAX process
+# that reaches sideways_tf.data.temporal or camera_motion (numpy) does not need.
+_EXPORTS = {
+    "dmvr_dataset": "dmvr",
+    "moving_shapes_dataset": "moving_shapes",
+    "moving_shapes_future_dataset": "moving_shapes",
+    "ClipSampling": "sampling",
+    "clip_sampling": "sampling",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"sideways_tf.data.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sideways_tf.data' has no attribute {name!r}")
+
 
 __all__ = [
     "ClipSampling",

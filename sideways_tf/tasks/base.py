@@ -23,9 +23,15 @@ through the command line).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import tensorflow as tf
+import keras
+import numpy as np
+from keras import ops
+
+from sideways_tf import backend
+
+Array = Any  # a tensor of the Keras backend (tf.Tensor, jax.Array) or a numpy array
 
 
 class EvalBatch(NamedTuple):
@@ -40,12 +46,12 @@ class EvalBatch(NamedTuple):
     videos:     [n] int64 the video each clip comes from (clips of a video pool).
     """
 
-    outputs: tf.Tensor
-    targets: tf.Tensor
-    weights: tf.Tensor
+    outputs: Array
+    targets: Array
+    weights: Array
     references: dict
-    labels: tf.Tensor | None
-    videos: tf.Tensor
+    labels: Array | None
+    videos: Array
 
 
 class Metrics:
@@ -95,7 +101,7 @@ class Task:
             "Pipeline(units, head=..., task=...), or implement Task.head."
         )
 
-    def loss(self, targets, outputs) -> tf.Tensor:
+    def loss(self, targets, outputs) -> Array:
         """Per-example loss [B] of outputs [B, ...] against step targets [B, ...]."""
         raise NotImplementedError
 
@@ -135,11 +141,11 @@ class Task:
 
     # -- The evaluation --------------------------------------------------------------
 
-    def prediction_targets(self, clip, lag: int) -> tuple[dict, tf.Tensor]:
+    def prediction_targets(self, clip, lag: int) -> tuple[dict, Array]:
         """({name: [B, K, ...]} references besides the targets that the task's Metrics
         read (future frames: the last frame seen), present [K]); computed with the
         predictions, inside the engine's compiled predict step."""
-        return {}, tf.ones([tf.shape(clip)[1]], tf.float32)
+        return {}, ops.ones((ops.shape(clip)[1],), "float32")
 
     def metrics(self) -> Metrics:
         """A fresh accumulator of this task's evaluation (see Metrics)."""
@@ -170,5 +176,31 @@ def pad_batch(frames, batch_size: int):
     n = int(frames.shape[0])
     if n == batch_size:
         return frames
-    pad = tf.zeros((batch_size - n, *frames.shape[1:]), frames.dtype)
-    return tf.concat([frames, pad], axis=0)
+    dtype = keras.backend.standardize_dtype(frames.dtype)
+    pad = ops.zeros((batch_size - n, *frames.shape[1:]), dtype)
+    return ops.concatenate([frames, pad], axis=0)
+
+
+def is_concrete(x) -> bool:
+    """Whether x holds values here (numpy, an eager tensor, a jax array outside a trace),
+    not a placeholder that jax.jit or tf.function traces: checks of values read x only
+    then, and only through numpy."""
+    if isinstance(x, (np.ndarray, np.generic, bool, int, float)):
+        return True
+    if isinstance(x, keras.KerasTensor):
+        return False
+    if backend.is_jax():
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    return not backend.tf.is_symbolic_tensor(x)
+
+
+def dtype_name(dtype) -> str:
+    """The Keras name of a dtype ("int64", "string"), or numpy's for one Keras has none for."""
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except ValueError:
+        if getattr(dtype, "kind", None) in ("U", "S", "O"):  # numpy text (JAX has no string)
+            return "string"
+        return str(getattr(dtype, "name", dtype))

@@ -31,16 +31,16 @@ from collections.abc import Callable
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from sideways_tf.data import contract
-from sideways_tf.data import temporal as temporal_lib
-from sideways_tf.tasks.base import EvalBatch, Metrics, Task
+from sideways_tf.tasks.base import EvalBatch, Metrics, Task, dtype_name, is_concrete
 
 
 def sparse_softmax_cross_entropy(labels, logits):
-    """Per-example loss [B] of integer labels [B] against logits [B, C]."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
+    """Per-example loss [B] of integer labels [B] against logits [B, C]:
+    l = log sum_c exp(logits_c) - logits_y (on TensorFlow, the fused
+    tf.nn.sparse_softmax_cross_entropy_with_logits; on JAX, log_softmax)."""
+    return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
 
 LOSSES = {"sparse_softmax_cross_entropy": sparse_softmax_cross_entropy}
@@ -142,24 +142,29 @@ class Classification(Task):
                 "This pipeline classifies clips, so training and fidelity need labels [B]; "
                 "the data must yield 'label' (or give the model head='frame_delta' to predict frames)."
             )
-        num_frames = tf.shape(clip)[1]
-        labels = tf.convert_to_tensor(labels)
-        targets = tf.tile(labels[:, None], tf.stack([1, num_frames]))  # [B, K]
-        return targets, tf.ones([num_frames], tf.float32)
+        num_frames = ops.shape(clip)[1]
+        labels = ops.convert_to_tensor(labels)
+        targets = ops.tile(ops.expand_dims(labels, 1), (1, num_frames))  # [B, K]
+        return targets, ops.ones((num_frames,), "float32")
 
     def check_labels(self, labels, batch_size: int, num_outputs: int | None = None) -> None:
+        """The shape and dtype always (static, so also inside a trace); the values
+        (0 <= y < num_outputs) where labels are concrete (numpy, eager tensors)."""
+        if not hasattr(labels, "shape"):
+            labels = np.asarray(labels)
         shape = tuple(labels.shape)
-        dtype = tf.as_dtype(labels.dtype)
-        if not dtype.is_integer:
+        dtype = dtype_name(labels.dtype)
+        if dtype == "string" or not keras.backend.is_int_dtype(dtype):
             raise ValueError(
-                f"labels have dtype {dtype.name}; classification takes integer class indices "
-                f"[B] = [{batch_size}] (not one-hot, not names): e.g. tf.argmax(one_hot, -1), "
-                "or map names to indices with a lookup table."
+                f"labels have dtype {dtype}; classification takes integer class indices "
+                f"[B] = [{batch_size}] (not one-hot, not names): e.g. "
+                "keras.ops.argmax(one_hot, -1), or map names to indices with a lookup table."
             )
         if shape != (batch_size,):
             hint = (
-                " One-hot or per-frame labels? Give one class index per clip: "
-                "tf.argmax(one_hot, -1), or labels[:, 0] for per-frame labels of one class."
+                " One-hot or per-frame labels? Give one class index per clip:"
+                " keras.ops.argmax(one_hot, -1), or labels[:, 0] for per-frame labels of one"
+                " class."
                 if len(shape) > 1
                 else ""
             )
@@ -167,7 +172,7 @@ class Classification(Task):
                 f"labels have shape {shape}; expected [B] = [{batch_size}], one class index "
                 f"per clip.{hint}"
             )
-        if num_outputs is not None and tf.executing_eagerly():
+        if num_outputs is not None and is_concrete(labels):
             values = np.asarray(labels)
             if values.size and (values.min() < 0 or values.max() >= num_outputs):
                 bad = values[(values < 0) | (values >= num_outputs)]
@@ -178,10 +183,17 @@ class Classification(Task):
                 )
 
     def train_metrics(self, outputs, labels) -> dict:
-        hits = np.argmax(np.asarray(outputs), -1) == np.asarray(labels)
-        return {"clip_accuracy": float(np.mean(hits))}
+        """clip_accuracy: the fraction of clips whose outputs [B, C] (averaged over valid
+        steps) have their argmax at the label [B]; a float, or a float32 scalar tensor
+        inside a trace."""
+        hits = ops.equal(ops.argmax(outputs, axis=-1), ops.convert_to_tensor(labels))  # [B]
+        if is_concrete(hits):
+            return {"clip_accuracy": float(np.mean(np.asarray(hits)))}
+        return {"clip_accuracy": ops.mean(ops.cast(hits, "float32"))}
 
     def check_data(self, dataset, binding: str):
+        from sideways_tf.data import contract  # (tf.data: imports TensorFlow)
+
         return contract.check_clip_dataset(dataset, binding, labelled=True)
 
     def metrics(self) -> ClassificationMetrics:
@@ -236,6 +248,9 @@ class TemporalClassification(Classification):
         temporal_task: str,
         loss: str | Callable = "sparse_softmax_cross_entropy",
     ):
+        # (sideways_tf.data: its package imports the TensorFlow readers)
+        from sideways_tf.data import temporal as temporal_lib
+
         task = temporal_lib.get(temporal_task, "TemporalClassification.temporal_task")
         if task is None:
             raise ValueError(
@@ -247,6 +262,8 @@ class TemporalClassification(Classification):
         self.class_names = task.class_names
 
     def check_data(self, dataset, binding: str):
+        from sideways_tf.data import contract
+
         shape = super().check_data(dataset, binding)
         names = contract.class_names(dataset)
         if names is not None and tuple(names) != self.class_names:
@@ -293,20 +310,20 @@ class ClassificationMetrics(Metrics):
         self.hits, self.clips, self.loss_sum, self.scored = 0, 0, 0.0, 0.0
 
     def update(self, batch: EvalBatch) -> None:
-        outputs = tf.cast(batch.outputs, tf.float32)  # [n, K, C]
+        outputs = ops.cast(batch.outputs, "float32")  # [n, K, C]
         n, num_steps = int(outputs.shape[0]), int(outputs.shape[1])
-        weights = tf.broadcast_to(tf.cast(batch.weights, tf.float32), [n, num_steps])  # [n, K]
-        if float(tf.reduce_sum(weights)) == 0:
+        weights = ops.broadcast_to(ops.cast(batch.weights, "float32"), (n, num_steps))  # [n, K]
+        if float(ops.sum(weights)) == 0:
             raise ValueError(
                 "No step of the evaluation clips has a full pipeline: lengthen the eval clips "
                 "(their num_frames binding) or use fewer units."
             )
-        flat_targets = tf.reshape(batch.targets, [n * num_steps])
-        per_step = self.task.loss(flat_targets, tf.reshape(outputs, [n * num_steps, -1]))
-        self.loss_sum += float(tf.reduce_sum(per_step * tf.reshape(weights, [-1])))
-        self.scored += float(tf.reduce_sum(weights))
-        sums = tf.einsum("nkc,nk->nc", outputs, weights).numpy()  # [n, C]
-        totals = tf.reduce_sum(weights, axis=1).numpy()  # [n]
+        flat_targets = ops.reshape(batch.targets, (n * num_steps,))
+        per_step = self.task.loss(flat_targets, ops.reshape(outputs, (n * num_steps, -1)))
+        self.loss_sum += float(ops.sum(per_step * ops.reshape(weights, (-1,))))
+        self.scored += float(ops.sum(weights))
+        sums = np.asarray(ops.einsum("nkc,nk->nc", outputs, weights))  # [n, C]
+        totals = np.asarray(ops.sum(weights, axis=1))  # [n]
         labels = np.asarray(batch.labels).astype(np.int64)
         scored = totals > 0
         clips = sums[scored] / totals[scored, None]  # p(clip) [n', C]

@@ -11,7 +11,8 @@ seen, is
 Targets come from the clip; a step whose target frame lies outside the clip
 carries no loss, like a step still filling the pipeline (t < T_fill). Every
 metric and baseline is averaged over the same steps:
-    psnr, ssim                      prediction vs target (tf.image), per frame pair;
+    psnr, ssim                      prediction vs target (tf.image's, in keras.ops:
+                                    `psnr`, `ssim`), per frame pair;
     psnr_copy_last, ssim_copy_last  the newest frame seen, x[t - lag], as prediction.
 
 Shapes: clips [B, K, H, W, C]; targets the same; present [K] (1.0 where the
@@ -23,9 +24,8 @@ from __future__ import annotations
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from sideways_tf.data import contract
 from sideways_tf.tasks.base import EvalBatch, Metrics, Task
 from sideways_tf.tasks.frame_decoder import DECODERS as HEADS
 from sideways_tf.tasks.frame_decoder import frame_decoder
@@ -78,14 +78,16 @@ class FutureFrames(Task):
         return self.loss(target, prediction)
 
     def loss(self, targets, outputs):
-        error = tf.cast(outputs, tf.float32) - tf.cast(targets, tf.float32)
-        error = tf.square(error) if self.norm == "l2" else tf.abs(error)
-        return tf.reduce_mean(tf.reshape(error, [tf.shape(error)[0], -1]), axis=1)
+        error = ops.cast(outputs, "float32") - ops.cast(targets, "float32")
+        error = ops.square(error) if self.norm == "l2" else ops.abs(error)
+        return ops.mean(ops.reshape(error, (ops.shape(error)[0], -1)), axis=1)
 
     def step_targets(self, clip, labels, lag: int):
         return frame_targets(clip, lag, self.horizon)
 
     def check_data(self, dataset, binding: str):
+        from sideways_tf.data import contract  # (tf.data: imports TensorFlow)
+
         return contract.check_clip_dataset(dataset, binding, labelled=False)
 
     def check_clip_length(
@@ -147,10 +149,11 @@ class FrameMetrics(Metrics):
             self.sums[key] += model[f"{key}_sum"]
             self.sums[f"{key}_copy_last"] += copy[f"{key}_sum"]
         per_step = self.task.loss(
-            tf.reshape(targets, (-1, *targets.shape[2:])),
-            tf.reshape(outputs, (-1, *outputs.shape[2:])),
+            ops.reshape(targets, (-1, *targets.shape[2:])),
+            ops.reshape(outputs, (-1, *outputs.shape[2:])),
         )
-        self.sums["loss"] += float(tf.reduce_sum(per_step * tf.tile(weights, [n])))
+        per_clip = ops.broadcast_to(ops.cast(weights, "float32"), tuple(outputs.shape[:2]))
+        self.sums["loss"] += float(ops.sum(per_step * ops.reshape(per_clip, (-1,))))
         self.weight += model["weight"]
         self.num_clips += n
         self.videos.update(int(v) for v in np.asarray(batch.videos))
@@ -201,18 +204,18 @@ def frame_targets(clip, lag: int, horizon: int):
     where t - lag + h falls outside the clip, present is 0 and the target is a
     clamped stand-in that no loss or metric reads.
     """
-    clip = tf.convert_to_tensor(clip)
-    num_frames = tf.shape(clip)[1]
-    source = tf.range(num_frames) - lag + horizon
-    present = tf.cast((source >= 0) & (source < num_frames), tf.float32)
-    return tf.gather(clip, tf.clip_by_value(source, 0, num_frames - 1), axis=1), present
+    clip = ops.convert_to_tensor(clip)
+    num_frames = ops.shape(clip)[1]
+    source = ops.arange(num_frames) - lag + horizon  # [K] int32
+    present = ops.cast(ops.logical_and(source >= 0, source < num_frames), "float32")
+    return ops.take(clip, ops.clip(source, 0, num_frames - 1), axis=1), present
 
 
 def last_seen_frames(clip, lag: int):
     """x[t - lag] for every step: the copy-the-last-seen-frame baseline. [B, K, *frame]."""
-    clip = tf.convert_to_tensor(clip)
-    num_frames = tf.shape(clip)[1]
-    return tf.gather(clip, tf.clip_by_value(tf.range(num_frames) - lag, 0, num_frames - 1), axis=1)
+    clip = ops.convert_to_tensor(clip)
+    num_frames = ops.shape(clip)[1]
+    return ops.take(clip, ops.clip(ops.arange(num_frames) - lag, 0, num_frames - 1), axis=1)
 
 
 def frame_metrics(predictions, targets, weights, max_val: float = 2.0) -> dict:
@@ -223,21 +226,61 @@ def frame_metrics(predictions, targets, weights, max_val: float = 2.0) -> dict:
     capped at PSNR_CAP dB (identical frames). Returns numpy sums and the weight
     total: {"psnr_sum", "ssim_sum", "weight"}, so batches can be pooled exactly.
     """
-    predictions = tf.cast(predictions, tf.float32)
-    targets = tf.cast(targets, tf.float32)
-    weights = tf.broadcast_to(tf.cast(weights, tf.float32), tf.shape(predictions)[:2])
-    frame_shape = predictions.shape[2:]
-    p = tf.reshape(predictions, (-1, *frame_shape))
-    q = tf.reshape(targets, (-1, *frame_shape))
-    psnr = tf.minimum(tf.image.psnr(p, q, max_val=max_val), PSNR_CAP)
+    predictions = ops.cast(predictions, "float32")
+    targets = ops.cast(targets, "float32")
+    weights = ops.broadcast_to(ops.cast(weights, "float32"), tuple(predictions.shape[:2]))
+    frame_shape = tuple(predictions.shape[2:])
+    p = ops.reshape(predictions, (-1, *frame_shape))
+    q = ops.reshape(targets, (-1, *frame_shape))
+    psnr_values = ops.minimum(psnr(p, q, max_val), PSNR_CAP)
     size = min(11, int(frame_shape[0]), int(frame_shape[1]))
-    ssim = tf.image.ssim(p, q, max_val=max_val, filter_size=size)
-    w = tf.reshape(weights, [-1])
+    ssim_values = ssim(p, q, max_val, filter_size=size)
+    w = ops.reshape(weights, (-1,))
     return {
-        "psnr_sum": float(tf.reduce_sum(psnr * w)),
-        "ssim_sum": float(tf.reduce_sum(ssim * w)),
-        "weight": float(tf.reduce_sum(w)),
+        "psnr_sum": float(ops.sum(psnr_values * w)),
+        "ssim_sum": float(ops.sum(ssim_values * w)),
+        "weight": float(ops.sum(w)),
     }
+
+
+def psnr(a, b, max_val: float):
+    """PSNR [N] of frames a, b [N, H, W, C] float32 (tf.image.psnr, the same float32 ops):
+    20 log10(max_val) - 10 log10(mse), mse the mean over pixels and channels; inf where
+    the frames are identical."""
+    max_val = ops.convert_to_tensor(max_val, "float32")
+    mse = ops.mean(ops.square(a - b), axis=(-3, -2, -1))
+    return 20 * ops.log(max_val) / ops.log(10.0) - np.float32(10 / np.log(10)) * ops.log(mse)
+
+
+def ssim(a, b, max_val: float, filter_size: int = 11, filter_sigma: float = 1.5):
+    """SSIM [N] of frames a, b [N, H, W, C] float32 (tf.image.ssim, the same float32 ops).
+
+    With means mu, variances s^2 and covariance s_ab under a Gaussian window (size
+    filter_size <= H, W, sigma filter_sigma; valid positions only), per channel,
+        SSIM = mean over positions of l * cs,  l = (2 mu_a mu_b + c1) / (mu_a^2 + mu_b^2 + c1),
+        cs = (2 s_ab + c2) / (s_a^2 + s_b^2 + c2),  c1 = (0.01 max_val)^2, c2 = (0.03 max_val)^2,
+    then the mean over channels.
+    """
+    c1 = np.square(np.float32(0.01) * np.float32(max_val))
+    c2 = np.square(np.float32(0.03) * np.float32(max_val))
+    coords = ops.cast(ops.arange(filter_size), "float32") - np.float32((filter_size - 1) / 2.0)
+    g = ops.square(coords) * (np.float32(-0.5) / np.square(np.float32(filter_sigma)))  # [S]
+    g = ops.reshape(g, (1, -1)) + ops.reshape(g, (-1, 1))  # [S, S]
+    window = ops.reshape(ops.softmax(ops.reshape(g, (1, -1)), axis=-1), (filter_size,) * 2)
+    kernel = ops.tile(window[:, :, None, None], (1, 1, int(a.shape[-1]), 1))  # [S, S, C, 1]
+
+    def mean(x):  # the window's weighted mean at every valid position
+        return ops.depthwise_conv(x, kernel, strides=1, padding="valid")
+
+    mean_a, mean_b = mean(a), mean(b)
+    num0 = mean_a * mean_b * 2.0
+    den0 = ops.square(mean_a) + ops.square(mean_b)
+    luminance = (num0 + c1) / (den0 + c1)
+    num1 = mean(a * b) * 2.0
+    den1 = mean(ops.square(a) + ops.square(b))
+    cs = (num1 - num0 + c2) / (den1 - den0 + c2)
+    per_channel = ops.mean(luminance * cs, axis=(-3, -2))  # [N, C]
+    return ops.mean(per_channel, axis=-1)
 
 
 def prediction_strips(targets, predictions, weights, max_clips: int = 3, max_frames: int = 8):
