@@ -28,7 +28,7 @@ from typing import Any
 from keras import ops
 
 from sideways_tf import rules
-from sideways_tf.backend import unroll
+from sideways_tf.steps import unroll
 
 TOPOLOGIES = ("any", "chain", "skips")
 

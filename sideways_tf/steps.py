@@ -20,6 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import keras
+from keras import ops
+
 from sideways_tf import backend
 
 
@@ -90,7 +93,22 @@ def unroll(step: Callable, carry, num_steps, *, static: bool = False, output_spe
     static=True: a Python loop (K must be an int), so that a tape around it holds
       every step (bptt) and every step is traced with static shapes.
     """
-    return backend.unroll(step, carry, num_steps, static=static, output_spec=output_spec)
+    if not static:
+        return backend.loop(step, carry, num_steps, output_spec=output_spec)
+    outputs = []
+    for k in range(int(num_steps)):
+        carry, y = step(carry, k)
+        outputs.append(y)
+    if not outputs or outputs[0] is None:
+        return carry, None
+    return carry, keras.tree.map_structure(lambda *ys: _stack(list(ys)), *outputs)
+
+
+def _stack(values: list):
+    """Per-step values -> one tensor: [B, ...] values on axis 1, scalars on axis 0."""
+    if len(values[0].shape) == 0:
+        return ops.stack(values)
+    return ops.stack(values, axis=1)
 
 
 __all__ = ["UnitStep", "unit_step", "unroll"]

@@ -8,9 +8,9 @@ interface (`tf_backend.py` and `jax_backend.py` implement it):
                                        vector-Jacobian product with an injected
                                        cotangent (None: the target is a scalar loss)
                                        w.r.t. the inputs and the variables theta
-    unroll(step, carry, K, static=, output_spec=)
-                                       the frame loop: a graph loop (tf.while_loop,
-                                       jax.lax.scan) or unrolled in Python
+    loop(step, carry, K, output_spec=)  the frame loop as one graph loop (tf.while_loop,
+                                       jax.lax.scan; steps.unroll decides when, and
+                                       unrolls in Python otherwise)
     when(pred, fn)                     run fn's variable updates only where pred holds
                                        (tf.cond; on JAX, a select of new and old values)
     function(fn, variables)            one compiled call (tf.function; on JAX, one
@@ -50,7 +50,7 @@ else:
     )
 
 vjp = _impl.vjp
-unroll = _impl.unroll
+loop = _impl.loop
 when = _impl.when
 function = _impl.function
 Strategy = _impl.Strategy
@@ -101,10 +101,10 @@ __all__ = [
     "is_jax",
     "is_tensor",
     "is_tensorflow",
+    "loop",
     "read",
     "replica_variable",
     "tf",
-    "unroll",
     "vjp",
     "when",
 ]

@@ -64,22 +64,13 @@ def vjp(f: Callable, inputs: Sequence, theta: Sequence, cotangent=None, wrt=None
     return target, aux, list(g_inputs), list(g_theta)
 
 
-def unroll(step: Callable, carry, num_steps, *, static: bool = False, output_spec=None):
-    """carry, y_t = step(carry, k) for k = 0..K-1; returns (carry, ys). See steps.unroll.
+def loop(step: Callable, carry, num_steps, *, output_spec=None):
+    """carry, y_t = step(carry, k) for k = 0..K-1 in one jax.lax.scan; returns (carry, ys).
 
-    static=False is one jax.lax.scan over k (K must be known when traced, as under
-    jax.jit it always is); the carry keeps its dtypes from step to step.
+    K must be known when traced (as under jax.jit it always is); the carry keeps its
+    dtypes from step to step; ys stacks the outputs [B, K, ...] (scalars [K]).
     """
     del output_spec  # (scan stacks whatever the step returns)
-    if static:
-        outputs = []
-        for k in range(int(num_steps)):
-            carry, y = step(carry, k)
-            outputs.append(y)
-        if not outputs or outputs[0] is None:
-            return carry, None
-        return carry, jax.tree.map(lambda *ys: _stack(list(ys)), *outputs)
-
     carry = jax.tree.map(_fixed, carry)
 
     def body(carry, k):
@@ -96,12 +87,6 @@ def unroll(step: Callable, carry, num_steps, *, static: bool = False, output_spe
 def _fixed(x):
     x = jnp.asarray(x)
     return jnp.asarray(x, x.dtype)  # an explicit dtype: not weakly typed
-
-
-def _stack(values: list):
-    if jnp.ndim(values[0]) == 0:
-        return jnp.stack(values)
-    return jnp.stack(values, axis=1)
 
 
 def _from_time_major(stacked):

@@ -30,17 +30,12 @@ def vjp(f: Callable, inputs: Sequence, theta: Sequence, cotangent=None, wrt=None
     return target, aux, grads[:n], grads[n:]
 
 
-def unroll(step: Callable, carry, num_steps, *, static: bool = False, output_spec=None):
-    """carry, y_t = step(carry, k) for k = 0..K-1; returns (carry, ys). See steps.unroll."""
-    if static:
-        outputs = []
-        for k in range(int(num_steps)):
-            carry, y = step(carry, k)
-            outputs.append(y)
-        if not outputs or outputs[0] is None:
-            return carry, None
-        return carry, tf.nest.map_structure(lambda *ys: _stack(list(ys)), *outputs)
+def loop(step: Callable, carry, num_steps, *, output_spec=None):
+    """carry, y_t = step(carry, k) for k = 0..K-1 in one tf.while_loop; returns (carry, ys).
 
+    K may be a tensor. A step that returns outputs needs `output_spec` (their
+    tf.TensorSpec structure); ys stacks them [B, K, ...] (scalars [K]). See steps.unroll.
+    """
     specs = tf.nest.flatten(output_spec) if output_spec is not None else []
     arrays = [tf.TensorArray(s.dtype, size=num_steps, element_shape=s.shape) for s in specs]
 
@@ -60,13 +55,6 @@ def unroll(step: Callable, carry, num_steps, *, static: bool = False, output_spe
         return carry, None
     stacked = [_from_time_major(a.stack()) for a in arrays]
     return carry, tf.nest.pack_sequence_as(output_spec, stacked)
-
-
-def _stack(values: list):
-    """Per-step values -> one tensor: [B, ...] values on axis 1, scalars on axis 0."""
-    if values[0].shape.rank == 0:
-        return tf.stack(values)
-    return tf.stack(values, axis=1)
 
 
 def _from_time_major(stacked):
