@@ -6,11 +6,11 @@ command lines and the shipped gin files (data/folder*.gin, experiments/folder*_<
 import json
 import os
 
-import av
 import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_videos import write_video
 
 from sideways_tf import cli
 from sideways_tf.data.prepare import convert
@@ -22,20 +22,7 @@ SIZE, NUM_FRAMES = 32, 24
 
 def write_moving_square(path, direction: int, seed: int):
     """A textured background with a bright square moving 2 px/frame left (-1) or right (+1)."""
-    rng = np.random.default_rng(seed)
-    background = rng.integers(40, 120, (SIZE // 4, SIZE // 4, 3)).astype(np.uint8)
-    background = np.kron(background, np.ones((4, 4, 1), np.uint8))  # 4x4 blocks survive H.264
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
-        for t in range(NUM_FRAMES):
-            image = background.copy()
-            x = (8 + direction * 2 * t + seed) % (SIZE - 8)
-            image[12:20, x : x + 8] = 230
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, NUM_FRAMES, seed, height=SIZE, width=SIZE, direction=direction)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,17 @@ import numpy as np
 from sideways_tf.data.prepare import convert
 
 
-def write_video(path, num_frames: int, seed: int, height: int = 32, width: int = 48):
-    """A textured background with a bright square moving 2 px/frame (right, or left for
-    an odd seed); landscape by default, so that the multi-view crops differ."""
+def write_video(
+    path, num_frames: int, seed: int, height: int = 32, width: int = 48, direction=None
+):
+    """A textured background with a bright square moving 2 px/frame right (+1) or left
+    (-1): `direction`, or left for an odd seed; landscape by default, so that the
+    multi-view crops differ."""
     rng = np.random.default_rng(seed)
     background = rng.integers(40, 120, (height // 4, width // 4, 3)).astype(np.uint8)
     background = np.kron(background, np.ones((4, 4, 1), np.uint8))  # blocks survive H.264
-    direction = -1 if seed % 2 else 1
+    if direction is None:
+        direction = -1 if seed % 2 else 1
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
